@@ -1,0 +1,94 @@
+//! Wall-clock formatting without a time crate: RFC 3339 UTC timestamps for logs and for events
+//! that carry no `requestReceivedTimestamp`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// `2026-11-25T22:50:01.123Z` for the given milliseconds since the Unix epoch.
+pub fn rfc3339_millis(unix_ms: u64) -> String {
+    let (y, mo, d, h, mi, s) = civil(unix_ms / 1000);
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:03}Z",
+        unix_ms % 1000
+    )
+}
+
+/// `2026-11-25T22:50:01Z` for the given seconds since the Unix epoch.
+pub fn rfc3339_secs(unix_secs: u64) -> String {
+    let (y, mo, d, h, mi, s) = civil(unix_secs);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+}
+
+/// Now, as `2026-11-25T22:50:01Z`.
+pub fn now_rfc3339() -> String {
+    rfc3339_secs(now_unix_secs())
+}
+
+pub fn now_unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Seconds since the epoch → (year, month, day, hour, minute, second), proleptic Gregorian UTC.
+fn civil(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    (
+        y,
+        m,
+        d,
+        (rem / 3600) as u32,
+        ((rem % 3600) / 60) as u32,
+        (rem % 60) as u32,
+    )
+}
+
+/// Days since 1970-01-01 → civil date (Howard Hinnant's algorithm).
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// Civil date → days since 1970-01-01 (inverse of [`civil_from_days`]).
+pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = m as i64;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_known_instants() {
+        assert_eq!(rfc3339_secs(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_secs(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(
+            rfc3339_millis(1_764_110_000_123),
+            "2025-11-25T22:33:20.123Z"
+        );
+    }
+
+    #[test]
+    fn days_round_trip() {
+        for z in [-800_000i64, -1, 0, 1, 59, 10_957, 20_000, 2_932_896] {
+            let (y, m, d) = civil_from_days(z);
+            assert_eq!(days_from_civil(y, m, d), z);
+        }
+    }
+}

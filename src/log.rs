@@ -1,0 +1,310 @@
+//! Logging to stderr, as text or one JSON object per line (`LOG_FORMAT`), filtered by
+//! `LOG_LEVEL`.
+//!
+//! Every message and field value passes through [`sanitize`] here, in one place, so a value
+//! copied from the audit log or from the backend can never forge a log line or smuggle
+//! terminal escapes. Repeated conditions go through a [`Throttle`].
+
+use std::fmt::{self, Display, Write as _};
+use std::io::Write as _;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Level {
+    Debug = 0,
+    Info = 1,
+    Warn = 2,
+    Error = 3,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Level> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "debug" => Some(Level::Debug),
+            "info" => Some(Level::Info),
+            "warn" | "warning" => Some(Level::Warn),
+            "error" => Some(Level::Error),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Format {
+    Text = 0,
+    Json = 1,
+}
+
+impl Format {
+    pub fn parse(s: &str) -> Option<Format> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "text" => Some(Format::Text),
+            "json" => Some(Format::Json),
+            _ => None,
+        }
+    }
+}
+
+static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
+static FORMAT: AtomicU8 = AtomicU8::new(Format::Text as u8);
+
+/// Sets the level and format for the rest of the process.
+pub fn init(level: Level, format: Format) {
+    LEVEL.store(level as u8, Ordering::Relaxed);
+    FORMAT.store(format as u8, Ordering::Relaxed);
+}
+
+pub fn enabled(level: Level) -> bool {
+    level as u8 >= LEVEL.load(Ordering::Relaxed)
+}
+
+/// Longest field value written to a log line; the rest is cut with `…`.
+pub const MAX_FIELD_CHARS: usize = 512;
+
+/// Makes an untrusted string safe for one log line or one payload field: control characters
+/// (< 0x20, 0x7F, and the C1 range) become `\u{..}`, and it is cut to `max_chars` characters.
+pub fn sanitize(s: &str, max_chars: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max_chars + 8));
+    for (n, c) in s.chars().enumerate() {
+        if n >= max_chars {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Writes one log record. Use the `info!`/`warn!`/`error!`/`debug!` macros.
+pub fn emit(level: Level, msg: &dyn Display, fields: &[(&str, &dyn Display)]) {
+    if !enabled(level) {
+        return;
+    }
+    let line = render(
+        level,
+        FORMAT.load(Ordering::Relaxed),
+        &crate::clock::rfc3339_millis(crate::metrics::now_unix_ms()),
+        msg,
+        fields,
+    );
+    let stderr = std::io::stderr();
+    let mut lock = stderr.lock();
+    // Nowhere to report a failing stderr: drop the line rather than panic.
+    let _ = lock.write_all(line.as_bytes());
+}
+
+/// Formats one record (exposed for tests).
+pub fn render(
+    level: Level,
+    format: u8,
+    ts: &str,
+    msg: &dyn Display,
+    fields: &[(&str, &dyn Display)],
+) -> String {
+    let msg = sanitize(&msg.to_string(), 4 * MAX_FIELD_CHARS);
+    let mut out = String::with_capacity(128);
+    if format == Format::Json as u8 {
+        out.push_str("{\"ts\":");
+        json_str(&mut out, ts);
+        out.push_str(",\"level\":");
+        json_str(&mut out, level.as_str());
+        out.push_str(",\"msg\":");
+        json_str(&mut out, &msg);
+        for (k, v) in fields {
+            out.push(',');
+            json_str(&mut out, k);
+            out.push(':');
+            json_str(&mut out, &sanitize(&v.to_string(), MAX_FIELD_CHARS));
+        }
+        out.push_str("}\n");
+    } else {
+        let _ = write!(out, "{ts} {:<5} {msg}", level.as_str().to_ascii_uppercase());
+        for (k, v) in fields {
+            let v = sanitize(&v.to_string(), MAX_FIELD_CHARS);
+            if v.is_empty() || v.contains([' ', '"', '=']) {
+                let _ = write!(out, " {k}={v:?}");
+            } else {
+                let _ = write!(out, " {k}={v}");
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Logs at info level: `info!("message", "key" => value, ...)`.
+#[macro_export]
+macro_rules! info {
+    ($msg:expr $(, $k:literal => $v:expr)* $(,)?) => {
+        $crate::log::emit($crate::log::Level::Info, &$msg, &[$(($k, &$v as &dyn ::std::fmt::Display)),*])
+    };
+}
+
+/// Logs at warn level: `warn!("message", "key" => value, ...)`.
+#[macro_export]
+macro_rules! warn {
+    ($msg:expr $(, $k:literal => $v:expr)* $(,)?) => {
+        $crate::log::emit($crate::log::Level::Warn, &$msg, &[$(($k, &$v as &dyn ::std::fmt::Display)),*])
+    };
+}
+
+/// Logs at error level: `error!("message", "key" => value, ...)`.
+#[macro_export]
+macro_rules! error {
+    ($msg:expr $(, $k:literal => $v:expr)* $(,)?) => {
+        $crate::log::emit($crate::log::Level::Error, &$msg, &[$(($k, &$v as &dyn ::std::fmt::Display)),*])
+    };
+}
+
+/// Logs at debug level: `debug!("message", "key" => value, ...)`.
+#[macro_export]
+macro_rules! debug {
+    ($msg:expr $(, $k:literal => $v:expr)* $(,)?) => {
+        $crate::log::emit($crate::log::Level::Debug, &$msg, &[$(($k, &$v as &dyn ::std::fmt::Display)),*])
+    };
+}
+
+/// Rate-limits a repeated condition (backend down, file missing): the first occurrence is
+/// logged at once, later ones at most once per `every`, each reporting how many were
+/// suppressed in between. A change of condition (a new `key`) is logged at once.
+#[derive(Debug)]
+pub struct Throttle {
+    every: Duration,
+    key: String,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    pub fn new(every: Duration) -> Throttle {
+        Throttle {
+            every,
+            key: String::new(),
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// Returns `Some(suppressed_since_last_log)` when this occurrence should be logged.
+    pub fn hit(&mut self, key: &str) -> Option<u64> {
+        self.hit_at(key, Instant::now())
+    }
+
+    pub fn hit_at(&mut self, key: &str, now: Instant) -> Option<u64> {
+        let due = match self.last {
+            None => true,
+            Some(t) => self.key != key || now.duration_since(t) >= self.every,
+        };
+        if due {
+            let n = self.suppressed;
+            self.suppressed = 0;
+            self.last = Some(now);
+            if self.key != key {
+                self.key = key.to_string();
+            }
+            Some(n)
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
+
+    /// Forgets the condition (it cleared), so its next occurrence is logged at once.
+    pub fn reset(&mut self) {
+        self.last = None;
+        self.suppressed = 0;
+        self.key.clear();
+    }
+}
+
+/// A `Display` adapter that shows only a secret's length: `<redacted, 32 bytes>`.
+pub struct Redacted<'a>(pub &'a str);
+
+impl Display for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("<none>")
+        } else {
+            write!(f, "<redacted, {} bytes>", self.0.len())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sanitize_escapes_controls_and_truncates() {
+        assert_eq!(sanitize("a\nb\x1b[31m", 100), "a\\u{a}b\\u{1b}[31m");
+        assert_eq!(sanitize("héllo", 2), "hé…");
+        assert_eq!(sanitize("\u{85}x", 10), "\\u{85}x");
+    }
+
+    #[test]
+    fn text_and_json_records() {
+        let t = render(
+            Level::Warn,
+            0,
+            "T",
+            &"backend down",
+            &[("status", &503), ("why", &"a b")],
+        );
+        assert_eq!(t, "T WARN  backend down status=503 why=\"a b\"\n");
+        let j = render(Level::Info, 1, "T", &"m\"x", &[("k", &"v\n")]);
+        assert_eq!(
+            j,
+            "{\"ts\":\"T\",\"level\":\"info\",\"msg\":\"m\\\"x\",\"k\":\"v\\\\u{a}\"}\n"
+        );
+    }
+
+    #[test]
+    fn throttle_logs_first_then_once_per_period_with_count() {
+        let mut t = Throttle::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert_eq!(t.hit_at("down", t0), Some(0));
+        assert_eq!(t.hit_at("down", t0 + Duration::from_secs(1)), None);
+        assert_eq!(t.hit_at("down", t0 + Duration::from_secs(2)), None);
+        assert_eq!(t.hit_at("down", t0 + Duration::from_secs(61)), Some(2));
+        assert_eq!(t.hit_at("401", t0 + Duration::from_secs(62)), Some(0));
+        t.reset();
+        assert_eq!(t.hit_at("401", t0 + Duration::from_secs(63)), Some(0));
+    }
+
+    #[test]
+    fn redacted_shows_length_only() {
+        assert_eq!(Redacted("secret-key").to_string(), "<redacted, 10 bytes>");
+        assert_eq!(Redacted("").to_string(), "<none>");
+    }
+}

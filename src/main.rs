@@ -1,0 +1,197 @@
+//! The `healert-agent` command line: parse the arguments, dispatch to a subcommand, map its
+//! result to an exit code. Nothing else lives here.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use healert_agent::{agent, config, replay, validate, VERSION};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match parse(&args) {
+        Ok(Command::Run) => agent::run(),
+        Ok(Command::Validate(path)) => validate::run(path),
+        Ok(Command::Replay(r)) => replay::run(r),
+        Ok(Command::Version) => {
+            println!("healert-agent {VERSION}");
+            ExitCode::SUCCESS
+        }
+        Ok(Command::Help) => {
+            print!("{}", help());
+            ExitCode::SUCCESS
+        }
+        Err(msg) => {
+            eprintln!("healert-agent: {msg}\n\n{}", usage());
+            eprintln!("Run `healert-agent --help` for every subcommand and environment variable.");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Command {
+    Run,
+    Validate(Option<PathBuf>),
+    Replay(replay::ReplayArgs),
+    Version,
+    Help,
+}
+
+fn parse(args: &[String]) -> Result<Command, String> {
+    let Some(first) = args.first() else {
+        return Ok(Command::Run);
+    };
+    let rest = &args[1..];
+    let shown = |s: &str| healert_agent::log::sanitize(s, 80);
+    match first.as_str() {
+        "-h" | "--help" | "help" => Ok(Command::Help),
+        "-V" | "--version" | "version" => match rest.first() {
+            None => Ok(Command::Version),
+            Some(a) => Err(format!("`version` takes no arguments (got `{}`)", shown(a))),
+        },
+        "run" => match rest.first() {
+            None => Ok(Command::Run),
+            Some(a) if a == "-h" || a == "--help" => Ok(Command::Help),
+            Some(a) => Err(format!(
+                "`run` takes no arguments (got `{}`); it is configured through environment variables",
+                shown(a)
+            )),
+        },
+        "validate" => match rest {
+            [] => Ok(Command::Validate(None)),
+            [a] if a == "-h" || a == "--help" => Ok(Command::Help),
+            [a] if a.starts_with('-') && a != "-" => Err(format!("unknown flag `{}` for validate", shown(a))),
+            [p] => Ok(Command::Validate(Some(PathBuf::from(p)))),
+            _ => Err("validate takes at most one PATH".into()),
+        },
+        "replay" => {
+            let mut out = replay::ReplayArgs::default();
+            let mut input = None;
+            let mut i = 0;
+            while i < rest.len() {
+                let a = rest[i].as_str();
+                match a {
+                    "-h" | "--help" => return Ok(Command::Help),
+                    "--send" => out.send = true,
+                    "--rules" => {
+                        i += 1;
+                        let p = rest.get(i).ok_or("--rules needs a PATH")?;
+                        out.rules = Some(PathBuf::from(p));
+                    }
+                    _ if a.starts_with("--rules=") => out.rules = Some(PathBuf::from(&a[8..])),
+                    "-" => input = Some("-".to_string()),
+                    _ if a.starts_with('-') => return Err(format!("unknown flag `{}` for replay", shown(a))),
+                    _ if input.is_some() => return Err("replay reads one FILE (or - for stdin)".into()),
+                    _ => input = Some(a.to_string()),
+                }
+                i += 1;
+            }
+            out.input = input.ok_or("replay needs a FILE (or - for stdin)")?;
+            Ok(Command::Replay(out))
+        }
+        other if other.starts_with('-') => Err(format!("unknown flag `{}`", shown(other))),
+        other => Err(format!("unknown subcommand `{}`", shown(other))),
+    }
+}
+
+fn usage() -> String {
+    "usage: healert-agent [run]
+       healert-agent validate [PATH]
+       healert-agent replay [--rules PATH] [--send] FILE|-
+       healert-agent version
+       healert-agent --help"
+        .to_string()
+}
+
+fn help() -> String {
+    let mut s = format!(
+        "healert-agent {VERSION} — follows the Kubernetes audit log and reports platform friction
+to the Healert backend.
+
+{}
+
+Subcommands:
+  run (default)   Follow AUDIT_LOG_PATH, detect friction with RULES_PATH, deliver every event to
+                  HEALERT_BACKEND_URL/events. Survives rotation, restarts (CHECKPOINT_PATH) and
+                  backend outages. SIGTERM/SIGINT: drain and stop; SIGHUP: reload rules.
+  validate [PATH] Check a rules file (default: $RULES_PATH, then ./rules.yaml) and list its rules.
+                  Exit 0 valid (warnings allowed), 1 invalid, 2 unreadable.
+  replay FILE|-   Evaluate a whole audit log (NDJSON or an EventList document; - for stdin) and
+                  print each friction event as one JSON line on stdout, a summary on stderr.
+                    --rules PATH  rules file (default: $RULES_PATH, then ./rules.yaml)
+                    --send        also deliver the events to the backend (back-filling)
+  version         Print the version.
+
+Environment (run; replay --send uses the backend ones):
+",
+        usage()
+    );
+    let width = config::VARS.iter().map(|v| v.0.len()).max().unwrap_or(0);
+    for (name, default, meaning) in config::VARS {
+        s.push_str(&format!(
+            "  {name:<width$}  {meaning} [default: {default}]\n"
+        ));
+    }
+    s.push_str(
+        "
+Exit codes: 0 success; 1 invalid input (rules, configuration); 2 usage error or unreadable file.
+",
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(a: &[&str]) -> Result<Command, String> {
+        parse(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn subcommands() {
+        assert_eq!(p(&[]), Ok(Command::Run));
+        assert_eq!(p(&["run"]), Ok(Command::Run));
+        assert_eq!(p(&["validate"]), Ok(Command::Validate(None)));
+        assert_eq!(
+            p(&["validate", "x.yaml"]),
+            Ok(Command::Validate(Some("x.yaml".into())))
+        );
+        assert_eq!(p(&["version"]), Ok(Command::Version));
+        assert_eq!(p(&["--help"]), Ok(Command::Help));
+        let Ok(Command::Replay(r)) = p(&["replay", "--rules", "r.yaml", "--send", "-"]) else {
+            panic!("replay")
+        };
+        assert_eq!(
+            (r.rules, r.send, r.input.as_str()),
+            (Some("r.yaml".into()), true, "-")
+        );
+    }
+
+    #[test]
+    fn usage_errors() {
+        assert!(p(&["frobnicate"])
+            .unwrap_err()
+            .contains("unknown subcommand"));
+        assert!(p(&["--frob"]).unwrap_err().contains("unknown flag"));
+        assert!(p(&["replay"]).unwrap_err().contains("needs a FILE"));
+        assert!(p(&["replay", "--rules"])
+            .unwrap_err()
+            .contains("needs a PATH"));
+        assert!(p(&["replay", "--bogus", "f"])
+            .unwrap_err()
+            .contains("unknown flag"));
+        assert!(p(&["validate", "a", "b"])
+            .unwrap_err()
+            .contains("at most one"));
+        assert!(p(&["run", "x"]).unwrap_err().contains("environment"));
+    }
+
+    #[test]
+    fn help_lists_every_variable() {
+        let h = help();
+        for (name, _, _) in config::VARS {
+            assert!(h.contains(name), "{name} missing from --help");
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! (owner: to be written)

@@ -1,0 +1,5 @@
+//! The one integration-test binary: every test here drives the real `healert-agent` binary or
+//! the library's public API. Shared helpers (a std-only backend sink, audit line builders,
+//! process control) live in `support`.
+
+mod support;
