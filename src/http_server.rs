@@ -158,6 +158,7 @@ impl Drop for HealthServer {
 
 fn accept_loop(listener: TcpListener, m: &'static Metrics, limits: Limits, stop: Arc<AtomicBool>) {
     let active = Arc::new(AtomicUsize::new(0));
+    let refusing = Arc::new(AtomicUsize::new(0));
     let mut errors = crate::log::Throttle::new(Duration::from_secs(60));
     for conn in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
@@ -175,7 +176,25 @@ fn accept_loop(listener: TcpListener, m: &'static Metrics, limits: Limits, stop:
             }
         };
         if active.load(Ordering::SeqCst) >= limits.max_connections {
-            refuse_busy(stream);
+            // Refuse on a thread of its own so the 503 survives a client whose request is
+            // still arriving (see `linger`); those threads are bounded too. Past both bounds
+            // the accept thread answers inline, best effort, never blocking.
+            if refusing.load(Ordering::SeqCst) >= limits.max_connections {
+                refuse_inline(stream);
+                continue;
+            }
+            refusing.fetch_add(1, Ordering::SeqCst);
+            let guard = Slot(Arc::clone(&refusing));
+            let _ = std::thread::Builder::new()
+                .name("health-busy".into())
+                .spawn(move || {
+                    let _guard = guard;
+                    let _ = stream.set_write_timeout(Some(limits.head_timeout));
+                    let mut s = &stream;
+                    if s.write_all(&busy()).is_ok() {
+                        linger(&stream, limits);
+                    }
+                });
             continue;
         }
         active.fetch_add(1, Ordering::SeqCst);
@@ -205,18 +224,30 @@ impl Drop for Slot {
     }
 }
 
-/// Answers 503 on the accept thread without ever blocking it: a fresh socket's send buffer
-/// takes the few bytes at once, and non-blocking mode guarantees it.
-fn refuse_busy(stream: TcpStream) {
-    let _ = stream.set_nonblocking(true);
-    let mut s = &stream;
-    let _ = s.write_all(&response(
+fn busy() -> Vec<u8> {
+    response(
         503,
         "text/plain; charset=utf-8",
         b"too many connections\n",
         true,
-    ));
+    )
+}
+
+/// Answers 503 on the accept thread without ever blocking it: a fresh socket's send buffer
+/// takes the few bytes at once, and non-blocking mode guarantees it. Whatever request bytes
+/// already arrived are swallowed so that closing does not turn into a reset.
+fn refuse_inline(stream: TcpStream) {
+    let _ = stream.set_nonblocking(true);
+    let mut s = &stream;
+    let _ = s.write_all(&busy());
     let _ = stream.shutdown(Shutdown::Write);
+    let mut chunk = [0u8; 4096];
+    for _ in 0..16 {
+        match s.read(&mut chunk) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
 }
 
 /// What a request head turned out to be.
