@@ -90,7 +90,9 @@ pub fn spawn(addr: &str) -> io::Result<HealthServer> {
 }
 
 /// Starts serving `m` on `addr` with `limits` (tests pass a leaked `Metrics` and port 0).
-/// Also marks the pipeline's start in `m` if nobody did yet, so liveness has a reference.
+/// `:PORT` (Go's spelling, which the old agent's users may carry over) means all IPv4
+/// interfaces. Also marks the pipeline's start in `m` if nobody did yet, so liveness has a
+/// reference.
 pub fn spawn_with(
     addr: &str,
     m: &'static Metrics,
@@ -100,7 +102,7 @@ pub fn spawn_with(
         addr: addr.to_string(),
         source,
     };
-    let listener = TcpListener::bind(addr).map_err(bind_err)?;
+    let listener = TcpListener::bind(bind_target(addr).as_str()).map_err(bind_err)?;
     let local = listener.local_addr().map_err(bind_err)?;
     m.mark_started(metrics::now_unix_ms());
     let stop = Arc::new(AtomicBool::new(false));
@@ -114,6 +116,14 @@ pub fn spawn_with(
         stop,
         thread: Some(thread),
     })
+}
+
+/// `:PORT` → `0.0.0.0:PORT`; anything else as given.
+fn bind_target(addr: &str) -> String {
+    match addr.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => addr.to_string(),
+    }
 }
 
 impl HealthServer {
@@ -462,6 +472,13 @@ mod tests {
         assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n\r\n"), Some(18));
         assert_eq!(find_head_end(b"GET / HTTP/1.1\n\nrest"), Some(16));
         assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nHost: x\r\n"), None);
+    }
+
+    #[test]
+    fn go_style_port_only_address_means_all_interfaces() {
+        assert_eq!(bind_target(":8080"), "0.0.0.0:8080");
+        assert_eq!(bind_target("127.0.0.1:9"), "127.0.0.1:9");
+        assert_eq!(bind_target("[::1]:9"), "[::1]:9");
     }
 
     #[test]
