@@ -155,6 +155,19 @@ impl Metrics {
             .store(u64::from(status), Ordering::Relaxed);
     }
 
+    /// The follower calls this on every loop turn (also when idle) so `/healthz` sees it alive.
+    pub fn tick_follower(&self) {
+        self.follower_tick_unix_ms
+            .store(now_unix_ms(), Ordering::Relaxed);
+    }
+
+    /// The sender calls this on every loop turn, including while idle or backing off, so
+    /// `/healthz` sees it alive; a gap above [`STALL_AFTER_MS`] reads as a stall.
+    pub fn tick_sender(&self) {
+        self.sender_tick_unix_ms
+            .store(now_unix_ms(), Ordering::Relaxed);
+    }
+
     /// Marks the start of the pipeline (once; later calls keep the first time).
     pub fn mark_started(&self, now_ms: u64) {
         let _ = self.started_unix_ms.compare_exchange(

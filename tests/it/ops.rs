@@ -577,8 +577,14 @@ fn probes_flip_on_rejected_key_backend_outage_and_stalled_follower() {
     let r = get(a, "/healthz");
     assert_eq!(r.status, 503);
     assert!(r.body.starts_with("follower stalled"), "{}", r.body);
-    m.follower_tick_unix_ms
-        .store(metrics::now_unix_ms(), Ordering::Relaxed);
+    m.tick_follower();
+    assert_eq!(get(a, "/healthz").status, 200);
+    m.sender_tick_unix_ms
+        .store(now - 3 * metrics::STALL_AFTER_MS, Ordering::Relaxed);
+    let r = get(a, "/healthz");
+    assert_eq!(r.status, 503);
+    assert!(r.body.starts_with("sender stalled"), "{}", r.body);
+    m.tick_sender();
     assert_eq!(get(a, "/healthz").status, 200);
 }
 
@@ -847,4 +853,20 @@ fn json_logs_parse_line_by_line_and_stay_one_line() {
     let t = log::render_delivered(Format::Text as u8, "T", 42, &ev);
     assert_eq!(t.lines().count(), 1);
     assert!(t.starts_with("T INFO  [42] type=kubectl-exec severity=medium actor="));
+}
+
+#[test]
+fn serves_on_ipv6_loopback_and_stops() {
+    let m = leak(Metrics::new());
+    let srv = match http_server::spawn_with("[::1]:0", m, Limits::default()) {
+        Ok(s) => s,
+        // A host without IPv6 cannot run this case; the IPv4 tests cover the server.
+        Err(e) if e.source.kind() == std::io::ErrorKind::AddrNotAvailable => return,
+        Err(e) => panic!("{e}"),
+    };
+    let a = srv.local_addr();
+    assert!(a.is_ipv6());
+    assert_eq!(get(a, "/healthz").status, 200);
+    srv.stop();
+    std::net::TcpListener::bind(a).unwrap();
 }
