@@ -639,20 +639,27 @@ fn a_slow_loris_neither_blocks_others_nor_keeps_its_connection() {
     });
     let writing = std::thread::spawn(move || {
         let mut w = &slow;
-        // One byte per 500 ms of a request that would take 13 s to finish (bounded: 6 bytes).
-        for b in b"GET /h".iter() {
+        // One byte per 500 ms of a head that never ends, for at most 20 bytes (10 s). Each byte
+        // resets a per-read timeout, so only a deadline for the whole head stops it: the
+        // writer must see the server close the connection before it runs out of bytes.
+        let head = b"GET /healthz HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaa";
+        for b in head.iter().take(20) {
             if w.write_all(&[*b]).is_err() {
-                break;
+                return true;
             }
             std::thread::sleep(Duration::from_millis(500));
         }
+        false
     });
     // Meanwhile others are served.
     for _ in 0..3 {
         assert_eq!(get(a, "/healthz").status, 200);
     }
     let buf = reading.join().unwrap();
-    writing.join().unwrap();
+    assert!(
+        writing.join().unwrap(),
+        "the server kept a trickling client"
+    );
     let r = parse_reply(&buf).unwrap();
     assert_eq!(r.status, 408, "{}", r.head);
 }
