@@ -70,12 +70,16 @@ mod sys {
     /// failing with EINTR, so no other module has to care about signals.
     const SA_RESTART: i32 = 0x1000_0000;
 
+    /// `sigset_t`: 1024 bits as an array of `unsigned long` (glibc and musl alike), so its
+    /// alignment follows the word size on 32-bit targets too.
+    const MASK_WORDS: usize = 1024 / (8 * std::mem::size_of::<usize>());
+
     /// glibc's and musl's `struct sigaction` on the architectures above: handler, a 1024-bit
     /// `sigset_t`, `int sa_flags`, then `sa_restorer` (filled in by libc itself).
     #[repr(C)]
     struct SigAction {
         sa_handler: usize,
-        sa_mask: [u64; 16],
+        sa_mask: [usize; MASK_WORDS],
         sa_flags: i32,
         sa_restorer: usize,
     }
@@ -89,7 +93,7 @@ mod sys {
             sa_handler: handler as usize,
             // An all-zero set is the empty set: no other signal is blocked while ours runs,
             // which is fine because the handler only touches atomics.
-            sa_mask: [0; 16],
+            sa_mask: [0; MASK_WORDS],
             sa_flags: SA_RESTART,
             sa_restorer: 0,
         };
