@@ -84,6 +84,12 @@ mod sys {
         sa_restorer: usize,
     }
 
+    // The kernel/libc ABI sizes: 152 bytes on 64-bit, 140 on 32-bit targets.
+    #[cfg(target_pointer_width = "64")]
+    const _: () = assert!(std::mem::size_of::<SigAction>() == 152);
+    #[cfg(target_pointer_width = "32")]
+    const _: () = assert!(std::mem::size_of::<SigAction>() == 140);
+
     extern "C" {
         fn sigaction(signum: i32, act: *const SigAction, oldact: *mut SigAction) -> i32;
     }
