@@ -282,14 +282,11 @@ fn read_response_framed<R: BufRead>(
     if status == 204 || status == 304 {
         return Ok((resp, reusable));
     }
-    let chunked = match resp.header("transfer-encoding") {
-        None => None,
-        Some(te) => Some(
-            te.rsplit(',')
-                .next()
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked")),
-        ),
-    };
+    let chunked = resp.header("transfer-encoding").map(|te| {
+        te.rsplit(',')
+            .next()
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"))
+    });
     let mut discarded = 0u64;
     let complete = match chunked {
         Some(true) => read_chunked(r, limits, &mut resp.body, &mut discarded, &mut line)?,
