@@ -2,4 +2,6 @@
 //! the library's public API. Shared helpers (a std-only backend sink, audit line builders,
 //! process control) live in `support`.
 
+mod deliver;
+mod sink;
 mod support;
