@@ -206,6 +206,8 @@ pub struct DeliveryStats {
     pub dead_lettered: u64,
     /// Events still in the queue when the sender stopped.
     pub pending: usize,
+    /// Failed attempts (each followed by a wait and a retry).
+    pub retries: u64,
 }
 
 /// Shutdown requests from the handle to the sender thread.
@@ -469,7 +471,7 @@ impl Sender {
                             "the backend requires an API key and HEALERT_API_KEY is not set: create the Secret with the backend's key and restart the agent"
                         };
                         error!(format!("backend answered {status}: {fix}; events are kept and retried"),
-                               "retry_every" => format!("{:?}", self.opts.auth_retry),
+                               "retry_every" => human(self.opts.auth_retry),
                                "pending" => self.queue.len(), "suppressed" => suppressed);
                     }
                     if !self.sleep(self.opts.auth_retry) {
@@ -486,7 +488,7 @@ impl Sender {
                     };
                     warn!("backend not accepting events; retrying (nothing is dropped)",
                           "why" => why, "attempt" => attempt,
-                          "wait" => format!("{:.1}s", wait.as_secs_f64()),
+                          "wait" => human(wait),
                           "pending" => self.queue.len());
                     if !self.sleep(wait) {
                         return false;
@@ -514,6 +516,7 @@ impl Sender {
 
     /// Counts a failed attempt; returns the attempt number in the current failure run.
     fn note_failure(&mut self) -> u64 {
+        self.stats.retries += 1;
         let f = self.failing_since.get_or_insert((Instant::now(), 0));
         f.1 += 1;
         f.1
@@ -525,7 +528,7 @@ impl Sender {
         if let Some((since, attempts)) = self.failing_since.take() {
             info!("backend accepting events again",
                   "failed_attempts" => attempts,
-                  "after" => format!("{:.1}s", since.elapsed().as_secs_f64()),
+                  "after" => human(since.elapsed()),
                   "pending" => self.queue.len());
         }
     }
@@ -560,6 +563,15 @@ impl Sender {
         warn!(format!("[{status}] backend refused the event; it will never accept this payload"),
               "type" => ev.kind, "entity" => ev.entity_ref, "detail" => detail,
               "dead_letter" => written);
+    }
+}
+
+/// `250ms`, `1.5s`: a wait as people read it.
+fn human(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
     }
 }
 

@@ -456,3 +456,52 @@ fn delivers_over_ipv6_loopback() {
     );
     assert_in_order_exactly_once(&sink, 10);
 }
+
+#[test]
+fn connection_closed_while_idle_is_resent_without_a_retry() {
+    quiet_logs();
+    let sink = Sink::builder()
+        .idle_close(Duration::from_millis(30))
+        .start();
+    let q = Queue::new(10);
+    let h = spawn_sender(
+        q.clone(),
+        client(&sink, None, Duration::from_secs(5)),
+        fast_opts(),
+    );
+    for seq in 0..3 {
+        let off = seq as u64 * 100;
+        assert!(q.push_line(pos(off), pos(off + 100), 0, vec![event(seq)]));
+        assert!(sink.wait_for_events(seq + 1, GUARD));
+        // Let the sink's idle timeout close the kept-alive connection.
+        std::thread::sleep(Duration::from_millis(120));
+    }
+    let stats = h.finish(Instant::now() + Duration::from_secs(5));
+    assert_eq!((stats.sent, stats.retries), (3, 0));
+    assert_in_order_exactly_once(&sink, 3);
+    assert_eq!(sink.connections(), 3);
+}
+
+#[test]
+fn sink_serves_stored_events_by_entity_ref() {
+    quiet_logs();
+    let sink = Sink::start();
+    deliver_all(
+        &sink,
+        21,
+        client(&sink, None, Duration::from_secs(5)),
+        fast_opts(),
+    );
+    let mut c = client(&sink, None, Duration::from_secs(5));
+    let r = c.get("/friction/component%3Ateam-1/app-1").unwrap();
+    assert_eq!(r.status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let got: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["description"].as_str().unwrap())
+        .collect();
+    // seq % 3 == 1 and seq % 7 == 1: 1 and 1 + 21 (out of range).
+    assert_eq!(got, ["seq-1 exec into pod"]);
+}

@@ -88,6 +88,7 @@ pub struct SinkBuilder {
     api_key: Option<String>,
     reject: Vec<(String, u16)>,
     ipv6: bool,
+    idle_close: Option<Duration>,
 }
 
 impl SinkBuilder {
@@ -140,6 +141,12 @@ impl SinkBuilder {
     /// Answer `status` to every body containing `needle`.
     pub fn reject_containing(mut self, needle: &str, status: u16) -> Self {
         self.reject.push((needle.to_string(), status));
+        self
+    }
+    /// Close a kept-alive connection silently after this long without a request (like a
+    /// backend's keep-alive timeout; the client learns it only when it sends the next request).
+    pub fn idle_close(mut self, after: Duration) -> Self {
+        self.idle_close = Some(after);
         self
     }
     /// Listen on [::1] instead of 127.0.0.1.
@@ -379,10 +386,12 @@ fn accept_loop(st: Arc<State>, listener: TcpListener, addr: SocketAddr) {
     }
 }
 
-/// Blocking reads that give up when the sink stops (polls the stop flag every 50 ms).
+/// Blocking reads that give up when the sink stops (polls the stop flag every 10 ms), and
+/// report end of stream once `idle_until` passes (idle keep-alive close).
 struct PollRead<'a> {
     s: TcpStream,
     st: &'a State,
+    idle_until: Option<Instant>,
 }
 
 impl Read for PollRead<'_> {
@@ -395,7 +404,9 @@ impl Read for PollRead<'_> {
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                     ) && !self.st.stopped() =>
                 {
-                    continue
+                    if self.idle_until.is_some_and(|t| Instant::now() >= t) {
+                        return Ok(0);
+                    }
                 }
                 r => return r,
             }
@@ -404,37 +415,36 @@ impl Read for PollRead<'_> {
 }
 
 fn serve(st: &State, s: TcpStream, conn: usize) {
-    let _ = s.set_read_timeout(Some(Duration::from_millis(50)));
+    let Ok(mut w) = s.try_clone() else { return };
+    serve_conn(st, s, &mut w, conn);
+    let _ = w.shutdown(Shutdown::Both);
+}
+
+fn serve_conn(st: &State, s: TcpStream, w: &mut TcpStream, conn: usize) {
+    let _ = s.set_read_timeout(Some(Duration::from_millis(10)));
     let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
-    let Ok(w) = s.try_clone() else { return };
-    let mut w = w;
-    let mut r = BufReader::new(PollRead { s, st });
+    let mut r = BufReader::new(PollRead {
+        s,
+        st,
+        idle_until: None,
+    });
     loop {
+        r.get_mut().idle_until = st.cfg.idle_close.map(|d| Instant::now() + d);
         let req = match read_request(&mut r, conn) {
             Ok(Some(req)) => req,
             Ok(None) => return,
             Err(_) => {
-                let _ = respond(
-                    &mut w,
-                    false,
-                    400,
-                    &[],
-                    br#"{"detail":"bad request"}"#,
-                    true,
-                );
+                let _ = respond(w, false, 400, &[], br#"{"detail":"bad request"}"#, true);
                 return;
             }
         };
+        r.get_mut().idle_until = None;
         if st.stopped() {
             return;
         }
+        // Refusing: drop the connection without answering.
         let down = st.lock().down_until.is_some_and(|t| Instant::now() < t);
-        if down {
-            let _ = w.shutdown(Shutdown::Both);
-            return;
-        }
-        if !handle(st, &mut w, &mut r, req) {
-            let _ = w.shutdown(Shutdown::Both);
+        if down || !handle(st, w, &mut r, req) {
             return;
         }
     }
