@@ -197,6 +197,17 @@ impl Default for DeliveryOptions {
     }
 }
 
+impl DeliveryOptions {
+    /// The production policy with the operator's knobs (MAX_EVENTS_PER_MINUTE, DEAD_LETTER_PATH).
+    pub fn from_config(c: &crate::config::Config) -> DeliveryOptions {
+        DeliveryOptions {
+            max_events_per_minute: c.max_events_per_minute,
+            dead_letter_path: c.dead_letter_path.clone(),
+            ..DeliveryOptions::default()
+        }
+    }
+}
+
 /// What a sender did in its life.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DeliveryStats {

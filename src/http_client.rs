@@ -558,6 +558,11 @@ impl Client {
         }
     }
 
+    /// The client for HEALERT_BACKEND_URL, HEALERT_API_KEY and HTTP_TIMEOUT.
+    pub fn from_config(c: &crate::config::Config) -> Client {
+        Client::new(c.backend_url.clone(), c.api_key.clone(), c.http_timeout)
+    }
+
     pub fn url(&self) -> &BackendUrl {
         &self.url
     }

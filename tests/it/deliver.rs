@@ -347,13 +347,15 @@ fn pacing_spaces_requests() {
     quiet_logs();
     let sink = Sink::start();
     let opts = DeliveryOptions {
-        max_events_per_minute: 600,
+        max_events_per_minute: 120,
         ..fast_opts()
     };
     deliver_all(&sink, 4, client(&sink, None, Duration::from_secs(5)), opts);
     let posts = sink.requests();
+    // Lower bound only, 500 ms apart at the client; 100 ms of slack for the time a request
+    // takes to reach the sink on a loaded machine.
     for w in posts.windows(2) {
-        assert!(w[1].at.duration_since(w[0].at) >= Duration::from_millis(95));
+        assert!(w[1].at.duration_since(w[0].at) >= Duration::from_millis(400));
     }
 }
 
