@@ -976,8 +976,56 @@ mod response_tests {
             .contains("HTTP_TIMEOUT"));
     }
 
-    proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Any well-formed response parses to what was sent, whatever the read boundaries.
+        #[test]
+        fn well_formed_responses_round_trip(
+            status in 200u16..600,
+            headers in proptest::collection::vec(("x-[a-z]{1,8}", "[ -~]{0,20}"), 0..6),
+            body in proptest::collection::vec(any::<u8>(), 0..300),
+            chunk in 1usize..50,
+            chunked in any::<bool>(),
+            cap in 1usize..64,
+        ) {
+            // 204 and 304 never carry a body.
+            prop_assume!(status != 204 && status != 304);
+            let mut raw = format!("HTTP/1.1 {status} Whatever\r\n").into_bytes();
+            for (k, v) in &headers {
+                raw.extend_from_slice(format!("{}: {v}\r\n", k.to_uppercase()).as_bytes());
+            }
+            if chunked {
+                raw.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+                for c in body.chunks(chunk) {
+                    raw.extend_from_slice(format!("{:X}\r\n", c.len()).as_bytes());
+                    raw.extend_from_slice(c);
+                    raw.extend_from_slice(b"\r\n");
+                }
+                raw.extend_from_slice(b"0\r\n\r\n");
+            } else {
+                raw.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+                raw.extend_from_slice(&body);
+            }
+            let mut r = BufReader::with_capacity(cap, io::Cursor::new(raw));
+            let (resp, reuse) = read_response_framed(&mut r, &Limits::default()).unwrap();
+            prop_assert_eq!(resp.status, status);
+            prop_assert_eq!(&resp.body, &body);
+            prop_assert!(reuse);
+            for (k, v) in &headers {
+                let got = resp.header(k);
+                prop_assert!(got.is_some());
+                // The first header of that name wins; values are trimmed.
+                let first = headers.iter().find(|(k2, _)| k2 == k).map(|(_, v)| v.trim_matches([' ', '\t']));
+                prop_assert_eq!(got, first);
+                let _ = v;
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
             let _ = parse(&bytes);
