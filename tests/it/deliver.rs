@@ -290,6 +290,10 @@ fn refused_events_are_dead_lettered_and_the_rest_delivered() {
     assert_eq!(lines[0]["description"], "seq-13 exec into pod");
     assert_eq!(lines[1]["description"], "seq-50 exec into pod");
     assert_eq!(q.ack_position(), Some((pos(end_offset(100)), 0)));
+    // Global counters (other tests run in parallel, so at least ours).
+    let m = &healert_agent::metrics::METRICS;
+    assert!(m.dead_lettered.load(std::sync::atomic::Ordering::Relaxed) >= 2);
+    assert!(m.events_rejected.lock().unwrap().get(&422) >= Some(&1));
     let _ = std::fs::remove_file(&dl);
 }
 
