@@ -3,4 +3,6 @@
 //! process control) live in `support`.
 
 mod ops;
+mod deliver;
+mod sink;
 mod support;
