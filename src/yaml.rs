@@ -117,11 +117,11 @@ pub fn parse(src: &[u8]) -> Result<Node, YamlError> {
             line: 1,
             col: 1,
             message: format!(
-                "the file is {} bytes; a rules file may be at most {} bytes (1 MiB)",
-                src.len(),
-                MAX_INPUT_BYTES
+                "the file is larger than the limit of {MAX_INPUT_BYTES} bytes (1 MiB)"
             ),
-            hint: Some("rules files are a few KB: check that the path points at the rules file".into()),
+            hint: Some(
+                "rules files are a few KB: check that the path points at the rules file".into(),
+            ),
         });
     }
     let src = src.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(src);
@@ -192,7 +192,12 @@ impl<'a> Parser<'a> {
         l.get(..pos.min(l.len())).map_or(pos, |s| s.chars().count()) + 1
     }
 
-    fn err(&self, pos: usize, message: impl Into<String>, hint: impl Into<Option<String>>) -> YamlError {
+    fn err(
+        &self,
+        pos: usize,
+        message: impl Into<String>,
+        hint: impl Into<Option<String>>,
+    ) -> YamlError {
         YamlError {
             line: self.li + 1,
             col: self.col(pos),
@@ -233,7 +238,10 @@ impl<'a> Parser<'a> {
                 if (l.starts_with("---") || l.starts_with("...")) && is_blank(b.get(3).copied()) {
                     return Err(self.err(
                         0,
-                        format!("a document marker `{}` after the start of the document", &l[..3]),
+                        format!(
+                            "a document marker `{}` after the start of the document",
+                            &l[..3]
+                        ),
                         Some("a rules file is a single YAML document: remove this line".into()),
                     ));
                 }
@@ -329,7 +337,10 @@ impl<'a> Parser<'a> {
             return Err(self.err(
                 pos,
                 format!("nesting is deeper than {MAX_DEPTH} levels"),
-                Some("rules files nest 5 levels deep; this file is not a rules file or is malformed".into()),
+                Some(
+                    "rules files nest 5 levels deep; this file is not a rules file or is malformed"
+                        .into(),
+                ),
             ));
         }
         Ok(())
@@ -452,13 +463,20 @@ impl<'a> Parser<'a> {
                 } else {
                     "write `key: value` (with a space after the colon), aligned with the other keys"
                 };
-                return Err(self.err(indent, "expected a `key: value` entry here", Some(hint.into())));
+                return Err(self.err(
+                    indent,
+                    "expected a `key: value` entry here",
+                    Some(hint.into()),
+                ));
             };
             let (kline, kcol) = (self.li + 1, self.col(indent));
             if let Some(first) = entries.iter().find(|e| e.key == key) {
                 return Err(self.err(
                     indent,
-                    format!("duplicate key `{}` in this mapping", crate::log::sanitize(&key, 80)),
+                    format!(
+                        "duplicate key `{}` in this mapping",
+                        crate::log::sanitize(&key, 80)
+                    ),
                     Some(format!(
                         "`{}` is already set on line {}: keep only one of them",
                         crate::log::sanitize(&key, 80),
@@ -472,7 +490,9 @@ impl<'a> Parser<'a> {
                 match self.peek_content()? {
                     Some(i) if i > indent => self.block_node(i, Some(indent), depth + 1)?,
                     // A list may sit at the same indentation as its key.
-                    Some(i) if i == indent && self.is_seq_entry(i) => self.block_seq(i, depth + 1)?,
+                    Some(i) if i == indent && self.is_seq_entry(i) => {
+                        self.block_seq(i, depth + 1)?
+                    }
                     _ => Node {
                         line: kline,
                         col: kcol,
@@ -581,7 +601,13 @@ impl<'a> Parser<'a> {
                 let end = self.plain_end(pos, false)?;
                 let text = self.line()[pos..end].trim_end().to_string();
                 Ok((
-                    self.node(pos, Value::Scalar(Scalar { text, style: Style::Plain })),
+                    self.node(
+                        pos,
+                        Value::Scalar(Scalar {
+                            text,
+                            style: Style::Plain,
+                        }),
+                    ),
                     end,
                 ))
             }
@@ -592,9 +618,18 @@ impl<'a> Parser<'a> {
     /// The error for a value starting with an indicator the subset does not support.
     fn unsupported(&self, pos: usize, c: u8) -> YamlError {
         let (msg, hint): (&str, &str) = match c {
-            b'&' => ("anchors (`&name`) are not supported", "write the value out in full"),
-            b'*' => ("aliases (`*name`) are not supported", "write the value out in full"),
-            b'!' => ("tags (`!tag`) are not supported", "remove the tag; values are plain strings"),
+            b'&' => (
+                "anchors (`&name`) are not supported",
+                "write the value out in full",
+            ),
+            b'*' => (
+                "aliases (`*name`) are not supported",
+                "write the value out in full",
+            ),
+            b'!' => (
+                "tags (`!tag`) are not supported",
+                "remove the tag; values are plain strings",
+            ),
             b'|' | b'>' => (
                 "block scalars (`|`, `>`) are not supported",
                 "write the text on one line, in quotes",
@@ -612,7 +647,10 @@ impl<'a> Parser<'a> {
                 "put list items on their own lines, indented under their key",
             ),
             b':' => ("a value cannot start with `: `", "put the value in quotes"),
-            b'#' => ("expected a value", "a comment needs text before it, or remove it"),
+            b'#' => (
+                "expected a value",
+                "a comment needs text before it, or remove it",
+            ),
             _ => (
                 "this character cannot start an unquoted value",
                 "put the value in quotes",
@@ -649,7 +687,13 @@ impl<'a> Parser<'a> {
                         out.push('\'');
                         continue;
                     }
-                    return Ok((Scalar { text: out, style: Style::SingleQuoted }, pos + 1 + i + 1));
+                    return Ok((
+                        Scalar {
+                            text: out,
+                            style: Style::SingleQuoted,
+                        },
+                        pos + 1 + i + 1,
+                    ));
                 }
                 out.push(c);
             }
@@ -657,7 +701,15 @@ impl<'a> Parser<'a> {
         }
         while let Some((i, c)) = it.next() {
             match c {
-                '"' => return Ok((Scalar { text: out, style: Style::DoubleQuoted }, pos + 1 + i + 1)),
+                '"' => {
+                    return Ok((
+                        Scalar {
+                            text: out,
+                            style: Style::DoubleQuoted,
+                        },
+                        pos + 1 + i + 1,
+                    ))
+                }
                 '\\' => {
                     let Some((_, e)) = it.next() else {
                         return Err(unterminated());
@@ -693,7 +745,10 @@ impl<'a> Parser<'a> {
                         _ => {
                             return Err(self.err(
                                 pos + 1 + i,
-                                format!("unknown escape `\\{}` in a double-quoted string", e.escape_debug()),
+                                format!(
+                                    "unknown escape `\\{}` in a double-quoted string",
+                                    e.escape_debug()
+                                ),
                                 Some("write `\\\\` for a backslash, or use single quotes".into()),
                             ))
                         }
@@ -724,7 +779,12 @@ impl<'a> Parser<'a> {
 
     /// Moves from `pos` over spaces, comments and line breaks inside `[...]`. Continuation
     /// lines must be indented deeper than `owner`. Returns the position of the next token.
-    fn flow_space(&mut self, mut pos: usize, owner: Option<usize>, open: (usize, usize)) -> R<usize> {
+    fn flow_space(
+        &mut self,
+        mut pos: usize,
+        owner: Option<usize>,
+        open: (usize, usize),
+    ) -> R<usize> {
         loop {
             pos = self.skip_spaces(pos)?;
             if self.byte(pos).is_some() && !self.is_comment_start(pos) {
@@ -786,7 +846,13 @@ impl<'a> Parser<'a> {
                 _ if self.plain_can_start(p, c) => {
                     let end = self.plain_end(p, true)?;
                     let text = self.line()[p..end].trim_end().to_string();
-                    items.push(self.node(p, Value::Scalar(Scalar { text, style: Style::Plain })));
+                    items.push(self.node(
+                        p,
+                        Value::Scalar(Scalar {
+                            text,
+                            style: Style::Plain,
+                        }),
+                    ));
                     p = end;
                 }
                 _ => return Err(self.unsupported(p, c)),
@@ -843,11 +909,17 @@ mod tests {
         let Value::Map(m) = &n.value else { panic!() };
         assert_eq!(m[0].key, "a");
         assert_eq!(m[0].value.value, s("1"));
-        let Value::Seq(items) = &m[1].value.value else { panic!() };
+        let Value::Seq(items) = &m[1].value.value else {
+            panic!()
+        };
         assert_eq!((items[0].line, items[0].col), (3, 5));
-        let Value::Map(inner) = &items[1].value else { panic!() };
+        let Value::Map(inner) = &items[1].value else {
+            panic!()
+        };
         assert_eq!((inner[1].line, inner[1].col), (5, 5));
-        let Value::Seq(f) = &inner[1].value.value else { panic!() };
+        let Value::Seq(f) = &inner[1].value.value else {
+            panic!()
+        };
         assert_eq!(f[1].as_str(), Some("q's"));
         assert_eq!(f[2].as_str(), Some("r\n"));
         assert_eq!((f[2].line, f[2].col), (5, 20));
@@ -855,9 +927,12 @@ mod tests {
 
     #[test]
     fn null_compact_seq_comments_bom_crlf() {
-        let n = parse(b"\xEF\xBB\xBF---\r\n# c\r\nk:\r\n- a # t\r\n- 'b#c'\r\nn:\r\nu: a#b\r\n").unwrap();
+        let n = parse(b"\xEF\xBB\xBF---\r\n# c\r\nk:\r\n- a # t\r\n- 'b#c'\r\nn:\r\nu: a#b\r\n")
+            .unwrap();
         let Value::Map(m) = &n.value else { panic!() };
-        let Value::Seq(items) = &m[0].value.value else { panic!() };
+        let Value::Seq(items) = &m[0].value.value else {
+            panic!()
+        };
         assert_eq!(items[0].as_str(), Some("a"));
         assert_eq!(items[1].as_str(), Some("b#c"));
         assert_eq!(m[1].value.value, Value::Null);
@@ -869,10 +944,21 @@ mod tests {
     fn multi_line_flow_sequence() {
         let n = parse(b"k: [a,\n  b, # c\n  ]\nz: 1\n").unwrap();
         let Value::Map(m) = &n.value else { panic!() };
-        assert_eq!(m[0].value.value, Value::Seq(vec![
-            Node { line: 1, col: 5, value: s("a") },
-            Node { line: 2, col: 3, value: s("b") },
-        ]));
+        assert_eq!(
+            m[0].value.value,
+            Value::Seq(vec![
+                Node {
+                    line: 1,
+                    col: 5,
+                    value: s("a")
+                },
+                Node {
+                    line: 2,
+                    col: 3,
+                    value: s("b")
+                },
+            ])
+        );
     }
 
     #[test]
@@ -880,7 +966,10 @@ mod tests {
         let e = err("a: 1\nb: &x 2\n");
         assert_eq!((e.line, e.col), (2, 4));
         assert!(e.message.contains("anchors"));
-        assert_eq!(err("a:\n\t- x\n").message, "tab character used for indentation");
+        assert_eq!(
+            err("a:\n\t- x\n").message,
+            "tab character used for indentation"
+        );
         assert!(err("a: {b: 1}\n").message.contains("flow mappings"));
         assert!(err("a: [b: 1]\n").message.contains("flow mappings"));
         assert!(err("a: *x\n").message.contains("aliases"));
@@ -891,7 +980,10 @@ mod tests {
         assert_eq!((e.line, e.col), (3, 1));
         assert!(e.hint.unwrap().contains("line 1"));
         let e = err("a: \"abc\n");
-        assert_eq!((e.line, e.col, e.message.as_str()), (1, 4, "unterminated double-quoted string"));
+        assert_eq!(
+            (e.line, e.col, e.message.as_str()),
+            (1, 4, "unterminated double-quoted string")
+        );
         let e = err("a: long\n  continued\n");
         assert_eq!((e.line, e.message.as_str()), (2, "unexpected indentation"));
         assert!(err("a: b: c\n").message.contains("same line"));
@@ -899,14 +991,18 @@ mod tests {
         assert!(err("a: \"b\" c\n").message.contains("unexpected text"));
         assert!(err("a: \"\\q\"\n").message.contains("unknown escape"));
         assert!(err("a: [x\nb: 1\n").message.contains("unterminated flow"));
-        assert!(err("a:\n  b: 1\n c: 2\n").message.contains("unexpected indentation"));
+        assert!(err("a:\n  b: 1\n c: 2\n")
+            .message
+            .contains("unexpected indentation"));
         assert!(err("  a: 1\nb: 2\n").message.contains("does not fit"));
     }
 
     #[test]
     fn limits_are_errors_not_crashes() {
         let big = vec![b'#'; MAX_INPUT_BYTES + 1];
-        assert!(err(std::str::from_utf8(&big).unwrap()).message.contains("at most"));
+        assert!(err(std::str::from_utf8(&big).unwrap())
+            .message
+            .contains("larger than the limit"));
         let deep = "[".repeat(10_000);
         assert!(err(&deep).message.contains("nesting"));
         let dashes = "- ".repeat(10_000) + "x";
