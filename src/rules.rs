@@ -279,10 +279,11 @@ pub fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     let lower = word.to_ascii_lowercase();
     candidates
         .iter()
-        .map(|c| (distance(&lower, c), *c))
-        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
+        .map(|c| (distance(&lower, c), c.len().abs_diff(lower.len()), *c))
+        .filter(|(d, _, c)| *d <= 2.max(c.len() / 3))
+        // On a tie, prefer the candidate of the same length (`verbz` → `verbs`, not `verb`).
+        .min_by_key(|(d, len_diff, _)| (*d, *len_diff))
+        .map(|(_, _, c)| c)
 }
 
 /// Is `s` a valid rule name (the backend's event type)? Returns what is wrong otherwise.
@@ -387,7 +388,11 @@ impl Validator {
                 _ => self.unknown_key(e, "the top level", TOP_KEYS),
             }
         }
-        if !saw_rules {
+        // `rule:` already got "did you mean `rules`?"; saying "no rules list" too is noise.
+        let rules_typo = entries
+            .iter()
+            .any(|e| e.key != "rules" && closest(&e.key, TOP_KEYS) == Some("rules"));
+        if !saw_rules && !rules_typo {
             self.error(
                 (root.line, root.col),
                 "the file has no `rules:` list".into(),
@@ -571,7 +576,10 @@ impl Validator {
                 _ => self.unknown_key(f, "rule", RULE_KEYS),
             }
         }
-        let label = name.clone().unwrap_or_else(|| "this rule".into());
+        let label = match &name {
+            Some(n) => format!("rule `{n}`"),
+            None => "this rule".into(),
+        };
         let at = (item.line, item.col);
         for (key, present, hint) in [
             (
@@ -598,7 +606,7 @@ impl Validator {
             if !present {
                 self.error(
                     at,
-                    format!("rule `{}` has no `{key}`", shown(&label)),
+                    format!("{label} has no `{key}`"),
                     Some(format!("add `{key}:` ({hint})")),
                 );
             }
@@ -609,7 +617,7 @@ impl Validator {
             None => {
                 self.warn(
                     at,
-                    format!("rule `{}` has no `description`", shown(&label)),
+                    format!("{label} has no `description`"),
                     Some(format!("events will read \"{DEFAULT_DESCRIPTION}\"; add `description:` to say more")),
                 );
                 (
@@ -858,7 +866,8 @@ impl Validator {
 }
 
 /// Parses a description template. `Err` lists each unknown `{token}` with its character
-/// offset. Only `{word}` (lowercase letters, `_`) is a token; other braces are literal text.
+/// offset. `{word}` (a letter, then letters, digits, `_`) is a token; other braces (`{}`,
+/// `{ x }`, `{1}`, JSON) are literal text.
 pub fn parse_template(src: &str) -> Result<Template, Vec<(usize, String)>> {
     let mut pieces = Vec::new();
     let mut bad = Vec::new();
@@ -869,9 +878,13 @@ pub fn parse_template(src: &str) -> Result<Template, Vec<(usize, String)>> {
         let after = &rest[open + 1..];
         let word_len = after
             .bytes()
-            .take_while(|b| b.is_ascii_lowercase() || *b == b'_')
+            .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
             .count();
-        if word_len == 0 || after.as_bytes().get(word_len) != Some(&b'}') {
+        let starts_with_letter = after
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic());
+        if !starts_with_letter || after.as_bytes().get(word_len) != Some(&b'}') {
             text.push_str(&rest[..open + 1]);
             offset += rest[..open + 1].chars().count();
             rest = after;

@@ -40,7 +40,13 @@ pub fn resolve(arg: Option<PathBuf>) -> (PathBuf, Origin) {
 pub fn run(path: Option<PathBuf>) -> ExitCode {
     let (path, origin) = resolve(path);
     let result = rules::load_file(&path);
-    print!("{}", report(&path, origin, &result));
+    // A listing goes to stdout; a failure to stderr, like a compiler's diagnostics.
+    let text = report(&path, origin, &result);
+    if result.is_ok() {
+        print!("{text}");
+    } else {
+        eprint!("{text}");
+    }
     ExitCode::from(exit_code(&result))
 }
 
@@ -107,12 +113,16 @@ pub fn report(path: &Path, origin: Origin, result: &Result<Loaded, LoadError>) -
             }
             let ns = &loaded.rules.ignore_namespaces;
             let listed: Vec<String> = ns.iter().map(|n| sanitize(n, 80)).collect();
-            let _ = writeln!(
-                out,
-                "Ignored namespaces ({}): {}",
-                ns.len(),
-                listed.join(", ")
-            );
+            if ns.is_empty() {
+                out.push_str("Ignored namespaces: none\n");
+            } else {
+                let _ = writeln!(
+                    out,
+                    "Ignored namespaces ({}): {}",
+                    ns.len(),
+                    listed.join(", ")
+                );
+            }
             diagnostics_into(&mut out, &shown, &loaded.warnings);
             let _ = writeln!(
                 out,

@@ -511,7 +511,11 @@ impl<'a> Parser<'a> {
                     return Err(self.err(
                         vpos,
                         "a mapping cannot start on the same line as its key",
-                        Some("move the inner `key: value` to the next line, indented".into()),
+                        Some(
+                            "if this is text, put it in quotes; if it is a nested key, move it \
+                             to the next line, indented"
+                                .into(),
+                        ),
                     ));
                 }
                 let (v, end) = self.inline_value(vpos, Some(indent), depth + 1)?;
