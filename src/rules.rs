@@ -944,3 +944,76 @@ pub fn load_file(path: &Path) -> Result<Loaded, LoadError> {
         diagnostics,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions_pick_the_plausible_typo() {
+        assert_eq!(closest("verbz", MATCH_KEYS), Some("verbs"));
+        assert_eq!(closest("resouce", MATCH_KEYS), Some("resource"));
+        assert_eq!(closest("Severity", RULE_KEYS), Some("severity"));
+        assert_eq!(
+            closest("ignore_namespace", CONFIG_KEYS),
+            Some("ignore_namespaces")
+        );
+        assert_eq!(closest("color", RULE_KEYS), None);
+    }
+
+    #[test]
+    fn templates_split_into_tokens_and_text() {
+        let t = parse_template("exec on {resource}/{name} by {actor} {} {1}").unwrap();
+        assert_eq!(
+            t.0,
+            [
+                Piece::Text("exec on ".into()),
+                Piece::Resource,
+                Piece::Text("/".into()),
+                Piece::Name,
+                Piece::Text(" by ".into()),
+                Piece::Actor,
+                Piece::Text(" {} {1}".into()),
+            ]
+        );
+        assert_eq!(
+            parse_template("é {user} and {Verb}").unwrap_err(),
+            [(2, "user".to_string()), (13, "Verb".to_string())]
+        );
+    }
+
+    #[test]
+    fn names_follow_the_backend_rules() {
+        assert_eq!(name_problem("kubectl-exec"), None);
+        assert_eq!(name_problem("a1b"), None);
+        assert!(name_problem("ab").is_some());
+        assert!(name_problem(&"a".repeat(51)).is_some());
+        assert_eq!(name_problem(&"a".repeat(50)), None);
+        assert!(name_problem("-abc").is_some());
+        assert!(name_problem("abc-").is_some());
+        assert!(name_problem("ab_c").is_some());
+        assert!(name_problem("abC").is_some());
+    }
+
+    #[test]
+    fn io_and_invalid_errors_display_with_a_fix() {
+        let e = load_file(Path::new("/nonexistent/healert/rules.yaml")).unwrap_err();
+        let s = e.to_string();
+        assert!(
+            s.contains("/nonexistent/healert/rules.yaml") && s.contains("RULES_PATH"),
+            "{s}"
+        );
+        let Err(diagnostics) = parse_rules(b"rules:\n  - name: x\n") else {
+            panic!("invalid file accepted")
+        };
+        let e = LoadError::Invalid {
+            path: "r.yaml".into(),
+            diagnostics,
+        };
+        let s = e.to_string();
+        assert!(
+            s.contains("r.yaml:2:11: error: rule name `x` must be 3 to 50"),
+            "{s}"
+        );
+    }
+}
