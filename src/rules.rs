@@ -5,6 +5,7 @@
 //! what runs. The YAML text is parsed by [`crate::yaml`]; this module turns the tree into typed
 //! rules and reports every problem (not just the first) as a [`Diagnostic`] with line:column.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
 use std::path::Path;
@@ -241,7 +242,10 @@ pub fn parse_rules(src: &[u8]) -> Result<Loaded, Vec<Diagnostic>> {
             }])
         }
     };
-    let mut v = Validator { diags: Vec::new() };
+    let mut v = Validator {
+        diags: Vec::new(),
+        errors: 0,
+    };
     let rules = v.file(&root);
     let mut diags = v.diags;
     diags.sort_by_key(|d| (d.line, d.col));
@@ -306,6 +310,8 @@ fn name_problem(s: &str) -> Option<&'static str> {
 
 struct Validator {
     diags: Vec<Diagnostic>,
+    /// Errors among `diags`, kept as a count so asking is O(1) per rule.
+    errors: usize,
 }
 
 impl Validator {
@@ -317,6 +323,7 @@ impl Validator {
         message: String,
         hint: Option<String>,
     ) {
+        self.errors += usize::from(level == Level::Error);
         self.diags.push(Diagnostic {
             level,
             line,
@@ -519,7 +526,7 @@ impl Validator {
             );
         }
         let mut out: Vec<Rule> = Vec::new();
-        let mut names: Vec<(String, usize)> = Vec::new();
+        let mut names: HashMap<String, usize> = HashMap::new();
         for item in items {
             let Value::Map(fields) = &item.value else {
                 self.error(
@@ -533,7 +540,7 @@ impl Validator {
             let rule = self.rule(item, fields);
             if let Some(name_entry) = fields.iter().find(|f| f.key == "name") {
                 if let Some(name) = name_entry.value.as_str() {
-                    if let Some((_, first)) = names.iter().find(|(n, _)| n == name) {
+                    if let Some(first) = names.get(name) {
                         self.error(
                             (name_entry.value.line, name_entry.value.col),
                             format!("duplicate rule name `{}`", shown(name)),
@@ -543,7 +550,7 @@ impl Validator {
                             )),
                         );
                     } else {
-                        names.push((name.to_string(), item.line));
+                        names.insert(name.to_string(), item.line);
                     }
                 }
             }
@@ -555,10 +562,7 @@ impl Validator {
     }
 
     fn error_count(&self) -> usize {
-        self.diags
-            .iter()
-            .filter(|d| d.level == Level::Error)
-            .count()
+        self.errors
     }
 
     fn rule(&mut self, item: &Node, fields: &[Entry]) -> Option<Rule> {
@@ -980,6 +984,32 @@ mod tests {
             parse_template("é {user} and {Verb}").unwrap_err(),
             [(2, "user".to_string()), (13, "Verb".to_string())]
         );
+    }
+
+    /// Many rules, many errors: validation stays linear and reports all of them, in order.
+    #[test]
+    fn thousands_of_rules_and_errors() {
+        let mut src = String::from("rules:\n");
+        for i in 0..5_000 {
+            src.push_str(&format!(
+                "  - name: rule-{i}\n    severity: high\n    workflow: deploy\n    match:\n      verbz: [get]\n"
+            ));
+        }
+        src.push_str("  - name: rule-7\n    severity: high\n    workflow: deploy\n    match: {}\n");
+        let e = parse_rules(src.as_bytes()).unwrap_err();
+        assert_eq!(e.len(), 1, "flow mapping is a syntax error: {e:?}");
+        let src = src.replace("    match: {}\n", "    match:\n      verb: get\n");
+        let d = parse_rules(src.as_bytes()).unwrap_err();
+        let errors: Vec<_> = d.iter().filter(|d| d.level == Level::Error).collect();
+        assert_eq!(errors.len(), 5_001);
+        assert!(errors
+            .last()
+            .unwrap()
+            .message
+            .contains("duplicate rule name `rule-7`"));
+        assert!(d
+            .windows(2)
+            .all(|w| (w[0].line, w[0].col) <= (w[1].line, w[1].col)));
     }
 
     #[test]

@@ -17,6 +17,8 @@
 //! overflow. This is the only YAML parser in the agent: the running agent, `validate` and
 //! `replay` all go through [`parse`] (via `rules::parse_rules`).
 
+use std::cell::Cell;
+use std::collections::HashMap;
 use std::fmt;
 
 /// Largest rules file accepted. Real rules files are a few KB; the cap keeps a wrong path
@@ -157,7 +159,11 @@ pub fn parse(src: &[u8]) -> Result<Node, YamlError> {
             });
         }
     }
-    let mut p = Parser { lines, li: 0 };
+    let mut p = Parser {
+        lines,
+        li: 0,
+        col_memo: Cell::new((usize::MAX, 0, 0)),
+    };
     p.document()
 }
 
@@ -165,6 +171,10 @@ pub fn parse(src: &[u8]) -> Result<Node, YamlError> {
 struct Parser<'a> {
     lines: Vec<&'a str>,
     li: usize,
+    /// (line, byte offset, characters before it) of the last column computed: positions on a
+    /// line are mostly asked for left to right, so counting resumes there instead of from the
+    /// line start (a 1 MiB one-line `[a,a,...]` would otherwise be quadratic).
+    col_memo: Cell<(usize, usize, usize)>,
 }
 
 type R<T> = Result<T, YamlError>;
@@ -189,7 +199,16 @@ impl<'a> Parser<'a> {
     /// 1-based column of byte offset `pos` in the current line, counted in characters.
     fn col(&self, pos: usize) -> usize {
         let l = self.line();
-        l.get(..pos.min(l.len())).map_or(pos, |s| s.chars().count()) + 1
+        let pos = pos.min(l.len());
+        let (memo_line, memo_pos, memo_chars) = self.col_memo.get();
+        let (from, chars) = if memo_line == self.li && memo_pos <= pos {
+            (memo_pos, memo_chars)
+        } else {
+            (0, 0)
+        };
+        let chars = chars + l.get(from..pos).map_or(pos - from, |s| s.chars().count());
+        self.col_memo.set((self.li, pos, chars));
+        chars + 1
     }
 
     fn err(
@@ -456,6 +475,8 @@ impl<'a> Parser<'a> {
     fn block_map(&mut self, indent: usize, depth: usize) -> R<Node> {
         let (line, col) = (self.li + 1, self.col(indent));
         let mut entries: Vec<Entry> = Vec::new();
+        // Key → line, for duplicate detection in one pass.
+        let mut seen: HashMap<String, usize> = HashMap::new();
         loop {
             let Some((key, after_colon)) = self.key_at(indent)? else {
                 let hint = if self.is_seq_entry(indent) {
@@ -470,7 +491,7 @@ impl<'a> Parser<'a> {
                 ));
             };
             let (kline, kcol) = (self.li + 1, self.col(indent));
-            if let Some(first) = entries.iter().find(|e| e.key == key) {
+            if let Some(first) = seen.get(&key) {
                 return Err(self.err(
                     indent,
                     format!(
@@ -480,7 +501,7 @@ impl<'a> Parser<'a> {
                     Some(format!(
                         "`{}` is already set on line {}: keep only one of them",
                         crate::log::sanitize(&key, 80),
-                        first.line
+                        first
                     )),
                 ));
             }
@@ -523,6 +544,7 @@ impl<'a> Parser<'a> {
                 self.li += 1;
                 v
             };
+            seen.insert(key.clone(), kline);
             entries.push(Entry {
                 key,
                 line: kline,
@@ -999,6 +1021,34 @@ mod tests {
             .message
             .contains("unexpected indentation"));
         assert!(err("  a: 1\nb: 2\n").message.contains("does not fit"));
+    }
+
+    /// Inputs near the size limit shaped to hit quadratic paths (column counting on one long
+    /// line, duplicate-key checks in a wide mapping) parse in one pass.
+    #[test]
+    fn wide_inputs_near_the_limit_parse() {
+        let mut one_line = String::from("k: [");
+        while one_line.len() < MAX_INPUT_BYTES - 16 {
+            one_line.push_str("é,");
+        }
+        one_line.push_str("x]\n");
+        let n = parse(one_line.as_bytes()).unwrap();
+        let Value::Map(m) = &n.value else { panic!() };
+        let Value::Seq(items) = &m[0].value.value else {
+            panic!()
+        };
+        let last = items.last().unwrap();
+        assert_eq!(last.col, one_line.chars().count() - 2);
+        let wide: String = (0..60_000).map(|i| format!("k{i}: v\n")).collect();
+        assert!(wide.len() < MAX_INPUT_BYTES);
+        let Value::Map(m) = parse(wide.as_bytes()).unwrap().value else {
+            panic!()
+        };
+        assert_eq!(m.len(), 60_000);
+        let dup = format!("{wide}k7: again\n");
+        let e = parse(dup.as_bytes()).unwrap_err();
+        assert_eq!((e.line, e.col), (60_001, 1));
+        assert!(e.hint.unwrap().contains("line 8"));
     }
 
     #[test]
