@@ -278,7 +278,7 @@ impl<'a> Parser<'a> {
     }
 
     fn document(&mut self) -> R<Node> {
-        // A leading `---` (and directives before it) is allowed once.
+        // One leading `---` is allowed (directives before it are rejected by peek_content).
         while self.li < self.lines.len() {
             let l = self.line();
             let t = l.trim_start_matches([' ', '\t']);
