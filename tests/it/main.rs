@@ -2,7 +2,8 @@
 //! the library's public API. Shared helpers (a std-only backend sink, audit line builders,
 //! process control) live in `support`.
 
-mod ops;
 mod deliver;
+mod ops;
+mod rules;
 mod sink;
 mod support;
