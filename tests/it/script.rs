@@ -24,18 +24,9 @@ fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-/// The rules file the ConfigMap must carry: the repository's rules.yaml, or — until that file
-/// lands from the rules branch — the Go agent's file it replaces.
+/// The rules file the ConfigMap must carry.
 fn rules_source() -> PathBuf {
-    let own = repo().join("rules.yaml");
-    if own.exists() {
-        own
-    } else {
-        PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/compat/healert-go-rules.yaml"
-        ))
-    }
+    repo().join("rules.yaml")
 }
 
 // ---------------------------------------------------------------------------------------------
