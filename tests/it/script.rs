@@ -1224,7 +1224,10 @@ fn sha256_hex(data: &[u8]) -> String {
 }
 
 #[test]
-fn sha256_matches_the_standard_vectors() {
+fn sha256_and_base64_match_the_standard_vectors() {
+    assert_eq!(base64(b"Man"), "TWFu");
+    assert_eq!(base64(b"Ma"), "TWE=");
+    assert_eq!(base64(b"M"), "TQ==");
     assert_eq!(
         sha256_hex(b"abc"),
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
@@ -1358,4 +1361,114 @@ fn end_to_end_validate_start_status_test_restart_stop() {
     );
     let (ok, t) = sh(&["status"]);
     assert!(ok && t.contains("stopped"), "{t}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kubernetes mode against a recording kubectl: the key goes by stdin, never argv
+// ---------------------------------------------------------------------------------------------
+
+/// A kubectl stand-in: appends its argv (one line per call) to `calls`, and the stdin of
+/// `apply -f -` to `stdin`; answers `apply -f -` with `secret/healert-api-key <SECRET_VERB>`.
+const FAKE_KUBECTL: &str = r#"#!/usr/bin/env bash
+d=$(dirname "$0")
+printf '%s\n' "$*" >> "$d/calls"
+if [[ "$1 $2 $3" == "apply -f -" ]]; then
+  cat >> "$d/stdin"
+  echo "secret/healert-api-key ${SECRET_VERB:-created}"
+fi
+exit 0
+"#;
+
+fn base64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn kubernetes_mode_pipes_the_key_and_refuses_the_placeholder_url() {
+    use std::os::unix::fs::PermissionsExt;
+    const KEY: &str = "k8s-key-abcdefghijklmnopqrstuvwxyz012345";
+    let s = Scratch::new("kube");
+    let dir = s.root.join("repo");
+    let fake = s.root.join("kube");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&fake).unwrap();
+    for f in ["healert.sh", "daemonset.yaml", "rules.yaml"] {
+        std::fs::copy(repo().join(f), dir.join(f)).unwrap();
+    }
+    let kubectl = fake.join("kubectl");
+    std::fs::write(&kubectl, FAKE_KUBECTL).unwrap();
+    std::fs::set_permissions(&kubectl, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = |args: &[&str], verb: &str| {
+        let mut c = s.command(&dir.join("healert.sh"), args);
+        c.env("KUBECTL", &kubectl)
+            .env("HEALERT_API_KEY", KEY)
+            .env("SECRET_VERB", verb);
+        run_bounded(c)
+    };
+
+    // The shipped manifest still has the placeholder: nothing is applied.
+    let o = run(&["start", "kubernetes"], "created");
+    assert!(!o.status.success());
+    assert!(text(&o).contains("placeholder"), "{}", text(&o));
+    assert!(!read(&fake.join("calls")).contains("apply"));
+
+    let manifest = dir.join("daemonset.yaml");
+    let edited = read(&manifest).replace(
+        "http://REPLACE-WITH-BACKEND-HOST:8000",
+        "http://healert-backend.healert.svc:8000",
+    );
+    std::fs::write(&manifest, edited).unwrap();
+    let o = run(&["start", "kubernetes"], "created");
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(!t.contains(KEY), "printed the key: {t}");
+    let calls = read(&fake.join("calls"));
+    assert!(
+        !calls.contains(KEY),
+        "the key was on a kubectl command line:\n{calls}"
+    );
+    assert!(
+        calls.contains(&format!("apply -f {}", manifest.display())),
+        "{calls}"
+    );
+    assert!(
+        calls.contains("rollout status daemonset/healert-agent -n healert-system"),
+        "{calls}"
+    );
+    let secret = read(&fake.join("stdin"));
+    assert!(secret.contains("kind: Secret") && secret.contains("namespace: healert-system"));
+    assert!(
+        secret.contains(&format!("HEALERT_API_KEY: {}", base64(KEY.as_bytes()))),
+        "{secret}"
+    );
+
+    // update kubernetes: an unchanged Secret rolls nothing by hand (a rules change rolls the
+    // pods through the checksum); a changed Secret restarts the pods to pick up the new key.
+    std::fs::remove_file(fake.join("calls")).unwrap();
+    let o = run(&["update", "kubernetes"], "unchanged");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!read(&fake.join("calls")).contains("rollout restart"));
+    std::fs::remove_file(fake.join("calls")).unwrap();
+    let o = run(&["update", "kubernetes"], "configured");
+    assert!(o.status.success(), "{}", text(&o));
+    let calls = read(&fake.join("calls"));
+    assert!(
+        calls.contains("rollout restart daemonset/healert-agent -n healert-system"),
+        "{calls}"
+    );
+    assert!(!calls.contains(KEY));
 }
