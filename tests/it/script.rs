@@ -1472,3 +1472,107 @@ fn kubernetes_mode_pipes_the_key_and_refuses_the_placeholder_url() {
     );
     assert!(!calls.contains(KEY));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The backend commands, against a stand-in uvicorn that answers GET /health
+// ---------------------------------------------------------------------------------------------
+
+/// Runs like `uvicorn main:app --app-dir D --host H --port P ...` (a Python script, as the real
+/// console script is, so its command line names it): serves 200 on every GET, and records the
+/// length of the API key it was given through the environment.
+const FAKE_UVICORN: &str = r#"#!/usr/bin/env python3
+import http.server, os, sys
+args = sys.argv[1:]
+host, port = args[args.index("--host") + 1], int(args[args.index("--port") + 1])
+here = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(here, "..", "..", "key_len"), "w") as f:
+    f.write(str(len(os.environ.get("HEALERT_API_KEY", ""))))
+class H(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "15")
+        self.end_headers()
+        self.wfile.write(b'{"status":"ok"}')
+http.server.HTTPServer((host, port), H).serve_forever()
+"#;
+
+#[test]
+fn backend_start_status_reset_stop() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scratch::new("backend");
+    let venv = s.backend_dir().join("venv/bin");
+    std::fs::create_dir_all(&venv).unwrap();
+    std::fs::write(s.backend_dir().join("main.py"), "app = None\n").unwrap();
+    let uvicorn = venv.join("uvicorn");
+    std::fs::write(&uvicorn, FAKE_UVICORN).unwrap();
+    std::fs::set_permissions(&uvicorn, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let run = |args: &[&str]| {
+        let mut c = s.command(&repo().join("healert.sh"), args);
+        c.env("HEALERT_HOST", "127.0.0.1")
+            .env("HEALERT_PORT", &port);
+        run_bounded(c)
+    };
+    let pidfile = s.run_dir().join("backend.pid");
+    struct KillOnDrop(PathBuf);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            if let Ok(p) = std::fs::read_to_string(&self.0) {
+                let _ = Command::new("kill").arg("-KILL").arg(p.trim()).status();
+            }
+        }
+    }
+    let _guard = KillOnDrop(pidfile.clone());
+
+    assert!(run(&["setup"]).status.success());
+    let o = run(&["start", "backend"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("backend healthy"), "{t}");
+    let key_len = read(&s.backend_dir().join("key_len"));
+    let key = env_value(&s.backend_dir().join(".env"), "HEALERT_API_KEY").unwrap();
+    assert_eq!(
+        key_len.trim(),
+        key.len().to_string(),
+        "the backend got its key by environment"
+    );
+    let pid = read(&pidfile).trim().to_string();
+
+    let o = run(&["status"]);
+    let t = text(&o);
+    assert!(t.contains(&format!("PID {pid}")), "{t}");
+    assert!(
+        t.contains("(reachable)") || t.contains("Backend   ● running"),
+        "{t}"
+    );
+
+    let db = s.backend_dir().join("healert.db");
+    std::fs::write(&db, "events").unwrap();
+    let o = run(&["reset"]);
+    assert!(
+        !o.status.success(),
+        "reset without a terminal needs --confirm"
+    );
+    assert!(db.exists());
+    let o = run(&["reset", "--confirm"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(!db.exists());
+    assert!(t.contains("backend healthy"), "restarted after reset: {t}");
+    assert_ne!(read(&pidfile).trim(), pid, "a new backend process");
+
+    let o = run(&["stop", "backend"]);
+    assert!(
+        o.status.success() && text(&o).contains("backend stopped"),
+        "{}",
+        text(&o)
+    );
+    assert!(!pidfile.exists());
+}
