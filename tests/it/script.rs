@@ -1576,3 +1576,33 @@ fn backend_start_status_reset_stop() {
     );
     assert!(!pidfile.exists());
 }
+
+#[test]
+fn init_saves_directories_that_later_commands_use() {
+    let s = Scratch::new("init");
+    let agent = s.root.join("elsewhere/agent");
+    let backend = s.root.join("elsewhere/backend");
+    let o = s.sh(&[
+        "init",
+        "--backend-dir",
+        backend.to_str().unwrap(),
+        "--agent-dir",
+        agent.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let cfg = s.root.join(".healert-config");
+    assert_eq!(mode(&cfg), 0o600);
+    assert!(agent.is_dir());
+    let mut c = s.command(&repo().join("healert.sh"), &["status"]);
+    c.env_remove("HEALERT_AGENT_DIR")
+        .env_remove("HEALERT_BACKEND_DIR");
+    let o = run_bounded(c);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains(&format!("{}/run/agent.log", agent.display())),
+        "status ignored ~/.healert-config: {t}"
+    );
+    let o = s.sh(&["init", "--agent-dir", "relative/path"]);
+    assert!(!o.status.success(), "{}", text(&o));
+}
