@@ -5,5 +5,6 @@
 mod deliver;
 mod ops;
 mod rules;
+mod script;
 mod sink;
 mod support;
