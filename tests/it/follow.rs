@@ -1,0 +1,549 @@
+//! The follower and the checkpoint store against real files in temporary directories:
+//! rotations with a concurrent writer, copytruncate, partial lines, missing and recreated
+//! files, resuming from checkpoints (same file, rotated while down, rotated file gone, reused
+//! inode), over-long lines in bounded memory, and corrupt checkpoint files.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use healert_agent::checkpoint::{self, Checkpoint, CheckpointErrorKind, Position};
+use healert_agent::config::StartAt;
+use healert_agent::tail::{FollowOptions, Follower, Poll};
+
+/// Hang guard for every wait below (never a timing assertion).
+const HANG_GUARD: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(5);
+
+/// A unique temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "healert-follow-{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn opts(path: &Path, start_at: StartAt) -> FollowOptions {
+    FollowOptions {
+        path: path.to_path_buf(),
+        poll_interval: POLL,
+        max_line_bytes: 16 << 20,
+        start_at,
+    }
+}
+
+fn append(path: &Path, text: &str) {
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+fn lines(prefix: &str, range: std::ops::Range<usize>) -> String {
+    range.map(|i| format!("{prefix}-{i}\n")).collect()
+}
+
+fn expected(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("{prefix}-{i}")).collect()
+}
+
+/// What one reader saw: the lines, and the position after the last one.
+#[derive(Default)]
+struct Seen {
+    lines: Vec<String>,
+    last_end: Option<Position>,
+    skipped: Vec<(Position, Position)>,
+}
+
+/// Polls until `n` lines were read (or the hang guard fires), checking that within one file
+/// each line starts where the previous one ended.
+fn read_n(f: &mut Follower, seen: &mut Seen, n: usize) {
+    let deadline = Instant::now() + HANG_GUARD;
+    while seen.lines.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "hang guard: got {} of {n} lines: {:?}",
+            seen.lines.len(),
+            &seen.lines[seen.lines.len().saturating_sub(3)..]
+        );
+        match f.poll() {
+            Poll::Line(l) => {
+                if let Some(prev) = seen.last_end {
+                    let same_inode =
+                        prev.file.dev == l.start.file.dev && prev.file.ino == l.start.file.ino;
+                    // Truncated/rewritten in place: same inode, new first bytes, from 0.
+                    let rewritten = prev.file.fingerprint != l.start.file.fingerprint;
+                    if same_inode && !(rewritten && l.start.offset == 0) {
+                        assert_eq!(prev.offset, l.start.offset, "gap or overlap before {l:?}");
+                    } else {
+                        assert_eq!(l.start.offset, 0, "a new file starts at 0: {l:?}");
+                    }
+                }
+                assert!(l.end.offset > l.start.offset);
+                seen.last_end = Some(l.end);
+                seen.lines
+                    .push(String::from_utf8(l.bytes.to_vec()).unwrap());
+            }
+            Poll::Skipped { start, end } => {
+                seen.last_end = Some(end);
+                seen.skipped.push((start, end));
+            }
+            Poll::Idle => std::thread::sleep(POLL),
+        }
+    }
+}
+
+/// Polls `times` times and asserts that nothing is returned (no line arrives).
+fn assert_idle(f: &mut Follower, times: usize) {
+    for _ in 0..times {
+        match f.poll() {
+            Poll::Idle => std::thread::sleep(Duration::from_millis(1)),
+            Poll::Line(l) => panic!("unexpected line {:?}", String::from_utf8_lossy(l.bytes)),
+            Poll::Skipped { start, end } => panic!("unexpected skip {start:?}..{end:?}"),
+        }
+    }
+}
+
+fn checkpoint_at(f: &Follower, pos: Position) -> Checkpoint {
+    Checkpoint {
+        path: f.path().to_path_buf(),
+        position: pos,
+        skip_events: 0,
+    }
+}
+
+#[test]
+fn rename_rotation_with_concurrent_writer_loses_and_repeats_nothing() {
+    const N: usize = 3000;
+    const K: usize = 400;
+    let dir = TempDir::new("rename");
+    let path = dir.join("audit.log");
+    File::create(&path).unwrap();
+    let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
+    assert_eq!(f.start_description(), "from beginning");
+
+    let wpath = path.clone();
+    let wdir = dir.0.clone();
+    let writer = std::thread::spawn(move || {
+        let mut out = OpenOptions::new().append(true).open(&wpath).unwrap();
+        let mut i = 0;
+        let mut rotation = 0;
+        while i < N {
+            writeln!(out, "line-{i}").unwrap();
+            i += 1;
+            if i % K == 0 && i < N {
+                // kube-apiserver style: rename, (a late write to the old handle), create.
+                rotation += 1;
+                fs::rename(&wpath, wdir.join(format!("audit-{rotation}.log"))).unwrap();
+                if i < N {
+                    writeln!(out, "line-{i}").unwrap();
+                    i += 1;
+                }
+                out = OpenOptions::new()
+                    .create_new(true)
+                    .append(true)
+                    .open(&wpath)
+                    .unwrap();
+            }
+            if i % 37 == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        rotation
+    });
+    let mut seen = Seen::default();
+    read_n(&mut f, &mut seen, N);
+    let rotations = writer.join().unwrap();
+    assert!(rotations >= 5);
+    assert_eq!(seen.lines, expected("line", 0..N));
+    assert!(seen.skipped.is_empty());
+    assert_idle(&mut f, 5);
+    assert_eq!(f.open_files(), 1, "rotated files are closed once drained");
+}
+
+#[test]
+fn unterminated_last_line_of_a_rotated_file_is_delivered_once_drained() {
+    let dir = TempDir::new("unterminated");
+    let path = dir.join("audit.log");
+    append(&path, "a\nb\npartial");
+    let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
+    let mut seen = Seen::default();
+    read_n(&mut f, &mut seen, 2);
+    assert_idle(&mut f, 3); // "partial" waits for its newline
+    fs::rename(&path, dir.join("audit.log.1")).unwrap();
+    append(&path, "c\n");
+    read_n(&mut f, &mut seen, 4);
+    assert_eq!(seen.lines, ["a", "b", "partial", "c"]);
+}
+
+#[test]
+fn copytruncate_restarts_at_zero() {
+    let dir = TempDir::new("copytruncate");
+    let path = dir.join("audit.log");
+    append(&path, &lines("old", 0..100));
+    let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
+    let mut seen = Seen::default();
+    read_n(&mut f, &mut seen, 100);
+    assert_idle(&mut f, 2);
+
+    // logrotate copytruncate: copy, then truncate in place; the writer appends on.
+    fs::copy(&path, dir.join("audit.log.1")).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    append(&path, &lines("new", 0..30));
+    read_n(&mut f, &mut seen, 130);
+
+    // Truncated and rewritten past the old read offset before the follower looked: the
+    // changed first bytes (fingerprint) still reveal it.
+    fs::write(&path, lines("newer", 0..400)).unwrap();
+    read_n(&mut f, &mut seen, 530);
+
+    let mut want = expected("old", 0..100);
+    want.extend(expected("new", 0..30));
+    want.extend(expected("newer", 0..400));
+    assert_eq!(seen.lines, want);
+}
+
+#[test]
+fn a_line_written_in_three_pieces_is_read_once_complete() {
+    let dir = TempDir::new("pieces");
+    let path = dir.join("audit.log");
+    File::create(&path).unwrap();
+    let mut f = Follower::new(opts(&path, StartAt::End), None);
+    assert_eq!(f.start_description(), "from end-of-file (offset 0)");
+    append(&path, "{\"verb\":");
+    assert_idle(&mut f, 3);
+    append(&path, "\"create\",\"objectRef\"");
+    assert_idle(&mut f, 3);
+    append(&path, ":{}}\r\nnext");
+    let mut seen = Seen::default();
+    read_n(&mut f, &mut seen, 1);
+    assert_eq!(seen.lines, ["{\"verb\":\"create\",\"objectRef\":{}}"]);
+    assert_eq!(seen.last_end.unwrap().offset, 34);
+    assert_idle(&mut f, 2);
+}
+
+#[test]
+fn start_at_end_skips_the_rest_of_a_line_being_written() {
+    let dir = TempDir::new("midline");
+    let path = dir.join("audit.log");
+    append(&path, "a\nb\nhalf-wri");
+    let mut f = Follower::new(opts(&path, StartAt::End), None);
+    assert_eq!(f.start_description(), "from end-of-file (offset 12)");
+    append(&path, "tten\nc\n");
+    let mut seen = Seen::default();
+    read_n(&mut f, &mut seen, 1);
+    assert_eq!(seen.lines, ["c"]);
+}
+
+#[test]
+fn missing_at_start_then_deleted_and_recreated() {
+    let dir = TempDir::new("missing");
+    let path = dir.join("audit.log");
+    // START_AT=end does not apply to a file that appears later: all of it is new.
+    let mut f = Follower::new(opts(&path, StartAt::End), None);
+    assert_eq!(f.start_description(), "waiting for file");
+    assert_idle(&mut f, 5);
+    assert_eq!(f.open_files(), 0);
+    append(&path, &lines("first", 0..3));
+    let mut seen = Seen::default();
+    read_n(&mut f, &mut seen, 3);
+
+    // Deleted and not (yet) recreated: keep waiting on the open handle.
+    fs::remove_file(&path).unwrap();
+    assert_idle(&mut f, 20);
+    append(&path, &lines("second", 0..2));
+    read_n(&mut f, &mut seen, 5);
+    assert_idle(&mut f, 3);
+
+    let mut want = expected("first", 0..3);
+    want.extend(expected("second", 0..2));
+    assert_eq!(seen.lines, want);
+}
+
+#[test]
+fn resume_from_checkpoint_on_the_same_file() {
+    let dir = TempDir::new("resume");
+    let path = dir.join("audit.log");
+    append(&path, &lines("l", 0..10));
+    let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
+    let mut seen = Seen::default();
+    read_n(&mut f, &mut seen, 5);
+    let cp = checkpoint_at(&f, seen.last_end.unwrap());
+    let cp_file = dir.join("checkpoint");
+    checkpoint::save(&cp_file, &cp).unwrap();
+    drop(f);
+
+    append(&path, &lines("l", 10..13)); // written while the agent is down
+    let loaded = checkpoint::load(&cp_file).unwrap().unwrap();
+    assert_eq!(loaded, cp);
+    // The checkpoint wins over START_AT=end.
+    let mut f = Follower::new(opts(&path, StartAt::End), Some(loaded));
+    assert_eq!(
+        f.start_description(),
+        format!("from checkpoint offset {}", cp.position.offset)
+    );
+    let mut again = Seen::default();
+    read_n(&mut f, &mut again, 8);
+    assert_eq!(again.lines, expected("l", 5..13));
+    assert_idle(&mut f, 3);
+}
+
+#[test]
+fn resume_after_rotation_while_down_drains_the_rotated_file_first() {
+    let dir = TempDir::new("rotated-down");
+    let path = dir.join("audit.log");
+    append(&path, &lines("l", 0..10));
+    let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
+    let mut seen = Seen::default();
+    read_n(&mut f, &mut seen, 4);
+    let cp = checkpoint_at(&f, seen.last_end.unwrap());
+    drop(f);
+
+    // While down: more lines, rotation (with a compressed older backup around), new lines.
+    append(&path, &lines("l", 10..12));
+    fs::write(
+        dir.join("audit-2026-01-01T00-00-00.000.log.gz"),
+        b"\x1f\x8b",
+    )
+    .unwrap();
+    fs::rename(&path, dir.join("audit-2026-11-25T23-00-00.000.log")).unwrap();
+    append(&path, &lines("m", 0..3));
+
+    let mut f = Follower::new(opts(&path, StartAt::End), Some(cp));
+    assert!(
+        f.start_description().contains("rotated file")
+            && f.start_description()
+                .contains("audit-2026-11-25T23-00-00.000.log"),
+        "{}",
+        f.start_description()
+    );
+    assert_eq!(f.open_files(), 2);
+    let mut again = Seen::default();
+    read_n(&mut f, &mut again, 11);
+    let mut want = expected("l", 4..12);
+    want.extend(expected("m", 0..3));
+    assert_eq!(again.lines, want);
+    assert_idle(&mut f, 3);
+    assert_eq!(f.open_files(), 1);
+}
+
+#[test]
+fn resume_when_the_rotated_file_is_gone_reads_the_live_file_from_zero() {
+    let dir = TempDir::new("rotated-gone");
+    let path = dir.join("audit.log");
+    append(&path, &lines("l", 0..10));
+    let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
+    let mut seen = Seen::default();
+    read_n(&mut f, &mut seen, 4);
+    let cp = checkpoint_at(&f, seen.last_end.unwrap());
+    drop(f);
+    fs::rename(&path, dir.join("audit.log.1")).unwrap();
+    fs::remove_file(dir.join("audit.log.1")).unwrap();
+    append(&path, &lines("m", 0..3));
+
+    let mut f = Follower::new(opts(&path, StartAt::End), Some(cp));
+    assert_eq!(
+        f.start_description(),
+        "from beginning (checkpointed file is gone)"
+    );
+    let mut again = Seen::default();
+    read_n(&mut f, &mut again, 3);
+    assert_eq!(again.lines, expected("m", 0..3));
+}
+
+#[test]
+fn reused_inode_is_recognised_by_its_fingerprint() {
+    let dir = TempDir::new("reused");
+    let path = dir.join("audit.log");
+    append(&path, &lines("old", 0..50));
+    let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
+    let mut seen = Seen::default();
+    read_n(&mut f, &mut seen, 40);
+    let cp = checkpoint_at(&f, seen.last_end.unwrap());
+    drop(f);
+    // Same inode, new content (what a deleted file's reused inode looks like to the agent).
+    fs::write(&path, lines("fresh", 0..60)).unwrap();
+    let f2 = File::open(&path).unwrap();
+    let id = checkpoint::file_id(&f2).unwrap();
+    assert_eq!(
+        (id.dev, id.ino),
+        (cp.position.file.dev, cp.position.file.ino)
+    );
+    let mut f = Follower::new(opts(&path, StartAt::End), Some(cp));
+    let mut again = Seen::default();
+    read_n(&mut f, &mut again, 60);
+    assert_eq!(again.lines, expected("fresh", 0..60));
+}
+
+#[test]
+fn checkpoint_for_another_path_or_past_the_end_falls_back() {
+    let dir = TempDir::new("foreign-cp");
+    let path = dir.join("audit.log");
+    append(&path, &lines("l", 0..5));
+    let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
+    let mut seen = Seen::default();
+    read_n(&mut f, &mut seen, 5);
+    let good = checkpoint_at(&f, seen.last_end.unwrap());
+    drop(f);
+
+    let mut other = good.clone();
+    other.path = dir.join("other.log");
+    let f = Follower::new(opts(&path, StartAt::End), Some(other));
+    assert_eq!(f.start_description(), "from end-of-file (offset 20)");
+
+    let mut past = good.clone();
+    past.position.offset = 10_000;
+    let mut f = Follower::new(opts(&path, StartAt::End), Some(past));
+    assert_eq!(
+        f.start_description(),
+        "from beginning (file shorter than checkpoint)"
+    );
+    let mut again = Seen::default();
+    read_n(&mut f, &mut again, 5);
+    assert_eq!(again.lines, expected("l", 0..5));
+}
+
+#[test]
+fn a_64_mib_line_is_skipped_in_bounded_memory() {
+    let dir = TempDir::new("long");
+    let path = dir.join("audit.log");
+    {
+        let mut out = File::create(&path).unwrap();
+        out.write_all(b"before\n").unwrap();
+        let block = vec![b'x'; 1 << 20];
+        for _ in 0..64 {
+            out.write_all(&block).unwrap();
+        }
+        out.write_all(b"\nafter\n").unwrap();
+    }
+    let max = 16 << 20;
+    let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
+    let mut got = Vec::new();
+    let mut peak = 0;
+    let deadline = Instant::now() + HANG_GUARD;
+    while got.len() < 3 {
+        assert!(Instant::now() < deadline, "hang guard: {got:?}");
+        peak = peak.max(f.buffer_capacity());
+        match f.poll() {
+            Poll::Line(l) => got.push(format!(
+                "line {} {}..{}",
+                String::from_utf8_lossy(l.bytes),
+                l.start.offset,
+                l.end.offset
+            )),
+            Poll::Skipped { start, end } => {
+                got.push(format!("skipped {}..{}", start.offset, end.offset))
+            }
+            Poll::Idle => std::thread::sleep(POLL),
+        }
+    }
+    peak = peak.max(f.buffer_capacity());
+    let long_end = 7 + (64 << 20) + 1;
+    assert_eq!(
+        got,
+        [
+            "line before 0..7".to_string(),
+            format!("skipped 7..{long_end}"),
+            format!("line after {long_end}..{}", long_end + 6),
+        ]
+    );
+    assert!(peak <= max + (256 << 10), "buffer peaked at {peak} bytes");
+    assert!(
+        f.buffer_capacity() <= 256 << 10,
+        "buffer not shrunk: {}",
+        f.buffer_capacity()
+    );
+}
+
+#[test]
+fn backpressure_holds_a_rotated_and_deleted_file_until_drained() {
+    let dir = TempDir::new("backpressure");
+    let path = dir.join("audit.log");
+    append(&path, &lines("l", 0..1000));
+    let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
+    let mut seen = Seen::default();
+    read_n(&mut f, &mut seen, 10);
+    // Delivery is stalled (no polls) while the log rotates and the backup is deleted.
+    append(&path, &lines("l", 1000..1200));
+    fs::rename(&path, dir.join("audit.log.1")).unwrap();
+    append(&path, &lines("m", 0..100));
+    fs::remove_file(dir.join("audit.log.1")).unwrap();
+    read_n(&mut f, &mut seen, 1300);
+    let mut want = expected("l", 0..1200);
+    want.extend(expected("m", 0..100));
+    assert_eq!(seen.lines, want);
+}
+
+#[test]
+fn corrupt_checkpoint_files_are_reported_not_fatal() {
+    let dir = TempDir::new("corrupt-cp");
+    let p = dir.join("checkpoint");
+    assert_eq!(
+        checkpoint::load(&p).unwrap(),
+        None,
+        "absent: no checkpoint yet"
+    );
+    let good = checkpoint::encode(&Checkpoint {
+        path: dir.join("audit.log"),
+        position: Position::default(),
+        skip_events: 1,
+    });
+    let mut flipped = good.clone();
+    let at = good.len() / 2;
+    flipped[at] = if flipped[at] == b'1' { b'2' } else { b'1' };
+    type IsKind = fn(&CheckpointErrorKind) -> bool;
+    let cases: Vec<(Vec<u8>, IsKind)> = vec![
+        (good[..good.len() / 2].to_vec(), |k| {
+            matches!(k, CheckpointErrorKind::Truncated)
+        }),
+        (flipped, |k| {
+            matches!(k, CheckpointErrorKind::BadChecksum { .. })
+        }),
+        (b"offset: 42\n".to_vec(), |k| {
+            matches!(k, CheckpointErrorKind::Foreign { .. })
+        }),
+        (vec![b'\n'; 10 << 20], |k| {
+            matches!(k, CheckpointErrorKind::TooLarge { .. })
+        }),
+        (Vec::new(), |k| matches!(k, CheckpointErrorKind::Empty)),
+    ];
+    for (bytes, is) in cases {
+        fs::write(&p, &bytes).unwrap();
+        let e = checkpoint::load(&p).unwrap_err();
+        assert!(is(&e.kind), "{e:?}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&p.display().to_string()) && msg.contains("is ignored"),
+            "{msg}"
+        );
+    }
+    fs::write(&p, &good).unwrap();
+    assert_eq!(checkpoint::load(&p).unwrap().unwrap().skip_events, 1);
+}
