@@ -211,6 +211,28 @@ impl Follower {
         self.sources.len()
     }
 
+    /// The position of the next byte not yet handed out: after the last line returned, or
+    /// the start of the next file once a rotated one is finished (during an over-long line:
+    /// its start). Checkpoint this when no event is pending, rather than the end of the last
+    /// line, so a checkpoint moves to the new file as soon as the rotated one is done.
+    pub fn position(&self) -> Position {
+        match self.skip {
+            Skip::OverLong(p) => p,
+            _ => self.pos(self.start),
+        }
+    }
+
+    /// Call this about every `poll_interval` while not polling because delivery is blocked
+    /// (backpressure): it notices a rotation and opens the new file at once. The file being
+    /// read is already held open; this also holds each later file open, so kube-apiserver
+    /// rotating again and deleting backups during a long stall cannot take unread lines away.
+    pub fn watch(&mut self) {
+        if !self.sources.is_empty() {
+            self.last_check = Instant::now();
+            self.check_rotation();
+        }
+    }
+
     /// Returns the next complete line, a skipped over-long line, or `Idle`.
     pub fn poll(&mut self) -> Poll<'_> {
         loop {
@@ -455,6 +477,12 @@ impl Follower {
                 return c;
             }
         }
+        self.check_rotation()
+    }
+
+    /// Whether the path names a file other than the newest one open; if so, opens it and
+    /// queues it behind the others.
+    fn check_rotation(&mut self) -> Check {
         let Some(back) = self.sources.back() else {
             return Check::Same;
         };
@@ -675,6 +703,20 @@ impl Follower {
     fn resume_from(&mut self, cp: &Checkpoint) {
         let want = cp.position.file;
         let offset = cp.position.offset;
+        if want.ino == 0 {
+            // Saved while no file was open (the log did not exist yet): all of it is new.
+            info!(
+                "the checkpoint was saved while the audit log did not exist; reading it from offset 0",
+                "path" => self.opts.path.display(),
+            );
+            self.start_desc = "from beginning (no file at the last checkpoint)".into();
+            if let Some((file, id)) = self.open_path() {
+                self.push_front_source(file, id, 0);
+            } else {
+                self.start_desc = "waiting for file".into();
+            }
+            return;
+        }
         let live = self.open_path();
         if let Some((file, id)) = &live {
             if id.dev == want.dev && id.ino == want.ino {

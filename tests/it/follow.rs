@@ -547,3 +547,190 @@ fn corrupt_checkpoint_files_are_reported_not_fatal() {
     fs::write(&p, &good).unwrap();
     assert_eq!(checkpoint::load(&p).unwrap().unwrap().skip_events, 1);
 }
+
+#[test]
+fn watch_during_a_stall_holds_every_rotated_file() {
+    let dir = TempDir::new("watch");
+    let path = dir.join("audit.log");
+    append(&path, &lines("a", 0..100));
+    let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
+    let mut seen = Seen::default();
+    read_n(&mut f, &mut seen, 10);
+    // Delivery stalled: the caller only calls watch() while kube-apiserver rotates twice and
+    // its retention deletes both backups.
+    fs::rename(&path, dir.join("audit-1.log")).unwrap();
+    append(&path, &lines("b", 0..50));
+    f.watch();
+    fs::rename(&path, dir.join("audit-2.log")).unwrap();
+    append(&path, &lines("c", 0..20));
+    f.watch();
+    f.watch();
+    assert_eq!(f.open_files(), 3);
+    fs::remove_file(dir.join("audit-1.log")).unwrap();
+    fs::remove_file(dir.join("audit-2.log")).unwrap();
+    read_n(&mut f, &mut seen, 170);
+    let mut want = expected("a", 0..100);
+    want.extend(expected("b", 0..50));
+    want.extend(expected("c", 0..20));
+    assert_eq!(seen.lines, want);
+    assert_idle(&mut f, 2);
+    assert_eq!(f.open_files(), 1);
+}
+
+#[test]
+fn position_moves_to_the_new_file_once_the_rotated_one_is_done() {
+    let dir = TempDir::new("position");
+    let path = dir.join("audit.log");
+    append(&path, &lines("a", 0..3));
+    let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
+    let mut seen = Seen::default();
+    read_n(&mut f, &mut seen, 3);
+    assert_eq!(f.position(), seen.last_end.unwrap());
+    fs::rename(&path, dir.join("audit.log.1")).unwrap();
+    File::create(&path).unwrap();
+    assert_idle(&mut f, 3);
+    let new = checkpoint::file_id(&File::open(&path).unwrap()).unwrap();
+    let p = f.position();
+    assert_eq!((p.file.ino, p.offset), (new.ino, 0));
+    // A checkpoint taken there, after the rotated file is deleted, loses nothing.
+    let cp = checkpoint_at(&f, p);
+    drop(f);
+    fs::remove_file(dir.join("audit.log.1")).unwrap();
+    append(&path, &lines("b", 0..2));
+    let mut f = Follower::new(opts(&path, StartAt::End), Some(cp));
+    assert_eq!(f.start_description(), "from checkpoint offset 0");
+    let mut again = Seen::default();
+    read_n(&mut f, &mut again, 2);
+    assert_eq!(again.lines, expected("b", 0..2));
+}
+
+#[test]
+fn max_line_bytes_boundary_and_long_lines_across_reads_and_rotation() {
+    let dir = TempDir::new("boundary");
+    let path = dir.join("audit.log");
+    let long = "y".repeat(300_000);
+    append(
+        &path,
+        &format!("0123456789\n0123456789a\n{long}\nok\n{}", "z".repeat(50)),
+    );
+    let mut o = opts(&path, StartAt::Beginning);
+    o.max_line_bytes = 10;
+    let mut f = Follower::new(o, None);
+    let mut got = Vec::new();
+    let deadline = Instant::now() + HANG_GUARD;
+    let mut renamed = false;
+    while got.len() < 6 {
+        assert!(Instant::now() < deadline, "hang guard: {got:?}");
+        match f.poll() {
+            Poll::Line(l) => got.push(format!(
+                "{} {}..{}",
+                String::from_utf8_lossy(l.bytes),
+                l.start.offset,
+                l.end.offset
+            )),
+            Poll::Skipped { start, end } => {
+                got.push(format!("skip {}..{}", start.offset, end.offset))
+            }
+            Poll::Idle if !renamed => {
+                renamed = true;
+                fs::rename(&path, dir.join("audit.log.1")).unwrap();
+                append(&path, "x\n");
+            }
+            Poll::Idle => std::thread::sleep(POLL),
+        }
+        assert!(f.buffer_capacity() <= 256 << 10);
+    }
+    let a = 11 + 12;
+    let b = a + 300_001;
+    assert_eq!(
+        got,
+        [
+            "0123456789 0..11".to_string(),
+            "skip 11..23".to_string(),
+            format!("skip {a}..{b}"),
+            format!("ok {b}..{}", b + 3),
+            format!("skip {}..{}", b + 3, b + 53),
+            "x 0..2".to_string(),
+        ]
+    );
+}
+
+#[test]
+fn real_audit_samples_are_split_exactly() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/audit-samples");
+    let mut files = 0;
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if !(name.ends_with(".ndjson") || name.ends_with(".json")) {
+            continue;
+        }
+        files += 1;
+        let content = fs::read(&path).unwrap();
+        let want: Vec<&[u8]> = match content.iter().rposition(|&b| b == b'\n') {
+            Some(last) => content[..last].split(|&b| b == b'\n').collect(),
+            None => Vec::new(), // one unterminated line: not complete while the file is live
+        };
+        let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
+        let mut n = 0;
+        let deadline = Instant::now() + HANG_GUARD;
+        loop {
+            assert!(Instant::now() < deadline, "hang guard in {name}");
+            match f.poll() {
+                Poll::Line(l) => {
+                    assert!(n < want.len(), "{name}: extra line");
+                    assert!(l.bytes == want[n], "{name}: line {} differs", n + 1);
+                    n += 1;
+                }
+                Poll::Skipped { start, .. } => panic!("{name}: skipped at {}", start.offset),
+                Poll::Idle => break,
+            }
+        }
+        assert_eq!(n, want.len(), "{name}");
+        if name.ends_with(".ndjson") {
+            assert!(n > 0, "{name}");
+        }
+    }
+    assert!(files >= 5);
+}
+
+/// Throughput of the follower over a large file of real audit lines (prints MB/s; asserts only
+/// the line count). Run: cargo test --release --test it -- --ignored follower_throughput --nocapture
+#[test]
+#[ignore = "benchmark: writes ~256 MiB; run by hand with --release"]
+fn follower_throughput() {
+    let sample = fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/audit-samples/openshift-cluster-logging-operator__ocp4.12-apiaudit-audit_in.ndjson"
+    ))
+    .unwrap();
+    let dir = TempDir::new("bench");
+    let path = dir.join("audit.log");
+    let per_copy = sample.iter().filter(|&&b| b == b'\n').count();
+    let copies = (256 << 20) / sample.len();
+    {
+        let mut out = std::io::BufWriter::new(File::create(&path).unwrap());
+        for _ in 0..copies {
+            out.write_all(&sample).unwrap();
+        }
+    }
+    let total = (copies * sample.len()) as f64;
+    let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
+    let t0 = Instant::now();
+    let mut n = 0usize;
+    let mut bytes = 0usize;
+    while let Poll::Line(l) = f.poll() {
+        n += 1;
+        bytes += l.bytes.len();
+    }
+    let dt = t0.elapsed().as_secs_f64();
+    println!(
+        "follower: {n} lines, {:.0} MiB in {dt:.3}s = {:.0} MiB/s ({:.0} lines/s), buffer {} KiB",
+        total / 1048576.0,
+        total / 1048576.0 / dt,
+        n as f64 / dt,
+        f.buffer_capacity() >> 10
+    );
+    assert!(bytes > 0);
+    assert_eq!(n, per_copy * copies);
+}
