@@ -784,6 +784,15 @@ mod tests {
     }
 
     #[test]
+    fn save_into_a_missing_directory_fails_cleanly() {
+        let p = std::env::temp_dir()
+            .join(format!("healert-cp-missing-{}", std::process::id()))
+            .join("sub/checkpoint");
+        let e = save(&p, &sample()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
     fn file_id_fingerprint() {
         let dir = std::env::temp_dir().join(format!("healert-fid-unit-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

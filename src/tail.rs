@@ -18,13 +18,13 @@
 //! checkpoints. It reports positions; the caller saves the oldest unacknowledged one and
 //! hands it back to [`Follower::new`] at the next start.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::checkpoint::{self, Checkpoint, FileId, Position, FINGERPRINT_MAX};
 use crate::config::StartAt;
@@ -42,6 +42,10 @@ const MAX_HELD_FILES: usize = 64;
 const CHECK_EVERY_BYTES: u64 = 8 << 20;
 /// Directory entries examined when looking for a rotated checkpointed file.
 const MAX_SIBLINGS: usize = 10_000;
+/// Rotated files whose name ends like this were compressed (new inodes, not text): never read.
+const COMPRESSED: [&str; 7] = [".gz", ".zst", ".xz", ".bz2", ".lz4", ".zip", ".tmp"];
+/// File timestamps come from a coarse kernel clock; a window edge is widened by this much.
+const CLOCK_SLACK: Duration = Duration::from_secs(1);
 /// Repeated conditions (file missing, unreadable) are logged at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -144,6 +148,13 @@ pub struct Follower {
     /// chunks and skips this check.
     verify_next: bool,
     near_eof: bool,
+    /// The file existed at start but could not be opened: apply START_AT when it can be.
+    deferred_start: bool,
+    /// (dev, ino) of files already opened or present in the directory when the follower
+    /// started: never mistaken for a missed rotation. Pruned to what still exists.
+    known: HashSet<(u64, u64)>,
+    /// Wall-clock time when the path was last seen naming the newest open file.
+    last_same: SystemTime,
 }
 
 impl Follower {
@@ -171,6 +182,9 @@ impl Follower {
             was_missing: false,
             verify_next: false,
             near_eof: false,
+            deferred_start: false,
+            known: HashSet::new(),
+            last_same: SystemTime::now(),
         };
         let resume = resume.filter(|cp| {
             let same = cp.path == f.opts.path;
@@ -187,6 +201,11 @@ impl Follower {
             Some(cp) => f.resume_from(&cp),
             None => f.start_fresh(),
         }
+        // Whatever is in the directory now is either chosen above or older than the start.
+        for (_, _, key) in f.siblings(UNIX_EPOCH) {
+            f.known.insert(key);
+        }
+        f.last_same = SystemTime::now();
         f
     }
 
@@ -489,6 +508,7 @@ impl Follower {
         let back_id = back.id;
         match fs::metadata(&self.opts.path) {
             Ok(m) if m.dev() == back_id.dev && m.ino() == back_id.ino => {
+                self.last_same = SystemTime::now();
                 if self.was_missing {
                     self.was_missing = false;
                     self.missing_log.reset();
@@ -515,6 +535,15 @@ impl Follower {
                 }
                 self.was_missing = false;
                 self.missing_log.reset();
+                // Rotated more than once since the last look (a stall, a tiny maxsize)? The
+                // files in between were renamed aside after the last check: hold them too.
+                let since = self
+                    .last_same
+                    .checked_sub(CLOCK_SLACK)
+                    .unwrap_or(UNIX_EPOCH);
+                self.queue_missed(since, (id.dev, id.ino));
+                self.known.insert((id.dev, id.ino));
+                self.last_same = SystemTime::now();
                 METRICS.rotations.fetch_add(1, Ordering::Relaxed);
                 info!(
                     "audit log rotated: finishing the old file, then reading the new one from offset 0",
@@ -650,6 +679,15 @@ impl Follower {
         let Some((file, id)) = self.open_path() else {
             return false;
         };
+        if std::mem::replace(&mut self.deferred_start, false) && !self.was_missing {
+            // It existed but was unreadable at start: its old content is old, START_AT applies.
+            info!(
+                "the audit log is readable now",
+                "path" => self.opts.path.display(),
+            );
+            self.start_at(file, id);
+            return true;
+        }
         if self.was_missing {
             info!(
                 "the audit log appeared; reading it from offset 0",
@@ -663,6 +701,7 @@ impl Follower {
     }
 
     fn push_front_source(&mut self, file: File, id: FileId, offset: u64) {
+        self.known.insert((id.dev, id.ino));
         self.sources.push_back(Source {
             file,
             id,
@@ -676,9 +715,17 @@ impl Follower {
 
     fn start_fresh(&mut self) {
         let Some((file, id)) = self.open_path() else {
+            // Missing: whatever appears later is new and read from 0. Present but unreadable:
+            // START_AT applies once it can be opened.
+            self.deferred_start = !self.was_missing;
             self.start_desc = "waiting for file".into();
             return;
         };
+        self.start_at(file, id);
+    }
+
+    /// Opens the reading at START_AT.
+    fn start_at(&mut self, file: File, id: FileId) {
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         match self.opts.start_at {
             StartAt::Beginning => {
@@ -765,10 +812,18 @@ impl Follower {
                     "from checkpoint offset {from} of rotated file {}, then the current file from beginning",
                     name.display()
                 );
+                let rotated_at = file.metadata().and_then(|m| m.modified()).ok();
+                self.known.insert((id.dev, id.ino));
                 self.sources.push_back(Source { file, id, name });
                 self.reset_buffer(from);
                 METRICS.log_open.store(1, Ordering::Relaxed);
                 METRICS.rotations.fetch_add(1, Ordering::Relaxed);
+                // Rotated more than once while down: files last written after the
+                // checkpointed one come between it and the current file.
+                if let Some(t) = rotated_at {
+                    let live_key = live.as_ref().map(|(_, id)| (id.dev, id.ino));
+                    self.queue_missed(t, live_key.unwrap_or((0, 0)));
+                }
                 if let Some((file, id)) = live {
                     self.push_front_source(file, id, 0);
                 }
@@ -791,6 +846,93 @@ impl Follower {
                     None => self.start_desc = "waiting for file".into(),
                 }
             }
+        }
+    }
+
+    /// Rotated siblings of the path, oldest first: regular files in the same directory whose
+    /// name starts like the path's (`audit` for `audit.log`: `audit-2026-...log`,
+    /// `audit.log.1`), not compressed, last modified at or after `newer_than`. Also prunes
+    /// `known` to what still exists.
+    fn siblings(&mut self, newer_than: SystemTime) -> Vec<(SystemTime, PathBuf, (u64, u64))> {
+        let dir = match self.opts.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let Some(own) = self
+            .opts
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+        else {
+            return Vec::new();
+        };
+        let stem = own.split('.').next().unwrap_or(&own).to_string();
+        let Ok(entries) = fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        let mut present = HashSet::new();
+        let mut out = Vec::new();
+        for entry in entries.take(MAX_SIBLINGS).flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name == own
+                || !name.starts_with(&stem)
+                || COMPRESSED.iter().any(|c| name.ends_with(c))
+            {
+                continue;
+            }
+            let Ok(meta) = entry.metadata() else { continue };
+            if !meta.is_file() {
+                continue;
+            }
+            let key = (meta.dev(), meta.ino());
+            present.insert(key);
+            let Ok(mtime) = meta.modified() else { continue };
+            if mtime >= newer_than {
+                out.push((mtime, entry.path(), key));
+            }
+        }
+        self.known.retain(|k| {
+            present.contains(k) || self.sources.iter().any(|s| (s.id.dev, s.id.ino) == *k)
+        });
+        out.sort();
+        out
+    }
+
+    /// Opens and queues (from offset 0) the rotated siblings modified since `since` that were
+    /// never read: files that were rotated aside between two looks at the path.
+    fn queue_missed(&mut self, since: SystemTime, except: (u64, u64)) {
+        for (_, name, key) in self.siblings(since) {
+            if key == except
+                || self.known.contains(&key)
+                || self.sources.iter().any(|s| (s.id.dev, s.id.ino) == key)
+                || self.sources.len() >= MAX_HELD_FILES
+            {
+                continue;
+            }
+            let Ok(file) = File::open(&name) else {
+                continue;
+            };
+            let Ok(id) = checkpoint::file_id(&file) else {
+                continue;
+            };
+            if (id.dev, id.ino) != key {
+                continue; // replaced between listing and opening
+            }
+            let mut head = [0u8; checkpoint::HEADER.len()];
+            if file.read_at(&mut head, 0).ok() == Some(head.len())
+                && head == *checkpoint::HEADER.as_bytes()
+            {
+                continue; // our own checkpoint, if CHECKPOINT_PATH is beside the log
+            }
+            warn!(
+                "the audit log was rotated more than once between two looks at it (delivery \
+                 stalled, or a very small --audit-log-maxsize); also reading the rotated file \
+                 in between",
+                "file" => name.display(),
+            );
+            METRICS.rotations.fetch_add(1, Ordering::Relaxed);
+            self.known.insert(key);
+            self.sources.push_back(Source { file, id, name });
         }
     }
 

@@ -784,3 +784,75 @@ proptest::proptest! {
         proptest::prop_assert_eq!(got, want);
     }
 }
+
+#[test]
+fn a_directory_at_the_path_is_waited_out() {
+    let dir = TempDir::new("isdir");
+    let path = dir.join("audit.log");
+    fs::create_dir(&path).unwrap();
+    let mut f = Follower::new(opts(&path, StartAt::End), None);
+    assert_eq!(f.start_description(), "waiting for file");
+    assert_idle(&mut f, 3);
+    fs::remove_dir(&path).unwrap();
+    assert_idle(&mut f, 2); // now missing: what appears next is new
+    append(&path, &lines("l", 0..3));
+    let mut seen = Seen::default();
+    read_n(&mut f, &mut seen, 3);
+    assert_eq!(seen.lines, expected("l", 0..3));
+}
+
+#[test]
+fn two_rotations_between_polls_are_both_read() {
+    let dir = TempDir::new("double");
+    let path = dir.join("audit.log");
+    append(&path, &lines("a", 0..50));
+    // Older backups and our own checkpoint beside the log are never picked up.
+    append(&dir.join("audit.log.9"), &lines("old", 0..5));
+    let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
+    let mut seen = Seen::default();
+    read_n(&mut f, &mut seen, 10);
+    fs::rename(&path, dir.join("audit.log.1")).unwrap();
+    append(&path, &lines("b", 0..30));
+    fs::rename(&path, dir.join("audit.log.2")).unwrap();
+    append(&path, &lines("c", 0..20));
+    checkpoint::save(
+        &dir.join("audit.checkpoint"),
+        &checkpoint_at(&f, f.position()),
+    )
+    .unwrap();
+    append(&dir.join("audit.log.2.gz"), "\u{1f}\u{8b}compressed\n");
+    read_n(&mut f, &mut seen, 100);
+    assert_idle(&mut f, 3);
+    let mut want = expected("a", 0..50);
+    want.extend(expected("b", 0..30));
+    want.extend(expected("c", 0..20));
+    assert_eq!(seen.lines, want);
+}
+
+#[test]
+fn two_rotations_while_down_are_both_read_after_the_checkpoint() {
+    let dir = TempDir::new("double-down");
+    let path = dir.join("audit.log");
+    append(&dir.join("audit-0.log"), &lines("older", 0..5));
+    std::thread::sleep(Duration::from_millis(20)); // distinct mtimes on coarse clocks
+    append(&path, &lines("a", 0..50));
+    let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
+    let mut seen = Seen::default();
+    read_n(&mut f, &mut seen, 10);
+    let cp = checkpoint_at(&f, f.position());
+    drop(f);
+    fs::rename(&path, dir.join("audit-1.log")).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    append(&path, &lines("b", 0..30));
+    fs::rename(&path, dir.join("audit-2.log")).unwrap();
+    append(&path, &lines("c", 0..20));
+    let mut f = Follower::new(opts(&path, StartAt::End), Some(cp));
+    assert_eq!(f.open_files(), 3);
+    let mut again = Seen::default();
+    read_n(&mut f, &mut again, 90);
+    assert_idle(&mut f, 3);
+    let mut want = expected("a", 10..50);
+    want.extend(expected("b", 0..30));
+    want.extend(expected("c", 0..20));
+    assert_eq!(again.lines, want);
+}
