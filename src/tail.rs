@@ -894,13 +894,17 @@ impl Follower {
         self.known.retain(|k| {
             present.contains(k) || self.sources.iter().any(|s| (s.id.dev, s.id.ino) == *k)
         });
-        out.sort();
+        // Oldest first. File times come from a coarse clock: files rotated within one tick
+        // tie, and then creation order decides — inode numbers, which filesystems hand out
+        // increasing in practice (names do not: `audit.log.2` is older than `audit.log.1`).
+        out.sort_by_key(|(mtime, _, key)| (*mtime, key.1));
         out
     }
 
     /// Opens and queues (from offset 0) the rotated siblings modified since `since` that were
     /// never read: files that were rotated aside between two looks at the path.
     fn queue_missed(&mut self, since: SystemTime, except: (u64, u64)) {
+        let mut queued = Vec::new();
         for (_, name, key) in self.siblings(since) {
             if key == except
                 || self.known.contains(&key)
@@ -924,15 +928,21 @@ impl Follower {
             {
                 continue; // our own checkpoint, if CHECKPOINT_PATH is beside the log
             }
-            warn!(
-                "the audit log was rotated more than once between two looks at it (delivery \
-                 stalled, or a very small --audit-log-maxsize); also reading the rotated file \
-                 in between",
-                "file" => name.display(),
-            );
             METRICS.rotations.fetch_add(1, Ordering::Relaxed);
             self.known.insert(key);
+            queued.push(name.display().to_string());
             self.sources.push_back(Source { file, id, name });
+        }
+        if let Some(first) = queued.first() {
+            // One line per look, however many files: no log storm when rotations race.
+            warn!(
+                "the audit log was rotated more than once between two looks at it (delivery \
+                 stalled, or a very small --audit-log-maxsize); also reading the rotated files \
+                 in between, oldest first",
+                "files" => queued.len(),
+                "first" => first,
+                "last" => queued.last().unwrap_or(first),
+            );
         }
     }
 
