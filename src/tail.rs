@@ -14,9 +14,19 @@
 //! and only its start and end are reported ([`Poll::Skipped`]). The buffer therefore never
 //! exceeds `max_line_bytes` + 128 KiB, and shrinks back after a long line.
 //!
+//! The path is looked at whenever the front file is at its end, and at least every
+//! `poll_interval` (or 8 MiB) while data keeps coming. If it was rotated more than once
+//! between two looks (a delivery stall without [`Follower::watch`], a tiny maxsize), the
+//! files renamed aside in between are found in the directory (same name prefix, modified
+//! since the last look, never read, not compressed) and read first, oldest first. The same
+//! search runs at start when the checkpointed file was rotated while the agent was down.
+//!
 //! What this module does not do: parse lines, decide what is acknowledged, or write
-//! checkpoints. It reports positions; the caller saves the oldest unacknowledged one and
-//! hands it back to [`Follower::new`] at the next start.
+//! checkpoints. It reports positions; the caller saves the oldest unacknowledged one (or
+//! [`Follower::position`] when nothing is pending) and hands it back to [`Follower::new`]
+//! at the next start. It cannot read what was deleted before it was opened: a rotated file
+//! removed while the agent was down (or during a stall, before it was noticed) is lost,
+//! and said so.
 
 use std::collections::{HashSet, VecDeque};
 use std::fs::{self, File};
