@@ -73,7 +73,7 @@ impl Queue {
     /// Producer side (the follower/detector thread), called once per processed line, in log
     /// order, even for lines with no events. `first_index`: index within the line of
     /// `events[0]` (non-zero only for the first line after a resume that skips already-accepted
-    /// events). Blocks while the queue is full (backpressure). Returns false once the queue is
+    /// events). Blocks while the queue is full and `events` is not empty (backpressure). Returns false once the queue is
     /// closed (shutdown): the caller stops reading.
     pub fn push_line(
         &self,
@@ -83,7 +83,8 @@ impl Queue {
         events: Vec<FrictionEvent>,
     ) -> bool {
         let mut g = self.lock();
-        while !g.closed && g.len >= self.capacity {
+        // Only events need room; moving the position past lines without events never waits.
+        while !events.is_empty() && !g.closed && g.len >= self.capacity {
             // Waiting on a full queue is backpressure, not a stall: keep the producer's
             // liveness tick fresh so /healthz does not restart a healthy, throttled agent.
             METRICS.tick_follower();
@@ -118,6 +119,12 @@ impl Queue {
             Some(l) => Some((l.start, l.next_index)),
             None => g.last_end.map(|e| (e, 0)),
         }
+    }
+
+    /// True while a `push_line` with events would block (backpressure).
+    pub fn is_full(&self) -> bool {
+        let g = self.lock();
+        !g.closed && g.len >= self.capacity
     }
 
     /// Events pending or in flight.
