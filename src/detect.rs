@@ -12,6 +12,7 @@
 
 use crate::audit::{extract, AuditFields};
 use crate::event::{FrictionEvent, Parts};
+use crate::json::JsonError;
 use crate::metrics::METRICS;
 use crate::rules::{Piece, Rule, RuleSet, Template};
 
@@ -107,8 +108,18 @@ impl Detector {
             METRICS.blank_lines.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return LineVerdict::Blank;
         }
-        match extract(line) {
-            Ok(f) => self.evaluate(&f, out),
+        self.detect_extracted(&extract(line), out)
+    }
+
+    /// Like [`Detector::detect`] for a line the caller already ran through
+    /// [`extract`] (replay does, to spot EventList documents).
+    pub fn detect_extracted(
+        &self,
+        parsed: &Result<AuditFields<'_>, JsonError>,
+        out: &mut Vec<FrictionEvent>,
+    ) -> LineVerdict {
+        match parsed {
+            Ok(f) => self.evaluate(f, out),
             Err(_) => {
                 METRICS
                     .malformed_lines
