@@ -271,8 +271,9 @@ mod tests {
 
     #[test]
     fn escaped_keys_and_values_decode() {
-        let f = extract(br#"{"st\u0061ge":"Response\u0043omplete","user":{"username":"a\u0026b"}}"#)
-            .unwrap();
+        let f =
+            extract(br#"{"st\u0061ge":"Response\u0043omplete","user":{"username":"a\u0026b"}}"#)
+                .unwrap();
         assert_eq!(&*f.stage, "ResponseComplete");
         assert_eq!(&*f.username, "a&b");
     }

@@ -70,6 +70,8 @@ pub struct Detector {
     opts: DetectOptions,
     /// `namespace_contains` of each rule, lower-cased once.
     contains_lower: Vec<Option<String>>,
+    /// "Now" for events without a usable timestamp (replaceable for golden tests).
+    now: fn() -> String,
 }
 
 /// Whether a `ignore_system` rule skips this user: every `system:` user except `system:admin`
@@ -83,13 +85,26 @@ impl Detector {
         let contains_lower = rules
             .rules
             .iter()
-            .map(|r| r.matcher.namespace_contains.as_ref().map(|s| s.to_lowercase()))
+            .map(|r| {
+                r.matcher
+                    .namespace_contains
+                    .as_ref()
+                    .map(|s| s.to_lowercase())
+            })
             .collect();
         Detector {
             rules,
             opts,
             contains_lower,
+            now: crate::clock::now_rfc3339,
         }
+    }
+
+    /// Replaces the clock used for events without a usable `requestReceivedTimestamp`
+    /// (golden tests pin it to a placeholder).
+    pub fn with_clock(mut self, now: fn() -> String) -> Detector {
+        self.now = now;
+        self
     }
 
     pub fn rules(&self) -> &RuleSet {
@@ -104,8 +119,13 @@ impl Detector {
     /// tolerated). Counts into METRICS (malformed_lines, blank_lines, stages_skipped,
     /// events_matched per rule).
     pub fn detect(&self, line: &[u8], out: &mut Vec<FrictionEvent>) -> LineVerdict {
-        if line.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n')) {
-            METRICS.blank_lines.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if line
+            .iter()
+            .all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+        {
+            METRICS
+                .blank_lines
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return LineVerdict::Blank;
         }
         self.detect_extracted(&extract(line), out)
@@ -158,7 +178,7 @@ impl Detector {
                 workflow: &rule.workflow,
                 description: &description,
                 timestamp: &f.request_received_timestamp,
-                now: &crate::clock::now_rfc3339,
+                now: &self.now,
                 namespace: ns,
                 workload,
             }));
@@ -167,16 +187,18 @@ impl Detector {
         LineVerdict::Evaluated
     }
 
+    /// Cluster-scoped objects (no namespace) are in no namespace, so no list excludes them.
     fn excluded_everywhere(&self, ns: &str) -> bool {
-        self.rules.ignore_namespaces.iter().any(|n| n == ns)
+        !ns.is_empty() && self.rules.ignore_namespaces.iter().any(|n| n == ns)
             || self.opts.own_namespace.as_deref() == Some(ns)
     }
 
     /// Every condition of rule `i` (the actor filter aside).
     fn matches(&self, i: usize, rule: &Rule, f: &AuditFields<'_>) -> bool {
         let m = &rule.matcher;
-        let eq = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
-        let one_of = |list: &[String], have: &str| list.is_empty() || list.iter().any(|x| x == have);
+        let eq = |want: &Option<String>, have: &str| want.as_deref().map_or(true, |w| w == have);
+        let one_of =
+            |list: &[String], have: &str| list.is_empty() || list.iter().any(|x| x == have);
         eq(&m.resource, &f.resource)
             && one_of(&m.resources, &f.resource)
             && eq(&m.subresource, &f.subresource)
@@ -184,12 +206,11 @@ impl Detector {
             && one_of(&m.verbs, &f.verb)
             && self.contains_lower[i]
                 .as_deref()
-                .is_none_or(|c| contains_ignore_case(&f.namespace, c))
-            && !m.ignore_namespaces.iter().any(|n| n == &*f.namespace)
-            && m
-                .annotation
+                .map_or(true, |c| contains_ignore_case(&f.namespace, c))
+            && (f.namespace.is_empty() || !m.ignore_namespaces.iter().any(|n| n == &*f.namespace))
+            && m.annotation
                 .as_ref()
-                .is_none_or(|(k, v)| f.annotation_is(k, v))
+                .map_or(true, |(k, v)| f.annotation_is(k, v))
     }
 
     /// (namespace, workload) of the entity: the event's namespace or ENTITY_NAMESPACE; the
@@ -234,7 +255,10 @@ pub fn workload_name(name: &str) -> &str {
         return "unknown";
     }
     let b = name.as_bytes();
-    let class = |s: &[u8]| s.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let class = |s: &[u8]| {
+        s.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    };
     // The classes exclude '-', so each pattern can only match the last one or two segments.
     let last_dash = b.iter().rposition(|&c| c == b'-');
     if let Some(d2) = last_dash {
@@ -304,7 +328,10 @@ mod tests {
             ("", "unknown"),
             ("db-credentials", "db-credentials"),
             ("node-01", "node"),
-            ("system:openshift:scc:privileged", "system:openshift:scc:privileged"),
+            (
+                "system:openshift:scc:privileged",
+                "system:openshift:scc:privileged",
+            ),
             ("app-ABCDE-fghij", "app-ABCDE-fghij"),
             ("app-abcd-fghij", "app-abcd-fghij"),
             ("app-abcdefghijk-fghij", "app-abcdefghijk-fghij"),

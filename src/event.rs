@@ -184,10 +184,8 @@ pub fn is_iso8601(s: &str) -> bool {
     if !shape {
         return false;
     }
-    let num = |r: std::ops::Range<usize>| {
-        b[r].iter()
-            .fold(0u32, |a, &d| a * 10 + (d - b'0') as u32)
-    };
+    let num =
+        |r: std::ops::Range<usize>| b[r].iter().fold(0u32, |a, &d| a * 10 + (d - b'0') as u32);
     let ranges = (1..=12).contains(&num(5..7))
         && (1..=31).contains(&num(8..10))
         && num(11..13) <= 23
@@ -255,7 +253,10 @@ mod tests {
         p.workload = "system:openshift:controller:é/x y.z";
         p.namespace = "a.b";
         let e = FrictionEvent::new(p);
-        assert_eq!(e.entity_ref, "component:a-b/system-openshift-controller---x-y.z");
+        assert_eq!(
+            e.entity_ref,
+            "component:a-b/system-openshift-controller---x-y.z"
+        );
         let long = "x".repeat(500);
         p.namespace = &long;
         p.workload = &long;

@@ -120,10 +120,7 @@ impl fmt::Display for JsonError {
                 "the document is not a JSON object".to_string(),
                 "an audit event is one JSON object per line",
             ),
-            ErrorKind::Empty => (
-                "empty document".to_string(),
-                "expected one JSON object",
-            ),
+            ErrorKind::Empty => ("empty document".to_string(), "expected one JSON object"),
         };
         write!(
             f,
@@ -793,9 +790,33 @@ mod tests {
             assert!(ok(good), "{good}");
         }
         for bad in [
-            "", "  ", "{", "[1,]", "[,1]", "{\"a\"}", "{\"a\":}", "{\"a\":1,}", "{a:1}", "01",
-            "1.", "-", "1e", "+1", ".5", "tru", "nul", "[1 2]", "{} {}", "{}x", "\"a", "[\"\\x\"]",
-            "[1]]", "{\"a\":1]", "[}", "NaN", "\u{feff}{}",
+            "",
+            "  ",
+            "{",
+            "[1,]",
+            "[,1]",
+            "{\"a\"}",
+            "{\"a\":}",
+            "{\"a\":1,}",
+            "{a:1}",
+            "01",
+            "1.",
+            "-",
+            "1e",
+            "+1",
+            ".5",
+            "tru",
+            "nul",
+            "[1 2]",
+            "{} {}",
+            "{}x",
+            "\"a",
+            "[\"\\x\"]",
+            "[1]]",
+            "{\"a\":1]",
+            "[}",
+            "NaN",
+            "\u{feff}{}",
         ] {
             assert!(!ok(bad), "{bad:?}");
         }
@@ -857,11 +878,7 @@ mod tests {
         assert!(ok(&nest(MAX_DEPTH)));
         let e = validate(nest(MAX_DEPTH + 1).as_bytes()).unwrap_err();
         assert_eq!(e.kind, ErrorKind::TooDeep);
-        let objs = format!(
-            "{}1{}",
-            "{\"a\":".repeat(MAX_DEPTH),
-            "}".repeat(MAX_DEPTH)
-        );
+        let objs = format!("{}1{}", "{\"a\":".repeat(MAX_DEPTH), "}".repeat(MAX_DEPTH));
         assert!(ok(&objs));
         // Ten million '[' are rejected without recursion, at the first level too deep.
         let huge = vec![b'['; 10_000_000];
@@ -873,7 +890,10 @@ mod tests {
         let e = validate(b"{\n  \"a\": tru\n}").unwrap_err();
         assert_eq!((e.line, e.column), (2, 8));
         let m = e.to_string();
-        assert!(m.contains("2:8") && m.contains("true, false and null"), "{m}");
+        assert!(
+            m.contains("2:8") && m.contains("true, false and null"),
+            "{m}"
+        );
         let e = validate(b"{\"a\":1} x").unwrap_err();
         assert_eq!(e.kind, ErrorKind::TrailingData);
         assert_eq!(e.column, 9);

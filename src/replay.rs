@@ -79,7 +79,12 @@ fn is_blank(b: &[u8]) -> bool {
 }
 
 /// Evaluates one line (or document); an `EventList` has each of its items evaluated.
-fn evaluate(det: &Detector, body: &[u8], out: &mut Vec<FrictionEvent>, st: &mut Stats) -> LineVerdict {
+fn evaluate(
+    det: &Detector,
+    body: &[u8],
+    out: &mut Vec<FrictionEvent>,
+    st: &mut Stats,
+) -> LineVerdict {
     if is_blank(body) {
         // Counted into METRICS by the detector, like every other verdict.
         let v = det.detect(body, out);
@@ -130,7 +135,8 @@ pub fn scan<R: Read>(
             seen_content = true;
             // A first line that opens an object but is not one complete document may be the
             // start of a pretty-printed EventList: read everything and look at it whole.
-            if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') && extract(body).is_err()
+            if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+                && extract(body).is_err()
             {
                 let mut rest = std::mem::take(&mut line);
                 reader.read_to_end(&mut rest)?;
@@ -164,20 +170,21 @@ fn scan_buffer(
     sink: &mut impl FnMut(Record<'_>) -> io::Result<()>,
 ) -> io::Result<Stats> {
     let mut events = Vec::new();
-    let mut emit = |st: &mut Stats, start: u64, end: u64, body: &[u8], events: &mut Vec<FrictionEvent>| {
-        events.clear();
-        let v = evaluate(det, body, events, st);
-        st.events += events.len() as u64;
-        for e in events.iter() {
-            *st.events_per_rule.entry(e.kind.clone()).or_insert(0) += 1;
-        }
-        sink(Record {
-            start,
-            end,
-            verdict: v,
-            events,
-        })
-    };
+    let mut emit =
+        |st: &mut Stats, start: u64, end: u64, body: &[u8], events: &mut Vec<FrictionEvent>| {
+            events.clear();
+            let v = evaluate(det, body, events, st);
+            st.events += events.len() as u64;
+            for e in events.iter() {
+                *st.events_per_rule.entry(e.kind.clone()).or_insert(0) += 1;
+            }
+            sink(Record {
+                start,
+                end,
+                verdict: v,
+                events,
+            })
+        };
     if crate::json::validate(buf).is_ok() {
         st.lines += buf.iter().filter(|&&b| b == b'\n').count() as u64
             + u64::from(buf.last().is_some_and(|&b| b != b'\n'));
@@ -195,7 +202,13 @@ fn scan_buffer(
         let start = base + at as u64;
         st.lines += 1;
         st.bytes += (end - at) as u64;
-        emit(&mut st, start, base + end as u64, trim_newline(&buf[at..end]), &mut events)?;
+        emit(
+            &mut st,
+            start,
+            base + end as u64,
+            trim_newline(&buf[at..end]),
+            &mut events,
+        )?;
         at = end;
     }
     Ok(st)
@@ -205,20 +218,24 @@ fn scan_buffer(
 /// process, from /proc; `None` where /proc is unavailable. CPU ticks are converted at 100 Hz,
 /// the `USER_HZ` Linux reports in /proc on every architecture we ship.
 pub fn self_usage() -> (Option<u64>, Option<f64>) {
-    let rss = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
-        s.lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-    });
-    let cpu = std::fs::read_to_string("/proc/self/stat").ok().and_then(|s| {
-        // Fields after the command name (which may contain spaces) closed by the last ')'.
-        let rest = &s[s.rfind(')')? + 1..];
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after ')'.
-        let ut: u64 = f.get(11)?.parse().ok()?;
-        let stt: u64 = f.get(12)?.parse().ok()?;
-        Some((ut + stt) as f64 / 100.0)
-    });
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        });
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may contain spaces) closed by the last ')'.
+            let rest = &s[s.rfind(')')? + 1..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after ')'.
+            let ut: u64 = f.get(11)?.parse().ok()?;
+            let stt: u64 = f.get(12)?.parse().ok()?;
+            Some((ut + stt) as f64 / 100.0)
+        });
     (rss, cpu)
 }
 
@@ -433,7 +450,8 @@ mod tests {
 
     #[test]
     fn event_lists_pretty_and_compact() {
-        let pretty = format!("{{\n \"kind\": \"EventList\",\n \"items\": [\n  {EXEC},\n  {EXEC}\n ]\n}}\n");
+        let pretty =
+            format!("{{\n \"kind\": \"EventList\",\n \"items\": [\n  {EXEC},\n  {EXEC}\n ]\n}}\n");
         let (st, recs) = collect(pretty.as_bytes());
         assert_eq!(recs, vec![(0, pretty.len() as u64, 2)]);
         assert_eq!((st.event_lists, st.list_items, st.events), (1, 2, 2));
@@ -452,7 +470,11 @@ mod tests {
         let s = summary(&st, 0.5, Some(0.25), Some(1234));
         let last = s.lines().last().unwrap();
         assert!(last.starts_with("summary lines=1 bytes="), "{last}");
-        assert!(last.contains("events=1") && last.contains("peak_rss_kb=1234") && last.contains("cpu_s=0.25"));
+        assert!(
+            last.contains("events=1")
+                && last.contains("peak_rss_kb=1234")
+                && last.contains("cpu_s=0.25")
+        );
         assert!(s.contains("kubectl-exec"));
         let (rss, cpu) = self_usage();
         assert!(rss.is_some_and(|r| r > 0) && cpu.is_some());
