@@ -3,6 +3,7 @@
 //! process control) live in `support`.
 
 mod deliver;
+mod detect;
 mod follow;
 mod ops;
 mod rules;
