@@ -88,7 +88,10 @@ impl Queue {
             // Waiting on a full queue is backpressure, not a stall: keep the producer's
             // liveness tick fresh so /healthz does not restart a healthy, throttled agent.
             METRICS.tick_follower();
-            g = match self.space.wait_timeout(g, std::time::Duration::from_secs(1)) {
+            g = match self
+                .space
+                .wait_timeout(g, std::time::Duration::from_secs(1))
+            {
                 Ok((g, _)) => g,
                 Err(p) => p.into_inner().0,
             };
@@ -806,41 +809,6 @@ fn json_string_field(text: &str, key: &str) -> Option<String> {
         }
     }
     Some(out)
-}
-
-// MERGE NOTE (lead): this block is a stand-in so the delivery path can be built and tested on
-// its own branch. Drop it when src/event.rs (issue 3) provides `FrictionEvent::to_json`.
-impl FrictionEvent {
-    /// The `POST /events` payload: the seven fields the backend validates.
-    pub fn to_json(&self) -> String {
-        fn field(out: &mut String, key: &str, v: &str) {
-            if out.len() > 1 {
-                out.push(',');
-            }
-            out.push('"');
-            out.push_str(key);
-            out.push_str("\":\"");
-            for c in v.chars() {
-                match c {
-                    '"' => out.push_str("\\\""),
-                    '\\' => out.push_str("\\\\"),
-                    c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-                    c => out.push(c),
-                }
-            }
-            out.push('"');
-        }
-        let mut out = String::from("{");
-        field(&mut out, "entity_ref", &self.entity_ref);
-        field(&mut out, "type", &self.kind);
-        field(&mut out, "severity", self.severity.as_str());
-        field(&mut out, "actor", &self.actor);
-        field(&mut out, "workflow", &self.workflow);
-        field(&mut out, "description", &self.description);
-        field(&mut out, "timestamp", &self.timestamp);
-        out.push('}');
-        out
-    }
 }
 
 #[cfg(test)]
