@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -113,50 +113,84 @@ fn evaluate(
 
 /// Streams `input` through `det`, calling `sink` once per line (in order) with its events.
 /// Errors: reading the input, or whatever `sink` returns (which stops the scan).
+///
+/// Lines are evaluated in place in a chunk buffer (no per-line copy); only the partial line
+/// at the end of a chunk moves, and the buffer grows for a line longer than itself.
 pub fn scan<R: Read>(
-    input: R,
+    mut input: R,
     det: &Detector,
     mut sink: impl FnMut(Record<'_>) -> io::Result<()>,
 ) -> io::Result<Stats> {
+    const CHUNK: usize = 1 << 20;
     let mut st = Stats::default();
-    let mut reader = BufReader::with_capacity(1 << 20, input);
-    let mut line = Vec::with_capacity(1 << 16);
+    let mut buf = vec![0u8; CHUNK];
+    let (mut begin, mut filled) = (0usize, 0usize);
     let mut events = Vec::new();
     let mut seen_content = false;
+    let mut eof = false;
+    // How much of the partial line at `begin` is known to hold no newline: short reads must
+    // not make a long line cost quadratic time.
+    let mut searched = 0usize;
     loop {
-        line.clear();
-        let n = reader.read_until(b'\n', &mut line)?;
-        if n == 0 {
+        loop {
+            let rest = &buf[begin..filled];
+            let len = match crate::json::find_byte(&rest[searched..], b'\n') {
+                Some(p) => searched + p + 1,
+                None if eof && !rest.is_empty() => rest.len(),
+                None => {
+                    searched = rest.len();
+                    break;
+                }
+            };
+            searched = 0;
+            let raw = &rest[..len];
+            let body = trim_newline(raw);
+            let start = st.bytes;
+            if !seen_content && !is_blank(body) {
+                seen_content = true;
+                // A first line that opens an object but is not one complete document may be
+                // the start of a pretty-printed EventList: read everything, look at it whole.
+                if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+                    && extract(body).is_err()
+                {
+                    let mut all = rest.to_vec();
+                    input.read_to_end(&mut all)?;
+                    return scan_buffer(&all, start, det, st, &mut sink);
+                }
+            }
+            st.lines += 1;
+            st.bytes += len as u64;
+            events.clear();
+            let v = evaluate(det, body, &mut events, &mut st);
+            st.events += events.len() as u64;
+            for e in &events {
+                *st.events_per_rule.entry(e.kind.clone()).or_insert(0) += 1;
+            }
+            sink(Record {
+                start,
+                end: st.bytes,
+                verdict: v,
+                events: &events,
+            })?;
+            begin += len;
+        }
+        if eof {
             return Ok(st);
         }
-        let start = st.bytes;
-        let body = trim_newline(&line);
-        if !seen_content && !is_blank(body) {
-            seen_content = true;
-            // A first line that opens an object but is not one complete document may be the
-            // start of a pretty-printed EventList: read everything and look at it whole.
-            if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
-                && extract(body).is_err()
-            {
-                let mut rest = std::mem::take(&mut line);
-                reader.read_to_end(&mut rest)?;
-                return scan_buffer(&rest, start, det, st, &mut sink);
-            }
+        if begin > 0 {
+            buf.copy_within(begin..filled, 0);
+            filled -= begin;
+            begin = 0;
         }
-        st.lines += 1;
-        st.bytes += n as u64;
-        events.clear();
-        let v = evaluate(det, body, &mut events, &mut st);
-        st.events += events.len() as u64;
-        for e in &events {
-            *st.events_per_rule.entry(e.kind.clone()).or_insert(0) += 1;
+        if filled == buf.len() {
+            buf.resize(buf.len() * 2, 0);
         }
-        sink(Record {
-            start,
-            end: st.bytes,
-            verdict: v,
-            events: &events,
-        })?;
+        match input.read(&mut buf[filled..]) {
+            Ok(0) => eof = true,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -446,6 +480,35 @@ mod tests {
             (4, 1, 1, 2, 2)
         );
         assert_eq!(st.bytes, input.len() as u64);
+    }
+
+    /// Hands out at most 7 bytes per read, so lines straddle every chunk boundary.
+    struct Trickle<'a>(&'a [u8]);
+    impl Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let n = self.0.len().min(7).min(out.len());
+            out[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn short_reads_and_lines_longer_than_the_buffer() {
+        let big = EXEC.replace(
+            "\"verb\"",
+            &format!("\"requestObject\":\"{}\",\"verb\"", "x".repeat(2_500_000)),
+        );
+        let input = format!("{EXEC}\n{big}\n\n{EXEC}");
+        let (st, recs) = collect(input.as_bytes());
+        assert_eq!(recs.iter().map(|r| r.2).collect::<Vec<_>>(), [1, 1, 0, 1]);
+        let mut trickled = Vec::new();
+        let st2 = scan(Trickle(input.as_bytes()), &det(), |r| {
+            trickled.push((r.start, r.end, r.events.len()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!((st, recs), (st2, trickled));
     }
 
     #[test]

@@ -1122,3 +1122,37 @@ fn verdicts_and_stage_filter() {
     );
     assert_eq!(out.len(), 1);
 }
+
+/// Throughput of the scan on a big generated log (not a pass/fail test: prints MB/s).
+/// `python3 ../shared/tools/gen.py --rules ../shared/compat/healert-go-rules.yaml --lines 200000
+/// --seed 1 --match-fraction 0.001 --body-fraction 0.15 --out /tmp/d.ndjson` then
+/// `HEALERT_BENCH_FILE=/tmp/d.ndjson cargo test --release --test it -- --ignored detect::bench`.
+#[test]
+#[ignore = "benchmark: needs HEALERT_BENCH_FILE and a release build"]
+fn bench_scan_throughput() {
+    let Some(path) = std::env::var_os("HEALERT_BENCH_FILE") else {
+        return;
+    };
+    let bytes = std::fs::read(path).unwrap();
+    let det = Detector::new(yaml_rules(COMPAT), DetectOptions::default());
+    let mut events = 0usize;
+    for round in 0..3 {
+        let t = std::time::Instant::now();
+        let cpu0 = replay::self_usage().1.unwrap_or(0.0);
+        let st = replay::scan(&bytes[..], &det, |r| {
+            events += r.events.len();
+            Ok(())
+        })
+        .unwrap();
+        let s = t.elapsed().as_secs_f64();
+        let cpu = replay::self_usage().1.unwrap_or(0.0) - cpu0;
+        eprintln!(
+            "round {round}: scan {} lines, {:.1} MB in {s:.3} s: {:.0} MB/s wall, {:.0} MB per CPU-second ({} events)",
+            st.lines,
+            st.bytes as f64 / 1e6,
+            st.bytes as f64 / 1e6 / s,
+            st.bytes as f64 / 1e6 / cpu.max(0.01),
+            st.events
+        );
+    }
+}
