@@ -190,10 +190,26 @@ fn find_string_stop(b: &[u8], mut i: usize) -> usize {
 /// Index of the first `needle` byte in `hay` (a std-only memchr, eight bytes at a time).
 pub fn find_byte(hay: &[u8], needle: u8) -> Option<usize> {
     let pat = ONES * needle as u64;
+    let hit = |w: u64| {
+        let x = w ^ pat;
+        x.wrapping_sub(ONES) & !x & HIGHS
+    };
     let mut i = 0;
+    // 32 bytes per turn with one branch; then find the word that hit.
+    while i + 32 <= hay.len() {
+        let (a, b, c, d) = (
+            hit(load8(hay, i)),
+            hit(load8(hay, i + 8)),
+            hit(load8(hay, i + 16)),
+            hit(load8(hay, i + 24)),
+        );
+        if a | b | c | d != 0 {
+            break;
+        }
+        i += 32;
+    }
     while i + 8 <= hay.len() {
-        let x = load8(hay, i) ^ pat;
-        let m = x.wrapping_sub(ONES) & !x & HIGHS;
+        let m = hit(load8(hay, i));
         if m != 0 {
             return Some(i + (m.trailing_zeros() / 8) as usize);
         }
@@ -334,12 +350,12 @@ impl<'a> Scanner<'a> {
 
     #[inline(always)]
     pub fn skip_ws(&mut self) {
+        // Compact audit lines have no whitespace: one comparison decides the common case.
         while let Some(&b) = self.buf.get(self.pos) {
-            if b == b' ' || b == b'\n' || b == b'\r' || b == b'\t' {
-                self.pos += 1;
-            } else {
+            if b > b' ' || !(b == b' ' || b == b'\n' || b == b'\r' || b == b'\t') {
                 break;
             }
+            self.pos += 1;
         }
     }
 
@@ -687,6 +703,8 @@ impl<'a> Scanner<'a> {
             high: Vec::new(),
             depth: 0,
         };
+        // Kind of the innermost open container (mirrors the top of `kinds`).
+        let mut obj = false;
         'value: loop {
             // At the start of a value.
             self.skip_ws();
@@ -698,14 +716,15 @@ impl<'a> Scanner<'a> {
                     if kinds.depth >= room {
                         return Err(self.err(ErrorKind::TooDeep));
                     }
-                    kinds.push(c == b'{');
                     self.pos += 1;
                     self.skip_ws();
                     let close = if c == b'{' { b'}' } else { b']' };
                     if self.buf.get(self.pos) == Some(&close) {
+                        // An empty container: nothing to push.
                         self.pos += 1;
-                        kinds.depth -= 1;
                     } else {
+                        kinds.push(c == b'{');
+                        obj = c == b'{';
                         if c == b'{' {
                             self.member_key()?;
                         }
@@ -720,7 +739,6 @@ impl<'a> Scanner<'a> {
                     return Ok((start, self.pos));
                 }
                 self.skip_ws();
-                let obj = kinds.top_is_object();
                 match self.buf.get(self.pos) {
                     Some(b',') => {
                         self.pos += 1;
@@ -733,10 +751,12 @@ impl<'a> Scanner<'a> {
                     Some(b'}') if obj => {
                         self.pos += 1;
                         kinds.depth -= 1;
+                        obj = kinds.depth > 0 && kinds.top_is_object();
                     }
                     Some(b']') if !obj => {
                         self.pos += 1;
                         kinds.depth -= 1;
+                        obj = kinds.depth > 0 && kinds.top_is_object();
                     }
                     _ => return Err(self.unexpected()),
                 }
@@ -953,7 +973,7 @@ mod tests {
 
     #[test]
     fn find_byte_matches_position() {
-        let hay: Vec<u8> = (0..100u8)
+        let hay: Vec<u8> = (0..200u8)
             .map(|i| if i % 37 == 36 { b'\n' } else { b'a' + i % 26 })
             .collect();
         for start in 0..hay.len() {
