@@ -2,5 +2,11 @@
 //! the library's public API. Shared helpers (a std-only backend sink, audit line builders,
 //! process control) live in `support`.
 
+mod deliver;
 mod detect;
+mod follow;
+mod ops;
+mod rules;
+mod script;
+mod sink;
 mod support;
