@@ -1156,3 +1156,51 @@ fn bench_scan_throughput() {
         );
     }
 }
+
+/// A pretty-printed EventList on stdin (`replay -`), as webhook backends and exports write.
+#[test]
+fn replay_command_reads_a_pretty_event_list_from_stdin() {
+    use std::io::Write as _;
+    let item = |verb: &str, sub: &str| {
+        format!(
+            "    {{\n      \"kind\": \"Event\",\n      \"stage\": \"ResponseComplete\",\n      \"verb\": \"{verb}\",\n      \"user\": {{ \"username\": \"alice\" }},\n      \"objectRef\": {{ \"resource\": \"pods\", \"namespace\": \"dev\", \"name\": \"web-0\", \"subresource\": \"{sub}\" }},\n      \"requestReceivedTimestamp\": \"2025-01-02T03:04:05.000001Z\"\n    }}"
+        )
+    };
+    let doc = format!(
+        "{{\n  \"kind\": \"EventList\",\n  \"apiVersion\": \"audit.k8s.io/v1\",\n  \"items\": [\n{},\n{}\n  ]\n}}\n",
+        item("create", "exec"),
+        item("get", "log")
+    );
+    let mut child = std::process::Command::new(crate::support::bin())
+        .args(["replay", "--rules", COMPAT_ALL, "-"])
+        .env_remove("K8S_NAMESPACE")
+        .env_remove("ENTITY_NAMESPACE")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(doc.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let types: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(types, ["kubectl-exec", "config-drift", "pod-log-access"]);
+    assert!(
+        stderr.contains("EventList documents: 1 (2 items)"),
+        "{stderr}"
+    );
+}
