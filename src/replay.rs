@@ -78,6 +78,18 @@ fn is_blank(b: &[u8]) -> bool {
     b.iter().all(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n'))
 }
 
+/// Whether the first non-blank line opens a multi-line JSON document rather than being an
+/// NDJSON line (complete, or truncated).
+fn starts_document(first: &[u8]) -> bool {
+    let t = first.trim_ascii();
+    if t == b"{" {
+        return true;
+    }
+    t.first() == Some(&b'{')
+        && t.windows(11).any(|w| w == b"\"EventList\"")
+        && extract(t).is_err_and(|e| e.kind == crate::json::ErrorKind::UnexpectedEnd)
+}
+
 /// Evaluates one line (or document); an `EventList` has each of its items evaluated.
 fn evaluate(
     det: &Detector,
@@ -148,11 +160,11 @@ pub fn scan<R: Read>(
             let start = st.bytes;
             if !seen_content && !is_blank(body) {
                 seen_content = true;
-                // A first line that opens an object but is not one complete document may be
-                // the start of a pretty-printed EventList: read everything, look at it whole.
-                if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
-                    && extract(body).is_err()
-                {
+                // The first line of a pretty-printed document (`{` alone, or an unfinished
+                // object naming EventList): read everything and look at it whole. Only then:
+                // a log whose first line is merely truncated must keep streaming, not be read
+                // into memory.
+                if starts_document(body) {
                     let mut all = rest.to_vec();
                     input.read_to_end(&mut all)?;
                     return scan_buffer(&all, start, det, st, &mut sink);
@@ -525,6 +537,17 @@ mod tests {
         // A broken multi-line document falls back to lines, each malformed.
         let (st, _) = collect(b"{\n\"kind\":\n");
         assert_eq!((st.lines, st.malformed), (2, 2));
+        // A truncated first line is just malformed; the rest streams as NDJSON.
+        let input = format!("{}\n{EXEC}\n", &EXEC[..40]);
+        let (st, recs) = collect(input.as_bytes());
+        assert_eq!(
+            (st.lines, st.malformed, st.events, recs.len()),
+            (2, 1, 1, 2)
+        );
+        assert!(starts_document(b"  {  \r"));
+        assert!(starts_document(b"{\"kind\":\"EventList\",\"items\":["));
+        assert!(!starts_document(EXEC[..60].as_bytes()));
+        assert!(!starts_document(b"{\"kind\":\"EventList\",\"items\":[]}"));
     }
 
     #[test]
