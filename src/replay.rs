@@ -546,7 +546,7 @@ mod tests {
         );
         assert!(starts_document(b"  {  \r"));
         assert!(starts_document(b"{\"kind\":\"EventList\",\"items\":["));
-        assert!(!starts_document(EXEC[..60].as_bytes()));
+        assert!(!starts_document(&EXEC.as_bytes()[..60]));
         assert!(!starts_document(b"{\"kind\":\"EventList\",\"items\":[]}"));
     }
 
