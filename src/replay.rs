@@ -54,7 +54,12 @@ pub struct Stats {
     pub list_items: u64,
     pub events: u64,
     pub events_per_rule: BTreeMap<String, u64>,
+    /// The first few malformed lines: (1-based line number, what is wrong).
+    pub first_malformed: Vec<(u64, String)>,
 }
+
+/// How many malformed lines the summary describes one by one.
+pub const SHOWN_MALFORMED: usize = 5;
 
 impl Stats {
     fn count(&mut self, v: LineVerdict) {
@@ -116,6 +121,11 @@ fn evaluate(
                 }
                 return LineVerdict::Evaluated;
             }
+        }
+    }
+    if let Err(e) = &parsed {
+        if st.first_malformed.len() < SHOWN_MALFORMED {
+            st.first_malformed.push((st.lines.max(1), e.to_string()));
         }
     }
     let v = det.detect_extracted(&parsed, out);
@@ -307,6 +317,16 @@ pub fn summary(st: &Stats, elapsed_s: f64, cpu_s: Option<f64>, rss_kb: Option<u6
             st.event_lists, st.list_items
         );
     }
+    for (line, why) in &st.first_malformed {
+        let _ = writeln!(s, "    line {line}: {why}");
+    }
+    if st.malformed > st.first_malformed.len() as u64 {
+        let _ = writeln!(
+            s,
+            "    ... and {} more malformed lines",
+            st.malformed - st.first_malformed.len() as u64
+        );
+    }
     let _ = writeln!(s, "  friction events: {}", st.events);
     for (rule, n) in &st.events_per_rule {
         let _ = writeln!(s, "    {:<28} {n}", crate::log::sanitize(rule, 64));
@@ -492,6 +512,15 @@ mod tests {
             (4, 1, 1, 2, 2)
         );
         assert_eq!(st.bytes, input.len() as u64);
+        assert_eq!(st.first_malformed.len(), 1);
+        assert_eq!(st.first_malformed[0].0, 3);
+        assert!(
+            st.first_malformed[0].1.contains("1:1"),
+            "{:?}",
+            st.first_malformed
+        );
+        let s = summary(&st, 1.0, None, None);
+        assert!(s.contains("line 3: invalid JSON at 1:1"), "{s}");
     }
 
     /// Hands out at most 7 bytes per read, so lines straddle every chunk boundary.
