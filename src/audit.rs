@@ -97,18 +97,18 @@ pub fn extract(line: &[u8]) -> Result<AuditFields<'_>, JsonError> {
     }
     s.begin_object()?;
     let mut first = true;
-    while let Some(key) = s.next_key(first)? {
+    while let Some(key) = s.next_key_bytes(first)? {
         first = false;
         match &*key {
-            "kind" => f.kind = s.string_or_empty(1)?,
-            "stage" => f.stage = s.string_or_empty(1)?,
-            "verb" => f.verb = s.string_or_empty(1)?,
-            "auditID" => f.audit_id = s.string_or_empty(1)?,
-            "requestReceivedTimestamp" => f.request_received_timestamp = s.string_or_empty(1)?,
-            "user" => {
+            b"kind" => f.kind = s.string_or_empty(1)?,
+            b"stage" => f.stage = s.string_or_empty(1)?,
+            b"verb" => f.verb = s.string_or_empty(1)?,
+            b"auditID" => f.audit_id = s.string_or_empty(1)?,
+            b"requestReceivedTimestamp" => f.request_received_timestamp = s.string_or_empty(1)?,
+            b"user" => {
                 f.username = Cow::Borrowed("");
                 object_members(&mut s, 1, |s, k| {
-                    if k == "username" {
+                    if k == b"username" {
                         f.username = s.string_or_empty(2)?;
                         Ok(true)
                     } else {
@@ -116,27 +116,27 @@ pub fn extract(line: &[u8]) -> Result<AuditFields<'_>, JsonError> {
                     }
                 })?;
             }
-            "objectRef" => {
+            b"objectRef" => {
                 f.resource = Cow::Borrowed("");
                 f.subresource = Cow::Borrowed("");
                 f.namespace = Cow::Borrowed("");
                 f.name = Cow::Borrowed("");
                 object_members(&mut s, 1, |s, k| {
                     let slot = match k {
-                        "resource" => &mut f.resource,
-                        "subresource" => &mut f.subresource,
-                        "namespace" => &mut f.namespace,
-                        "name" => &mut f.name,
+                        b"resource" => &mut f.resource,
+                        b"subresource" => &mut f.subresource,
+                        b"namespace" => &mut f.namespace,
+                        b"name" => &mut f.name,
                         _ => return Ok(false),
                     };
                     *slot = s.string_or_empty(2)?;
                     Ok(true)
                 })?;
             }
-            "annotations" => f.annotations = object_span(&mut s, 1)?,
-            "responseObject" => f.response_annotations = metadata_annotations(&mut s)?,
-            "requestObject" => f.request_annotations = metadata_annotations(&mut s)?,
-            "items" => {
+            b"annotations" => f.annotations = object_span(&mut s, 1)?,
+            b"responseObject" => f.response_annotations = metadata_annotations(&mut s)?,
+            b"requestObject" => f.request_annotations = metadata_annotations(&mut s)?,
+            b"items" => {
                 let (a, b) = s.skip_value(1)?;
                 f.items = (line[a] == b'[').then_some(&line[a..b]);
             }
@@ -155,7 +155,7 @@ pub fn extract(line: &[u8]) -> Result<AuditFields<'_>, JsonError> {
 fn object_members<'a>(
     s: &mut Scanner<'a>,
     depth: usize,
-    mut on: impl FnMut(&mut Scanner<'a>, &str) -> Result<bool, JsonError>,
+    mut on: impl FnMut(&mut Scanner<'a>, &[u8]) -> Result<bool, JsonError>,
 ) -> Result<(), JsonError> {
     if s.peek()? != Peek::Object {
         s.skip_value(depth)?;
@@ -163,7 +163,7 @@ fn object_members<'a>(
     }
     s.begin_object()?;
     let mut first = true;
-    while let Some(k) = s.next_key(first)? {
+    while let Some(k) = s.next_key_bytes(first)? {
         first = false;
         if !on(s, &k)? {
             s.skip_value(depth + 1)?;
@@ -183,12 +183,12 @@ fn object_span<'a>(s: &mut Scanner<'a>, depth: usize) -> Result<Option<&'a [u8]>
 fn metadata_annotations<'a>(s: &mut Scanner<'a>) -> Result<Option<&'a [u8]>, JsonError> {
     let mut found = None;
     object_members(s, 1, |s, k| {
-        if k != "metadata" {
+        if k != b"metadata" {
             return Ok(false);
         }
         found = None;
         object_members(s, 2, |s, k| {
-            if k == "annotations" {
+            if k == b"annotations" {
                 found = object_span(s, 3)?;
                 Ok(true)
             } else {

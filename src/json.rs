@@ -187,6 +187,37 @@ fn find_string_stop(b: &[u8], mut i: usize) -> usize {
     i
 }
 
+/// Index of the first `needle` byte in `hay` (a std-only memchr, eight bytes at a time).
+pub fn find_byte(hay: &[u8], needle: u8) -> Option<usize> {
+    let pat = ONES * needle as u64;
+    let hit = |w: u64| {
+        let x = w ^ pat;
+        x.wrapping_sub(ONES) & !x & HIGHS
+    };
+    let mut i = 0;
+    // 32 bytes per turn with one branch; then find the word that hit.
+    while i + 32 <= hay.len() {
+        let (a, b, c, d) = (
+            hit(load8(hay, i)),
+            hit(load8(hay, i + 8)),
+            hit(load8(hay, i + 16)),
+            hit(load8(hay, i + 24)),
+        );
+        if a | b | c | d != 0 {
+            break;
+        }
+        i += 32;
+    }
+    while i + 8 <= hay.len() {
+        let m = hit(load8(hay, i));
+        if m != 0 {
+            return Some(i + (m.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    hay[i..].iter().position(|&b| b == needle).map(|p| i + p)
+}
+
 /// Appends `bytes` to `out` as UTF-8, each invalid byte replaced by U+FFFD (Go's rule: one
 /// replacement per byte, not per maximal invalid sequence).
 pub fn push_lossy(out: &mut String, mut bytes: &[u8]) {
@@ -319,12 +350,12 @@ impl<'a> Scanner<'a> {
 
     #[inline(always)]
     pub fn skip_ws(&mut self) {
+        // Compact audit lines have no whitespace: one comparison decides the common case.
         while let Some(&b) = self.buf.get(self.pos) {
-            if b == b' ' || b == b'\n' || b == b'\r' || b == b'\t' {
-                self.pos += 1;
-            } else {
+            if b > b' ' || !(b == b' ' || b == b'\n' || b == b'\r' || b == b'\t') {
                 break;
             }
+            self.pos += 1;
         }
     }
 
@@ -398,6 +429,43 @@ impl<'a> Scanner<'a> {
         let k = self.string()?;
         self.expect(b':')?;
         Ok(Some(k))
+    }
+
+    /// Like [`Scanner::next_key`], but the key as bytes: borrowed from the input when it holds
+    /// no escape (no UTF-8 check: callers compare it with known ASCII names, which a key with
+    /// invalid UTF-8 can never equal either way), decoded otherwise. This keeps the hot path
+    /// of walking an audit event free of per-key validation.
+    pub fn next_key_bytes(&mut self, first: bool) -> Result<Option<Cow<'a, [u8]>>, JsonError> {
+        self.skip_ws();
+        match self.buf.get(self.pos) {
+            Some(b'}') => {
+                self.pos += 1;
+                return Ok(None);
+            }
+            Some(b',') if !first => {
+                self.pos += 1;
+                self.skip_ws();
+            }
+            _ if first => {}
+            _ => return Err(self.unexpected()),
+        }
+        if self.buf.get(self.pos) != Some(&b'"') {
+            return Err(self.unexpected());
+        }
+        let start = self.pos + 1;
+        let stop = find_string_stop(self.buf, start);
+        let key = if self.buf.get(stop) == Some(&b'"') {
+            self.pos = stop + 1;
+            Cow::Borrowed(&self.buf[start..stop])
+        } else {
+            Cow::Owned(self.string()?.into_owned().into_bytes())
+        };
+        if self.buf.get(self.pos) == Some(&b':') {
+            self.pos += 1;
+        } else {
+            self.expect(b':')?;
+        }
+        Ok(Some(key))
     }
 
     /// True when another array item follows (the scanner is then at it), false after `]`.
@@ -635,6 +703,8 @@ impl<'a> Scanner<'a> {
             high: Vec::new(),
             depth: 0,
         };
+        // Kind of the innermost open container (mirrors the top of `kinds`).
+        let mut obj = false;
         'value: loop {
             // At the start of a value.
             self.skip_ws();
@@ -646,14 +716,15 @@ impl<'a> Scanner<'a> {
                     if kinds.depth >= room {
                         return Err(self.err(ErrorKind::TooDeep));
                     }
-                    kinds.push(c == b'{');
                     self.pos += 1;
                     self.skip_ws();
                     let close = if c == b'{' { b'}' } else { b']' };
                     if self.buf.get(self.pos) == Some(&close) {
+                        // An empty container: nothing to push.
                         self.pos += 1;
-                        kinds.depth -= 1;
                     } else {
+                        kinds.push(c == b'{');
+                        obj = c == b'{';
                         if c == b'{' {
                             self.member_key()?;
                         }
@@ -668,7 +739,6 @@ impl<'a> Scanner<'a> {
                     return Ok((start, self.pos));
                 }
                 self.skip_ws();
-                let obj = kinds.top_is_object();
                 match self.buf.get(self.pos) {
                     Some(b',') => {
                         self.pos += 1;
@@ -681,10 +751,12 @@ impl<'a> Scanner<'a> {
                     Some(b'}') if obj => {
                         self.pos += 1;
                         kinds.depth -= 1;
+                        obj = kinds.depth > 0 && kinds.top_is_object();
                     }
                     Some(b']') if !obj => {
                         self.pos += 1;
                         kinds.depth -= 1;
+                        obj = kinds.depth > 0 && kinds.top_is_object();
                     }
                     _ => return Err(self.unexpected()),
                 }
@@ -897,6 +969,23 @@ mod tests {
         let e = validate(b"{\"a\":1} x").unwrap_err();
         assert_eq!(e.kind, ErrorKind::TrailingData);
         assert_eq!(e.column, 9);
+    }
+
+    #[test]
+    fn find_byte_matches_position() {
+        let hay: Vec<u8> = (0..200u8)
+            .map(|i| if i % 37 == 36 { b'\n' } else { b'a' + i % 26 })
+            .collect();
+        for start in 0..hay.len() {
+            let h = &hay[start..];
+            assert_eq!(
+                find_byte(h, b'\n'),
+                h.iter().position(|&b| b == b'\n'),
+                "{start}"
+            );
+        }
+        assert_eq!(find_byte(b"", b'x'), None);
+        assert_eq!(find_byte(&[0x80, 0x0a], b'\n'), Some(1));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -54,7 +54,12 @@ pub struct Stats {
     pub list_items: u64,
     pub events: u64,
     pub events_per_rule: BTreeMap<String, u64>,
+    /// The first few malformed lines: (1-based line number, what is wrong).
+    pub first_malformed: Vec<(u64, String)>,
 }
+
+/// How many malformed lines the summary describes one by one.
+pub const SHOWN_MALFORMED: usize = 5;
 
 impl Stats {
     fn count(&mut self, v: LineVerdict) {
@@ -76,6 +81,18 @@ fn trim_newline(mut b: &[u8]) -> &[u8] {
 
 fn is_blank(b: &[u8]) -> bool {
     b.iter().all(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n'))
+}
+
+/// Whether the first non-blank line opens a multi-line JSON document rather than being an
+/// NDJSON line (complete, or truncated).
+fn starts_document(first: &[u8]) -> bool {
+    let t = first.trim_ascii();
+    if t == b"{" {
+        return true;
+    }
+    t.first() == Some(&b'{')
+        && t.windows(11).any(|w| w == b"\"EventList\"")
+        && extract(t).is_err_and(|e| e.kind == crate::json::ErrorKind::UnexpectedEnd)
 }
 
 /// Evaluates one line (or document); an `EventList` has each of its items evaluated.
@@ -106,6 +123,11 @@ fn evaluate(
             }
         }
     }
+    if let Err(e) = &parsed {
+        if st.first_malformed.len() < SHOWN_MALFORMED {
+            st.first_malformed.push((st.lines.max(1), e.to_string()));
+        }
+    }
     let v = det.detect_extracted(&parsed, out);
     st.count(v);
     v
@@ -113,50 +135,84 @@ fn evaluate(
 
 /// Streams `input` through `det`, calling `sink` once per line (in order) with its events.
 /// Errors: reading the input, or whatever `sink` returns (which stops the scan).
+///
+/// Lines are evaluated in place in a chunk buffer (no per-line copy); only the partial line
+/// at the end of a chunk moves, and the buffer grows for a line longer than itself.
 pub fn scan<R: Read>(
-    input: R,
+    mut input: R,
     det: &Detector,
     mut sink: impl FnMut(Record<'_>) -> io::Result<()>,
 ) -> io::Result<Stats> {
+    const CHUNK: usize = 1 << 20;
     let mut st = Stats::default();
-    let mut reader = BufReader::with_capacity(1 << 20, input);
-    let mut line = Vec::with_capacity(1 << 16);
+    let mut buf = vec![0u8; CHUNK];
+    let (mut begin, mut filled) = (0usize, 0usize);
     let mut events = Vec::new();
     let mut seen_content = false;
+    let mut eof = false;
+    // How much of the partial line at `begin` is known to hold no newline: short reads must
+    // not make a long line cost quadratic time.
+    let mut searched = 0usize;
     loop {
-        line.clear();
-        let n = reader.read_until(b'\n', &mut line)?;
-        if n == 0 {
+        loop {
+            let rest = &buf[begin..filled];
+            let len = match crate::json::find_byte(&rest[searched..], b'\n') {
+                Some(p) => searched + p + 1,
+                None if eof && !rest.is_empty() => rest.len(),
+                None => {
+                    searched = rest.len();
+                    break;
+                }
+            };
+            searched = 0;
+            let raw = &rest[..len];
+            let body = trim_newline(raw);
+            let start = st.bytes;
+            if !seen_content && !is_blank(body) {
+                seen_content = true;
+                // The first line of a pretty-printed document (`{` alone, or an unfinished
+                // object naming EventList): read everything and look at it whole. Only then:
+                // a log whose first line is merely truncated must keep streaming, not be read
+                // into memory.
+                if starts_document(body) {
+                    let mut all = rest.to_vec();
+                    input.read_to_end(&mut all)?;
+                    return scan_buffer(&all, start, det, st, &mut sink);
+                }
+            }
+            st.lines += 1;
+            st.bytes += len as u64;
+            events.clear();
+            let v = evaluate(det, body, &mut events, &mut st);
+            st.events += events.len() as u64;
+            for e in &events {
+                *st.events_per_rule.entry(e.kind.clone()).or_insert(0) += 1;
+            }
+            sink(Record {
+                start,
+                end: st.bytes,
+                verdict: v,
+                events: &events,
+            })?;
+            begin += len;
+        }
+        if eof {
             return Ok(st);
         }
-        let start = st.bytes;
-        let body = trim_newline(&line);
-        if !seen_content && !is_blank(body) {
-            seen_content = true;
-            // A first line that opens an object but is not one complete document may be the
-            // start of a pretty-printed EventList: read everything and look at it whole.
-            if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
-                && extract(body).is_err()
-            {
-                let mut rest = std::mem::take(&mut line);
-                reader.read_to_end(&mut rest)?;
-                return scan_buffer(&rest, start, det, st, &mut sink);
-            }
+        if begin > 0 {
+            buf.copy_within(begin..filled, 0);
+            filled -= begin;
+            begin = 0;
         }
-        st.lines += 1;
-        st.bytes += n as u64;
-        events.clear();
-        let v = evaluate(det, body, &mut events, &mut st);
-        st.events += events.len() as u64;
-        for e in &events {
-            *st.events_per_rule.entry(e.kind.clone()).or_insert(0) += 1;
+        if filled == buf.len() {
+            buf.resize(buf.len() * 2, 0);
         }
-        sink(Record {
-            start,
-            end: st.bytes,
-            verdict: v,
-            events: &events,
-        })?;
+        match input.read(&mut buf[filled..]) {
+            Ok(0) => eof = true,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -259,6 +315,16 @@ pub fn summary(st: &Stats, elapsed_s: f64, cpu_s: Option<f64>, rss_kb: Option<u6
             s,
             "  EventList documents: {} ({} items)",
             st.event_lists, st.list_items
+        );
+    }
+    for (line, why) in &st.first_malformed {
+        let _ = writeln!(s, "    line {line}: {why}");
+    }
+    if st.malformed > st.first_malformed.len() as u64 {
+        let _ = writeln!(
+            s,
+            "    ... and {} more malformed lines",
+            st.malformed - st.first_malformed.len() as u64
         );
     }
     let _ = writeln!(s, "  friction events: {}", st.events);
@@ -446,6 +512,44 @@ mod tests {
             (4, 1, 1, 2, 2)
         );
         assert_eq!(st.bytes, input.len() as u64);
+        assert_eq!(st.first_malformed.len(), 1);
+        assert_eq!(st.first_malformed[0].0, 3);
+        assert!(
+            st.first_malformed[0].1.contains("1:1"),
+            "{:?}",
+            st.first_malformed
+        );
+        let s = summary(&st, 1.0, None, None);
+        assert!(s.contains("line 3: invalid JSON at 1:1"), "{s}");
+    }
+
+    /// Hands out at most 7 bytes per read, so lines straddle every chunk boundary.
+    struct Trickle<'a>(&'a [u8]);
+    impl Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let n = self.0.len().min(7).min(out.len());
+            out[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn short_reads_and_lines_longer_than_the_buffer() {
+        let big = EXEC.replace(
+            "\"verb\"",
+            &format!("\"requestObject\":\"{}\",\"verb\"", "x".repeat(2_500_000)),
+        );
+        let input = format!("{EXEC}\n{big}\n\n{EXEC}");
+        let (st, recs) = collect(input.as_bytes());
+        assert_eq!(recs.iter().map(|r| r.2).collect::<Vec<_>>(), [1, 1, 0, 1]);
+        let mut trickled = Vec::new();
+        let st2 = scan(Trickle(input.as_bytes()), &det(), |r| {
+            trickled.push((r.start, r.end, r.events.len()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!((st, recs), (st2, trickled));
     }
 
     #[test]
@@ -462,6 +566,17 @@ mod tests {
         // A broken multi-line document falls back to lines, each malformed.
         let (st, _) = collect(b"{\n\"kind\":\n");
         assert_eq!((st.lines, st.malformed), (2, 2));
+        // A truncated first line is just malformed; the rest streams as NDJSON.
+        let input = format!("{}\n{EXEC}\n", &EXEC[..40]);
+        let (st, recs) = collect(input.as_bytes());
+        assert_eq!(
+            (st.lines, st.malformed, st.events, recs.len()),
+            (2, 1, 1, 2)
+        );
+        assert!(starts_document(b"  {  \r"));
+        assert!(starts_document(b"{\"kind\":\"EventList\",\"items\":["));
+        assert!(!starts_document(&EXEC.as_bytes()[..60]));
+        assert!(!starts_document(b"{\"kind\":\"EventList\",\"items\":[]}"));
     }
 
     #[test]

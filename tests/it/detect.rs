@@ -1122,3 +1122,85 @@ fn verdicts_and_stage_filter() {
     );
     assert_eq!(out.len(), 1);
 }
+
+/// Throughput of the scan on a big generated log (not a pass/fail test: prints MB/s).
+/// `python3 ../shared/tools/gen.py --rules ../shared/compat/healert-go-rules.yaml --lines 200000
+/// --seed 1 --match-fraction 0.001 --body-fraction 0.15 --out /tmp/d.ndjson` then
+/// `HEALERT_BENCH_FILE=/tmp/d.ndjson cargo test --release --test it -- --ignored detect::bench`.
+#[test]
+#[ignore = "benchmark: needs HEALERT_BENCH_FILE and a release build"]
+fn bench_scan_throughput() {
+    let Some(path) = std::env::var_os("HEALERT_BENCH_FILE") else {
+        return;
+    };
+    let bytes = std::fs::read(path).unwrap();
+    let det = Detector::new(yaml_rules(COMPAT), DetectOptions::default());
+    let mut events = 0usize;
+    for round in 0..3 {
+        let t = std::time::Instant::now();
+        let cpu0 = replay::self_usage().1.unwrap_or(0.0);
+        let st = replay::scan(&bytes[..], &det, |r| {
+            events += r.events.len();
+            Ok(())
+        })
+        .unwrap();
+        let s = t.elapsed().as_secs_f64();
+        let cpu = replay::self_usage().1.unwrap_or(0.0) - cpu0;
+        eprintln!(
+            "round {round}: scan {} lines, {:.1} MB in {s:.3} s: {:.0} MB/s wall, {:.0} MB per CPU-second ({} events)",
+            st.lines,
+            st.bytes as f64 / 1e6,
+            st.bytes as f64 / 1e6 / s,
+            st.bytes as f64 / 1e6 / cpu.max(0.01),
+            st.events
+        );
+    }
+}
+
+/// A pretty-printed EventList on stdin (`replay -`), as webhook backends and exports write.
+#[test]
+fn replay_command_reads_a_pretty_event_list_from_stdin() {
+    use std::io::Write as _;
+    let item = |verb: &str, sub: &str| {
+        format!(
+            "    {{\n      \"kind\": \"Event\",\n      \"stage\": \"ResponseComplete\",\n      \"verb\": \"{verb}\",\n      \"user\": {{ \"username\": \"alice\" }},\n      \"objectRef\": {{ \"resource\": \"pods\", \"namespace\": \"dev\", \"name\": \"web-0\", \"subresource\": \"{sub}\" }},\n      \"requestReceivedTimestamp\": \"2025-01-02T03:04:05.000001Z\"\n    }}"
+        )
+    };
+    let doc = format!(
+        "{{\n  \"kind\": \"EventList\",\n  \"apiVersion\": \"audit.k8s.io/v1\",\n  \"items\": [\n{},\n{}\n  ]\n}}\n",
+        item("create", "exec"),
+        item("get", "log")
+    );
+    let mut child = std::process::Command::new(crate::support::bin())
+        .args(["replay", "--rules", COMPAT_ALL, "-"])
+        .env_remove("K8S_NAMESPACE")
+        .env_remove("ENTITY_NAMESPACE")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(doc.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let types: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(types, ["kubectl-exec", "config-drift", "pod-log-access"]);
+    assert!(
+        stderr.contains("EventList documents: 1 (2 items)"),
+        "{stderr}"
+    );
+}
