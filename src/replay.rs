@@ -14,9 +14,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use crate::audit::{extract, items};
+use crate::checkpoint::{FileId, Position};
+use crate::config::Config;
+use crate::deliver::{self, DeliveryOptions, Queue, SenderHandle};
 use crate::detect::{DetectOptions, Detector, LineVerdict};
 use crate::event::FrictionEvent;
+use crate::http_client::Client;
 use crate::rules::{self, Diagnostic, Level, LoadError};
 
 /// Arguments of `healert-agent replay`.
@@ -373,13 +380,6 @@ fn rules_path(args: &ReplayArgs) -> PathBuf {
 }
 
 pub fn run(args: ReplayArgs) -> ExitCode {
-    if args.send {
-        eprintln!(
-            "replay: --send is not wired to the delivery queue yet in this build; run without \
-             --send to print the events, or use a build that includes delivery"
-        );
-        return ExitCode::from(2);
-    }
     let path = rules_path(&args);
     let loaded = match rules::load_file(&path) {
         Ok(l) => l,
@@ -413,11 +413,24 @@ pub fn run(args: ReplayArgs) -> ExitCode {
             }
         }
     };
+    let mut send = if args.send {
+        match Backfill::start() {
+            Ok(b) => Some(b),
+            Err(code) => return code,
+        }
+    } else {
+        None
+    };
     let started = Instant::now();
     let stdout = io::stdout();
     let mut out = io::BufWriter::with_capacity(1 << 16, stdout.lock());
     let mut closed = false;
     let result = scan(input, &det, |rec| {
+        if let Some(b) = send.as_mut() {
+            if !rec.events.is_empty() && !b.push(rec.start, rec.end, rec.events) {
+                return Err(io::Error::new(io::ErrorKind::Interrupted, "interrupted"));
+            }
+        }
         for e in rec.events {
             let mut j = e.to_json();
             j.push('\n');
@@ -430,10 +443,14 @@ pub fn run(args: ReplayArgs) -> ExitCode {
     });
     let flushed = if closed { Ok(()) } else { out.flush() };
     let elapsed = started.elapsed().as_secs_f64();
+    let delivery = send.map(|b| b.finish(&args.input));
     match result {
         Ok(st) => {
             let (rss, cpu) = self_usage();
             eprint!("{}", summary(&st, elapsed, cpu, rss));
+            if let Some(Err(code)) = delivery {
+                return code;
+            }
             if let Err(e) = flushed {
                 if e.kind() != io::ErrorKind::BrokenPipe {
                     eprintln!("replay: cannot write to stdout: {e}");
@@ -443,6 +460,13 @@ pub fn run(args: ReplayArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(_) if closed => ExitCode::SUCCESS,
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+            eprintln!("replay: interrupted");
+            match delivery {
+                Some(Err(code)) => code,
+                _ => ExitCode::from(1),
+            }
+        }
         Err(e) => {
             eprintln!(
                 "replay: reading {} failed: {e}",
@@ -450,6 +474,104 @@ pub fn run(args: ReplayArgs) -> ExitCode {
             );
             ExitCode::from(2)
         }
+    }
+}
+
+/// `replay --send`: the agent's own delivery path (queue, sender, retry policy, dead letters)
+/// fed by the replay scan. Configured from the same environment variables as `run`.
+struct Backfill {
+    queue: Arc<Queue>,
+    sender: SenderHandle,
+    grace: Duration,
+}
+
+impl Backfill {
+    fn start() -> Result<Backfill, ExitCode> {
+        let cfg = match Config::from_env() {
+            Ok(c) => c,
+            Err(errs) => {
+                for e in &errs {
+                    eprintln!("replay: invalid configuration: {e}");
+                }
+                return Err(ExitCode::from(1));
+            }
+        };
+        crate::log::init(cfg.log_level, cfg.log_format);
+        if let Err(e) = crate::signal::install() {
+            eprintln!("replay: cannot install signal handlers: {e}");
+            return Err(ExitCode::from(1));
+        }
+        let mut client = Client::from_config(&cfg);
+        deliver::log_backend_check(&mut client);
+        let queue = Queue::new(cfg.queue_capacity);
+        let sender = deliver::spawn_sender(
+            Arc::clone(&queue),
+            client,
+            DeliveryOptions::from_config(&cfg),
+        );
+        Ok(Backfill {
+            queue,
+            sender,
+            grace: cfg.shutdown_grace,
+        })
+    }
+
+    /// Queues one line's events (blocking while the queue is full); false once interrupted.
+    fn push(&mut self, start: u64, end: u64, events: &[FrictionEvent]) -> bool {
+        if crate::signal::terminate_requests() > 0 {
+            return false;
+        }
+        while self.queue.is_full() {
+            if crate::signal::terminate_requests() > 0 {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let at = |offset| Position {
+            file: FileId::default(),
+            offset,
+        };
+        self.queue.push_line(at(start), at(end), 0, events.to_vec())
+    }
+
+    /// Waits until every queued event was accepted or dead-lettered; a signal ends the wait
+    /// (after SHUTDOWN_GRACE, or at once on a second one) and reports where to resume.
+    fn finish(self, input: &str) -> Result<(), ExitCode> {
+        let mut deadline: Option<Instant> = None;
+        while !self.queue.is_empty() {
+            let signals = crate::signal::terminate_requests();
+            if signals > 1 {
+                break;
+            }
+            if signals == 1 && deadline.is_none() {
+                deadline = Some(Instant::now() + self.grace);
+                eprintln!(
+                    "replay: stopping; delivering queued events for up to {:?}",
+                    self.grace
+                );
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let resume = self.queue.ack_position();
+        let stats = self.sender.finish(Instant::now());
+        eprintln!(
+            "replay --send: {} events accepted, {} refused (dead-lettered), {} not delivered, {} retries",
+            stats.sent, stats.dead_lettered, stats.pending, stats.retries
+        );
+        if stats.pending == 0 {
+            return Ok(());
+        }
+        let offset = resume.map(|(p, _)| p.offset).unwrap_or(0);
+        eprintln!(
+            "replay --send: stopped before everything was delivered; to resume without duplicates: \
+             tail -c +{} {} | healert-agent replay --send -",
+            offset + 1,
+            crate::log::sanitize(input, 400)
+        );
+        Err(ExitCode::from(1))
     }
 }
 
