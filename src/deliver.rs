@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::checkpoint::Position;
 use crate::event::FrictionEvent;
 use crate::http_client::{Client, HttpError, Response};
+use crate::json::{Peek, Scanner};
 use crate::log::{sanitize, Throttle};
 use crate::metrics::{now_unix_ms, BackendState, METRICS};
 use crate::{error, info, warn};
@@ -371,8 +372,10 @@ fn classify(result: &Result<Response, HttpError>, retry_after_max: Duration) -> 
 
 /// The backend's `detail` (FastAPI style) or the start of the body, sanitised and truncated.
 fn detail(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    let d = json_string_field(&text, "detail").unwrap_or_else(|| text.trim().to_string());
+    let d = match body_field(body, "detail") {
+        Some(d) => d,
+        None => String::from_utf8_lossy(body).trim().to_string(),
+    };
     sanitize(&d, 300)
 }
 
@@ -713,16 +716,13 @@ pub fn check_backend(client: &mut Client) -> Result<BackendHealth, String> {
             detail(&r.body)
         ));
     }
-    let text = String::from_utf8_lossy(&r.body);
-    let version = json_string_field(&text, "version").unwrap_or_else(|| "unknown".into());
-    let auth_enabled = match json_scalar(&text, "auth").as_deref() {
-        Some("true") => true,
-        Some(s) => {
-            let s = s.trim_matches('"').to_ascii_lowercase();
-            matches!(s.as_str(), "true" | "enabled" | "required" | "on")
-        }
-        None => false,
-    };
+    let version = body_field(&r.body, "version").unwrap_or_else(|| "unknown".into());
+    let auth_enabled = body_field(&r.body, "auth").is_some_and(|a| {
+        matches!(
+            a.to_ascii_lowercase().as_str(),
+            "true" | "enabled" | "required" | "on"
+        )
+    });
     Ok(BackendHealth {
         version: sanitize(&version, 80),
         auth_enabled,
@@ -748,67 +748,27 @@ pub fn log_backend_check(client: &mut Client) -> Option<BackendHealth> {
     }
 }
 
-/// The raw text of a top-level-ish JSON value for `"key":` (a string keeps its quotes).
-/// A deliberately small scanner for two tiny backend bodies (/health, error `detail`).
-fn json_scalar(text: &str, key: &str) -> Option<String> {
-    let pat = format!("\"{key}\"");
-    let mut from = 0;
-    while let Some(i) = text[from..].find(&pat) {
-        let after = text[from + i + pat.len()..].trim_start();
-        from += i + pat.len();
-        let Some(v) = after.strip_prefix(':') else {
-            continue;
-        };
-        let v = v.trim_start();
-        if v.starts_with('"') {
-            let mut escaped = false;
-            for (j, c) in v.char_indices().skip(1) {
-                match c {
-                    _ if escaped => escaped = false,
-                    '\\' => escaped = true,
-                    '"' => return Some(v[..=j].to_string()),
-                    _ => {}
-                }
+/// Top-level `key` of a JSON object body (the last one if duplicated): a string decoded, any
+/// other value as written. `None` when the body is not a JSON object or has no such key.
+/// Uses the agent's own validating scanner, so a hostile body cannot confuse it.
+fn body_field(body: &[u8], key: &str) -> Option<String> {
+    let mut s = Scanner::new(body);
+    s.begin_object().ok()?;
+    let mut found = None;
+    let mut first = true;
+    while let Some(k) = s.next_key(first).ok()? {
+        first = false;
+        let wanted = k == key;
+        if wanted && s.peek().ok()? == Peek::String {
+            found = Some(s.string().ok()?.into_owned());
+        } else {
+            let (a, b) = s.skip_value(0).ok()?;
+            if wanted {
+                found = Some(String::from_utf8_lossy(body.get(a..b)?).into_owned());
             }
-            return None;
-        }
-        let end = v
-            .find(|c: char| matches!(c, ',' | '}' | ']') || c.is_whitespace())
-            .unwrap_or(v.len());
-        return Some(v[..end].to_string());
-    }
-    None
-}
-
-/// The decoded string value of `"key": "..."` (None if absent or not a string).
-fn json_string_field(text: &str, key: &str) -> Option<String> {
-    let raw = json_scalar(text, key)?;
-    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
-    let mut out = String::with_capacity(inner.len());
-    let mut chars = inner.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        match chars.next()? {
-            'n' => out.push('\n'),
-            't' => out.push('\t'),
-            'r' => out.push('\r'),
-            'b' | 'f' => out.push(' '),
-            'u' => {
-                let hex: String = chars.by_ref().take(4).collect();
-                out.push(
-                    u32::from_str_radix(&hex, 16)
-                        .ok()
-                        .and_then(char::from_u32)
-                        .unwrap_or('\u{fffd}'),
-                );
-            }
-            c => out.push(c),
         }
     }
-    Some(out)
+    found
 }
 
 #[cfg(test)]
@@ -961,12 +921,28 @@ mod tests {
     #[test]
     fn json_helpers_and_payload() {
         let h = r#"{"status":"ok","version":"v0.1.0","auth": "enabled"}"#;
-        assert_eq!(json_string_field(h, "version").as_deref(), Some("v0.1.0"));
         assert_eq!(
-            json_scalar(r#"{"auth":false}"#, "auth").as_deref(),
+            body_field(h.as_bytes(), "version").as_deref(),
+            Some("v0.1.0")
+        );
+        assert_eq!(body_field(h.as_bytes(), "auth").as_deref(), Some("enabled"));
+        assert_eq!(
+            body_field(br#"{"auth":false}"#, "auth").as_deref(),
             Some("false")
         );
-        assert_eq!(json_string_field(r#"{"detail":[{"x":1}]}"#, "detail"), None);
+        assert_eq!(
+            body_field(br#"{"detail":"a \"b\" \u00e9"}"#, "detail").as_deref(),
+            Some("a \"b\" \u{e9}")
+        );
+        assert_eq!(
+            body_field(br#"{"detail":[{"x":1}]}"#, "detail").as_deref(),
+            Some(r#"[{"x":1}]"#)
+        );
+        assert_eq!(
+            body_field(br#"{"nested":{"version":"x"}}"#, "version"),
+            None
+        );
+        assert_eq!(body_field(b"[1,2]", "detail"), None);
         assert_eq!(detail(b"plain text"), "plain text");
         // Whatever serializer event.rs provides, the payload is JSON carrying the event.
         let body: serde_json::Value = serde_json::from_str(&ev(1).to_json()).unwrap();
