@@ -467,6 +467,9 @@ impl Sender {
             }
             self.client.set_deadline_cap(self.control.deadline());
             let result = self.client.post_json("/events", body);
+            // The status sharpens the /readyz reason ("rejected the API key (401)", "failing
+            // (last status 503)"); 0 for a transport error ("unreachable").
+            METRICS.set_backend_status(result.as_ref().map_or(0, |r| r.status));
             match classify(&result, self.opts.retry_after_max) {
                 Outcome::Accepted(status) => {
                     self.recovered();
