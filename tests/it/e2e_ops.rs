@@ -1219,3 +1219,117 @@ fn a_1mb_request_to_metrics_is_refused_without_harm() {
     let err = a.stop();
     assert_exactly_once(&[&sink], &expected_exec(&toks), &err);
 }
+
+/// Issue 5: a backend that never answers must not hold the stop past SHUTDOWN_GRACE (here with
+/// HTTP_TIMEOUT=5m, so only a bounded shutdown exits within the hang guard); the request in
+/// flight keeps its event behind the checkpoint, and a restart delivers everything once.
+#[test]
+fn a_request_hanging_past_the_grace_period_does_not_hold_the_stop() {
+    let dir = TempDir::new("hung-grace");
+    let log = dir.join("audit.log");
+    let cp = dir.join("checkpoint");
+    let cp_s = cp.display().to_string();
+    let toks = tokens("hung-", 4);
+    append(&log, &toks.iter().map(|t| exec_line(t)).collect::<Vec<_>>());
+
+    // Accepts 3 events, then never answers the 4th request.
+    let hung = Sink::builder().no_answer_once_after(3).start();
+    let env = base_env(
+        &hung.url(),
+        &log,
+        &repo_rules(),
+        &[
+            ("CHECKPOINT_PATH", &cp_s),
+            ("SHUTDOWN_GRACE", "1s"),
+            ("HTTP_TIMEOUT", "5m"),
+        ],
+    );
+    let mut a = Agent::start(&dir, "run1", &env);
+    wait_hung_request(&hung, 4, &a);
+    let err1 = a.stop();
+    assert!(err1.contains("pending_left_in_log=5"), "{err1}");
+    assert!(
+        err1.contains("a backend request is still in flight; not waiting for it"),
+        "{err1}"
+    );
+
+    let sink = Sink::start();
+    let env2 = base_env(
+        &sink.url(),
+        &log,
+        &repo_rules(),
+        &[("CHECKPOINT_PATH", &cp_s)],
+    );
+    let mut b = Agent::start(&dir, "run2", &env2);
+    wait_total(&[&sink], 5, "after the restart", &b);
+    std::thread::sleep(Duration::from_millis(200));
+    let err2 = b.stop();
+    assert_exactly_once(&[&hung, &sink], &expected_exec(&toks), &err2);
+}
+
+/// Issue 5: the second SIGTERM stops at once even while a request hangs (HTTP_TIMEOUT=5m).
+#[test]
+fn second_sigterm_stops_at_once_while_a_request_hangs() {
+    let dir = TempDir::new("hung-second");
+    let log = dir.join("audit.log");
+    let cp = dir.join("checkpoint");
+    let cp_s = cp.display().to_string();
+    let toks = tokens("hung2-", 2);
+    append(&log, &toks.iter().map(|t| exec_line(t)).collect::<Vec<_>>());
+    let hung = Sink::builder().no_answer_once_after(0).start();
+    let env = base_env(
+        &hung.url(),
+        &log,
+        &repo_rules(),
+        &[
+            ("CHECKPOINT_PATH", &cp_s),
+            ("SHUTDOWN_GRACE", "10m"),
+            ("HTTP_TIMEOUT", "5m"),
+        ],
+    );
+    let mut a = Agent::start(&dir, "run1", &env);
+    wait_hung_request(&hung, 1, &a);
+    a.signal("TERM");
+    a.wait_log("stopping: no more reading");
+    a.signal("TERM");
+    let st = a.wait_exit(GUARD);
+    let err1 = a.stderr();
+    assert_eq!(st.code(), Some(0), "{err1}");
+    assert!(err1.contains("pending_left_in_log=4"), "{err1}");
+    assert!(
+        err1.contains("a backend request is still in flight; not waiting for it"),
+        "{err1}"
+    );
+
+    let sink = Sink::start();
+    let env2 = base_env(
+        &sink.url(),
+        &log,
+        &repo_rules(),
+        &[("CHECKPOINT_PATH", &cp_s)],
+    );
+    let mut b = Agent::start(&dir, "run2", &env2);
+    wait_total(&[&sink], 4, "after the restart", &b);
+    std::thread::sleep(Duration::from_millis(200));
+    let err2 = b.stop();
+    assert_exactly_once(&[&hung, &sink], &expected_exec(&toks), &err2);
+}
+
+/// Waits until the sink has received `n` POSTs (the last one left unanswered).
+fn wait_hung_request(sink: &Sink, n: usize, agent: &Agent) {
+    let deadline = Instant::now() + GUARD;
+    while sink
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST")
+        .count()
+        < n
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no hung request after {GUARD:?}:\n{}",
+            agent.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
