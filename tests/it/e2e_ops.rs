@@ -1333,3 +1333,59 @@ fn wait_hung_request(sink: &Sink, n: usize, agent: &Agent) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// LOG_FORMAT=json holds for the refusals too: a JSON log pipeline must see why the agent did
+/// not start (bad variables, invalid or missing rules), one object per line, with validate's
+/// `PATH:LINE:COL: error:` text kept in the messages.
+#[test]
+fn json_logs_startup_refusals_are_json_lines_too() {
+    let dir = TempDir::new("json-refusals");
+    let log = dir.join("audit.log");
+    let bad_rules = dir.join("rules.yaml");
+    fs::write(&bad_rules, "rules:\n  - name: x\n    severity: hgih\n").unwrap();
+    let missing = dir.join("missing.yaml");
+    let cases: Vec<(&str, Vec<(&'static str, String)>, String)> = vec![
+        (
+            "bad variable",
+            base_env(
+                "http://127.0.0.1:9",
+                &log,
+                &repo_rules(),
+                &[("LOG_FORMAT", "json"), ("POLL_INTERVAL", "fast")],
+            ),
+            "POLL_INTERVAL=\\\"fast\\\"".to_string(),
+        ),
+        (
+            "invalid rules",
+            base_env(
+                "http://127.0.0.1:9",
+                &log,
+                &bad_rules,
+                &[("LOG_FORMAT", "json")],
+            ),
+            format!("{}:3:15: error: unknown severity", bad_rules.display()),
+        ),
+        (
+            "missing rules",
+            base_env(
+                "http://127.0.0.1:9",
+                &log,
+                &missing,
+                &[("LOG_FORMAT", "json")],
+            ),
+            "RULES_PATH=/etc/healert/rules.yaml".to_string(),
+        ),
+    ];
+    for (what, env, needle) in cases {
+        let (code, err) = run_to_exit(&dir, &env);
+        assert_eq!(code, Some(1), "{what}: {err}");
+        assert!(err.contains(&needle), "{what}: {needle:?} not in\n{err}");
+        for line in err.lines() {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {line:?}\n{err}"));
+            for k in ["ts", "level", "msg"] {
+                assert!(v[k].is_string(), "{what}: {k} missing in {line}");
+            }
+        }
+    }
+}
