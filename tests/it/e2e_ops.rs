@@ -305,14 +305,12 @@ fn wait_total(sinks: &[&Sink], n: usize, what: &str, agent: &Agent) {
     }
 }
 
+/// Environment variables for the agent.
+type Env = Vec<(&'static str, String)>;
+
 /// Common environment of a running agent.
-fn base_env(
-    backend: &str,
-    log: &Path,
-    rules: &Path,
-    extra: &[(&str, &str)],
-) -> Vec<(&'static str, String)> {
-    let mut env: Vec<(&'static str, String)> = vec![
+fn base_env(backend: &str, log: &Path, rules: &Path, extra: &[(&str, &str)]) -> Env {
+    let mut env: Env = vec![
         ("HEALERT_BACKEND_URL", backend.to_string()),
         ("AUDIT_LOG_PATH", log.display().to_string()),
         ("RULES_PATH", rules.display().to_string()),
@@ -1344,7 +1342,7 @@ fn json_logs_startup_refusals_are_json_lines_too() {
     let bad_rules = dir.join("rules.yaml");
     fs::write(&bad_rules, "rules:\n  - name: x\n    severity: hgih\n").unwrap();
     let missing = dir.join("missing.yaml");
-    let cases: Vec<(&str, Vec<(&'static str, String)>, String)> = vec![
+    let cases: Vec<(&str, Env, String)> = vec![
         (
             "bad variable",
             base_env(
