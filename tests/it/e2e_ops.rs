@@ -196,6 +196,13 @@ fn run_to_exit(dir: &TempDir, env: &[(&str, String)]) -> (Option<i32>, String) {
     (st.code(), a.stderr())
 }
 
+/// The agent's peak resident set (VmHWM, kB), if /proc tells.
+fn peak_rss_kb(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// A loopback port nobody listens on (bound then released).
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -486,6 +493,7 @@ fn sigterm_with_500_queued_events_and_a_slow_sink_loses_nothing_across_a_restart
     // The whole log is read at once (the queue holds 10000): events are queued behind the
     // slow sink when the signal comes.
     assert!(slow.wait_for_events(10, GUARD), "{}", a.stderr());
+    let rss1 = peak_rss_kb(a.pid());
     let err1 = a.stop();
     assert!(err1.contains("stopping: no more reading"), "{err1}");
     assert!(err1.contains("pending_left_in_log="), "{err1}");
@@ -510,7 +518,7 @@ fn sigterm_with_500_queued_events_and_a_slow_sink_loses_nothing_across_a_restart
         &format!("{err1}\n---\n{err2}"),
     );
     eprintln!(
-        "sigterm/500: first run delivered {first}, restart {}",
+        "sigterm/500: first run delivered {first} (peak RSS {rss1:?} kB with ~490 queued), restart {}",
         fast.events().len()
     );
 }
@@ -574,13 +582,19 @@ fn backend_unreachable_at_start_is_a_warning_and_delivery_starts_when_it_comes_u
         &repo_rules(),
         &[],
     );
-    let mut a = Agent::start(&dir, "run", &env);
+    let (mut a, addr) = start_with_health(&dir, "run", &env);
     a.wait_log("backend not reachable at startup");
     a.wait_log("UNREACHABLE at start: events are kept and retried");
     let toks = tokens("late-", 3);
     append(&log, &toks.iter().map(|t| exec_line(t)).collect::<Vec<_>>());
     a.wait_log("backend not accepting events; retrying");
-    a.assert_running();
+    let r = wait_http(&mut a, addr, "/readyz", |r| r.status == 503);
+    assert!(
+        r.body.starts_with("backend unreachable since "),
+        "{}",
+        r.body
+    );
+    assert_eq!(http_get(addr, "/healthz").unwrap().status, 200);
 
     let sink = Sink::builder().port(port).try_start();
     let sink = match sink {
@@ -591,6 +605,7 @@ fn backend_unreachable_at_start_is_a_warning_and_delivery_starts_when_it_comes_u
     };
     wait_total(&[&sink], 6, "once the backend is up", &a);
     a.wait_log("backend accepting events again");
+    wait_http(&mut a, addr, "/readyz", |r| r.status == 200);
     let err = a.stop();
     assert_exactly_once(&[&sink], &expected_exec(&toks), &err);
     assert!(!err.contains(" ERROR "), "{err}");
@@ -727,6 +742,24 @@ fn bad_environment_values_exit_1_naming_variable_value_and_example() {
         );
     }
     assert!(err.contains("not started (4 invalid variable(s))"), "{err}");
+}
+
+#[test]
+fn health_addr_in_use_exits_1_naming_the_address() {
+    let dir = TempDir::new("health-busy");
+    let log = dir.join("audit.log");
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let env = base_env(
+        "http://127.0.0.1:9",
+        &log,
+        &repo_rules(),
+        &[("HEALTH_ADDR", &addr)],
+    );
+    let (code, err) = run_to_exit(&dir, &env);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&format!("HEALTH_ADDR={addr}")), "{err}");
+    assert!(err.contains("another process listens there"), "{err}");
 }
 
 #[test]
@@ -867,7 +900,11 @@ fn banner_shows_version_backend_log_rules_namespaces_auth_and_start() {
     let mut b = Agent::start(&dir, "run2", &env);
     b.wait_log("ignored namespaces");
     b.wait_log("checkpoint  off");
-    let err = b.stop();
+    // SIGINT (Ctrl-C) stops like SIGTERM.
+    b.signal("INT");
+    assert_eq!(b.wait_exit(GUARD).code(), Some(0), "{}", b.stderr());
+    let err = b.stderr();
+    assert!(err.contains("stopping: no more reading"), "{err}");
     assert!(!err.contains("auto-added"), "{err}");
     assert!(err.contains("(from beginning)"), "{err}");
     assert!(
@@ -1386,4 +1423,74 @@ fn json_logs_startup_refusals_are_json_lines_too() {
             }
         }
     }
+}
+
+/// A crash (SIGKILL) mid-delivery loses nothing: the restart resends from the checkpoint
+/// (at-least-once: what was accepted after the last checkpoint may arrive twice, nothing else).
+#[test]
+fn sigkill_mid_delivery_then_restart_loses_nothing() {
+    let dir = TempDir::new("sigkill");
+    let log = dir.join("audit.log");
+    let cp = dir.join("checkpoint");
+    let cp_s = cp.display().to_string();
+    let toks = tokens("kill-", 100);
+    append(&log, &toks.iter().map(|t| exec_line(t)).collect::<Vec<_>>());
+    let slow = Sink::builder().delay(Duration::from_millis(15)).start();
+    let env = base_env(
+        &slow.url(),
+        &log,
+        &repo_rules(),
+        &[("CHECKPOINT_PATH", &cp_s)],
+    );
+    let mut a = Agent::start(&dir, "run1", &env);
+    // Past at least one checkpoint write (every second) with events still queued.
+    let deadline = Instant::now() + GUARD;
+    while !cp.exists() || slow.events().len() < 20 {
+        a.assert_running();
+        assert!(Instant::now() < deadline, "no checkpoint:\n{}", a.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    a.signal("KILL");
+    let st = a.wait_exit(GUARD);
+    assert_eq!(st.code(), None, "killed by a signal");
+    let first = slow.events().len();
+
+    let sink = Sink::start();
+    let env2 = base_env(
+        &sink.url(),
+        &log,
+        &repo_rules(),
+        &[("CHECKPOINT_PATH", &cp_s)],
+    );
+    let mut b = Agent::start(&dir, "run2", &env2);
+    let deadline = Instant::now() + GUARD;
+    let want = expected_exec(&toks);
+    loop {
+        let got = multiset(&[&slow, &sink]);
+        if want.keys().all(|k| got.contains_key(k)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "missing after restart: {:?}\n{}",
+            want.keys()
+                .filter(|k| !got.contains_key(*k))
+                .take(5)
+                .collect::<Vec<_>>(),
+            b.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let err2 = b.stop();
+    let got = multiset(&[&slow, &sink]);
+    assert!(got.keys().all(|k| want.contains_key(k)), "{err2}");
+    // Repeats come only from the first run's last second: events it had delivered.
+    let repeated = got.values().filter(|n| **n > 1).count();
+    assert!(
+        repeated <= first,
+        "{repeated} repeated, first run delivered {first}"
+    );
+    assert!(got.values().all(|n| *n <= 2));
+    eprintln!("sigkill: first run delivered {first}, repeated after restart {repeated}");
 }
