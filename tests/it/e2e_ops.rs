@@ -653,6 +653,14 @@ fn rejected_key_then_the_right_key_loses_nothing_and_never_logs_the_key() {
         ),
         1.0
     );
+    // Matched, kept, not sent.
+    let exec = [("rule", "kubectl-exec")];
+    assert_eq!(metric(&m, "healert_agent_events_matched_total", &exec), 5.0);
+    assert_eq!(metric(&m, "healert_agent_events_sent_total", &exec), 0.0);
+    assert_eq!(metric(&m, "healert_agent_queue_depth", &[]), 10.0);
+    assert_eq!(metric(&m, "healert_agent_backend_up", &[]), 0.0);
+    let body = http_get(addr, "/metrics").unwrap().body;
+    assert!(!body.contains(WRONG) && !r.body.contains(WRONG));
     a.wait_log("HEALERT_API_KEY is not accepted by the backend");
     let err1 = a.stop();
     assert!(sink.events().is_empty());
@@ -1106,9 +1114,18 @@ fn metrics_equal_the_counts_of_a_replay_of_the_same_log() {
     );
 
     let sink = Sink::start();
-    let env = base_env(&sink.url(), &log, &repo_rules(), &[]);
+    let cp = dir.join("checkpoint");
+    let cp_s = cp.display().to_string();
+    let env = base_env(
+        &sink.url(),
+        &log,
+        &repo_rules(),
+        &[("CHECKPOINT_PATH", &cp_s)],
+    );
     let (mut a, addr) = start_with_health(&dir, "run", &env);
     wait_total(&[&sink], events as usize, "replayed sample", &a);
+    let size = fs::metadata(&log).unwrap().len() as f64;
+    assert_eq!(size, num("bytes"));
     let lines = num("lines");
     let m = wait_http(&mut a, addr, "/metrics", |r| {
         parse_exposition(&r.body).is_ok_and(|e| {
@@ -1119,6 +1136,8 @@ fn metrics_equal_the_counts_of_a_replay_of_the_same_log() {
                     .map(|s| s.value)
                     .sum::<f64>()
                     >= events
+                // The checkpoint (written once a second) reached the end of the file.
+                && metric(&e, "healert_agent_checkpoint_offset_bytes", &[]) == size
         })
     });
     let m = parse_exposition(&m.body).unwrap();
@@ -1174,6 +1193,18 @@ fn metrics_equal_the_counts_of_a_replay_of_the_same_log() {
     assert_eq!(at_sink, per_type, "{err}");
     assert_eq!(metric(&m, "healert_agent_queue_depth", &[]), 0.0);
     assert_eq!(metric(&m, "healert_agent_dead_lettered_total", &[]), 0.0);
+    assert_eq!(metric(&m, "healert_agent_retries_total", &[]), 0.0);
+    for gauge in [
+        "healert_agent_file_size_bytes",
+        "healert_agent_read_offset_bytes",
+    ] {
+        assert_eq!(metric(&m, gauge, &[]), size, "{gauge}");
+    }
+    assert_eq!(metric(&m, "healert_agent_lag_bytes", &[]), 0.0);
+    assert_eq!(metric(&m, "healert_agent_log_open", &[]), 1.0);
+    assert_eq!(metric(&m, "healert_agent_rules_loaded", &[]), 5.0);
+    assert_eq!(metric(&m, "healert_agent_backend_up", &[]), 1.0);
+    assert!(metric(&m, "healert_agent_checkpoint_writes_total", &[]) >= 1.0);
 }
 
 /// Issue 6: probes flip to 503 when the backend fails (and back when it recovers). The stall
@@ -1493,4 +1524,25 @@ fn sigkill_mid_delivery_then_restart_loses_nothing() {
     );
     assert!(got.values().all(|n| *n <= 2));
     eprintln!("sigkill: first run delivered {first}, repeated after restart {repeated}");
+}
+
+/// /readyz says the audit log is not open while it does not exist, and turns ready once it
+/// appears (whose lines are all read: a file created after start is new).
+#[test]
+fn readyz_waits_for_the_audit_log_to_appear() {
+    let dir = TempDir::new("log-appears");
+    let log = dir.join("audit.log");
+    let sink = Sink::start();
+    let env = base_env(&sink.url(), &log, &repo_rules(), &[("START_AT", "end")]);
+    let (mut a, addr) = start_with_health(&dir, "run", &env);
+    a.wait_log("(waiting for file)");
+    let r = wait_http(&mut a, addr, "/readyz", |r| r.status == 503);
+    assert_eq!(r.body, "audit log not open\n");
+    assert_eq!(http_get(addr, "/healthz").unwrap().status, 200);
+    let toks = tokens("appear-", 2);
+    append(&log, &toks.iter().map(|t| exec_line(t)).collect::<Vec<_>>());
+    wait_total(&[&sink], 4, "after the log appeared", &a);
+    wait_http(&mut a, addr, "/readyz", |r| r.status == 200);
+    let err = a.stop();
+    assert_exactly_once(&[&sink], &expected_exec(&toks), &err);
 }
