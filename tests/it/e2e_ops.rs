@@ -1546,3 +1546,57 @@ fn readyz_waits_for_the_audit_log_to_appear() {
     let err = a.stop();
     assert_exactly_once(&[&sink], &expected_exec(&toks), &err);
 }
+
+/// SIGTERM while the follower is held by a full queue (QUEUE_CAPACITY=3, slow sink): the line
+/// it could not queue is not acknowledged; two restarts later every event arrived exactly once
+/// and the last start sends nothing again.
+#[test]
+fn sigterm_with_a_full_queue_then_two_restarts_deliver_exactly_once() {
+    let dir = TempDir::new("full-queue");
+    let log = dir.join("audit.log");
+    let cp = dir.join("checkpoint");
+    let cp_s = cp.display().to_string();
+    let toks = tokens("fullq-", 40);
+    append(&log, &toks.iter().map(|t| exec_line(t)).collect::<Vec<_>>());
+    let slow = Sink::builder().delay(Duration::from_millis(30)).start();
+    let env = base_env(
+        &slow.url(),
+        &log,
+        &repo_rules(),
+        &[
+            ("CHECKPOINT_PATH", &cp_s),
+            ("QUEUE_CAPACITY", "3"),
+            ("SHUTDOWN_GRACE", "300ms"),
+        ],
+    );
+    let mut a = Agent::start(&dir, "run1", &env);
+    assert!(slow.wait_for_events(5, GUARD), "{}", a.stderr());
+    let err1 = a.stop();
+
+    let sink = Sink::start();
+    let env2 = base_env(
+        &sink.url(),
+        &log,
+        &repo_rules(),
+        &[("CHECKPOINT_PATH", &cp_s), ("QUEUE_CAPACITY", "3")],
+    );
+    let mut b = Agent::start(&dir, "run2", &env2);
+    wait_total(&[&slow, &sink], 80, "after the restart", &b);
+    std::thread::sleep(Duration::from_millis(200));
+    let err2 = b.stop();
+    assert_exactly_once(
+        &[&slow, &sink],
+        &expected_exec(&toks),
+        &format!("{err1}\n---\n{err2}"),
+    );
+
+    // Everything was acknowledged: a third start resumes at the end and sends nothing.
+    let mut c = Agent::start(&dir, "run3", &env2);
+    c.wait_log(&format!(
+        "(from checkpoint offset {})",
+        fs::metadata(&log).unwrap().len()
+    ));
+    std::thread::sleep(Duration::from_millis(300));
+    let err3 = c.stop();
+    assert_eq!(sink.events().len() + slow.events().len(), 80, "{err3}");
+}
