@@ -36,13 +36,30 @@ pub fn run() -> ExitCode {
     let cfg = match Config::from_env() {
         Ok(c) => c,
         Err(errs) => {
-            for e in &errs {
-                eprintln!("healert-agent: invalid configuration: {e}");
+            // LOG_FORMAT=json (when that one is valid) holds for this refusal too: a JSON log
+            // pipeline must be able to read why the agent did not start.
+            let json = std::env::var("LOG_FORMAT")
+                .ok()
+                .and_then(|v| crate::log::Format::parse(&v))
+                == Some(crate::log::Format::Json);
+            if json {
+                crate::log::init(crate::log::Level::Info, crate::log::Format::Json);
+                for e in &errs {
+                    error!(format!("invalid configuration: {e}"));
+                }
+                error!(format!(
+                    "not started ({} invalid variable(s)); see `healert-agent --help`",
+                    errs.len()
+                ));
+            } else {
+                for e in &errs {
+                    eprintln!("healert-agent: invalid configuration: {e}");
+                }
+                eprintln!(
+                    "healert-agent: not started ({} invalid variable(s)); see `healert-agent --help`",
+                    errs.len()
+                );
             }
-            eprintln!(
-                "healert-agent: not started ({} invalid variable(s)); see `healert-agent --help`",
-                errs.len()
-            );
             return ExitCode::from(1);
         }
     };
@@ -50,7 +67,7 @@ pub fn run() -> ExitCode {
 
     // RULES_PATH, else ./rules.yaml; a missing file is reported with how to set RULES_PATH.
     let rules_path = cfg.rules_path_or_default();
-    let rules = match load_rules(&rules_path, rules_origin(&cfg)) {
+    let rules = match load_rules(&rules_path, rules_origin(&cfg), cfg.log_format) {
         Ok(r) => r,
         Err(()) => return ExitCode::from(1),
     };
@@ -199,11 +216,23 @@ fn rules_origin(cfg: &Config) -> validate::Origin {
     }
 }
 
-/// Loads rules with the validator's own messages; prints them on failure.
-fn load_rules(path: &Path, origin: validate::Origin) -> Result<RuleSet, ()> {
+/// Loads rules with the validator's own messages; prints them on failure (with LOG_FORMAT=json,
+/// one error record per line of the report, so every stderr line stays a JSON object).
+fn load_rules(
+    path: &Path,
+    origin: validate::Origin,
+    format: crate::log::Format,
+) -> Result<RuleSet, ()> {
     let result = rules::load_file(path);
     if result.is_err() {
-        eprint!("{}", validate::report(path, origin, &result));
+        let report = validate::report(path, origin, &result);
+        if format == crate::log::Format::Json {
+            for line in report.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                error!(line);
+            }
+        } else {
+            eprint!("{report}");
+        }
     }
     match result {
         Ok(loaded) => {

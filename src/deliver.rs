@@ -256,17 +256,26 @@ impl Control {
     }
 }
 
+/// How long a stopping sender may still take, past its deadline (or past [`SenderHandle::abort`]),
+/// to finish the request in flight before it is left behind. The HTTP deadline (HTTP_TIMEOUT)
+/// can be minutes; a stop must not wait for it.
+pub const STOP_SLACK: Duration = Duration::from_millis(1000);
+
 /// The running sender thread.
 #[derive(Debug)]
 pub struct SenderHandle {
     queue: Arc<Queue>,
     control: Arc<Control>,
     thread: Option<JoinHandle<DeliveryStats>>,
+    /// The sender's stats so far (for a thread left behind in a hung request).
+    progress: Arc<Mutex<DeliveryStats>>,
 }
 
 impl SenderHandle {
     /// Shutdown: close the queue; keep delivering until it is empty or `deadline`; then stop
     /// (interrupt any backoff sleep) and join. Returns stats (sent, dead-lettered, left pending).
+    /// A request still in flight [`STOP_SLACK`] after the deadline is abandoned (its event stays
+    /// queued, so behind the checkpoint).
     pub fn finish(mut self, deadline: Instant) -> DeliveryStats {
         *self
             .control
@@ -277,7 +286,8 @@ impl SenderHandle {
         self.join()
     }
 
-    /// Immediate stop (second signal): stop after the in-flight request, join.
+    /// Immediate stop (second signal): stop after the in-flight request, join; a request still
+    /// in flight after [`STOP_SLACK`] is abandoned (its event stays queued).
     pub fn abort(mut self) -> DeliveryStats {
         self.control.stop.store(true, Ordering::SeqCst);
         self.queue.close();
@@ -286,6 +296,27 @@ impl SenderHandle {
 
     fn join(&mut self) -> DeliveryStats {
         self.queue.wake();
+        let now = Instant::now();
+        let limit = self.control.deadline().map_or(now, |d| d.max(now)) + STOP_SLACK;
+        if let Some(t) = &self.thread {
+            // Sleeps and waits inside the sender end at the deadline or stop; only a request
+            // in flight (bounded by HTTP_TIMEOUT alone) can outlast them.
+            while !t.is_finished() && Instant::now() < limit {
+                self.queue.wake();
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if !t.is_finished() {
+                let progress = *self.progress.lock().unwrap_or_else(|p| p.into_inner());
+                warn!("a backend request is still in flight; not waiting for it (its event stays queued and is sent again after the restart)",
+                      "waited_past_deadline" => human(STOP_SLACK));
+                // Detached: the process is about to exit.
+                self.thread = None;
+                return DeliveryStats {
+                    pending: self.queue.len(),
+                    ..progress
+                };
+            }
+        }
         let stats = self.thread.take().map(|t| t.join());
         match stats {
             Some(Ok(s)) => s,
@@ -304,6 +335,7 @@ impl SenderHandle {
 /// retries per the policy in the module docs.
 pub fn spawn_sender(queue: Arc<Queue>, client: Client, opts: DeliveryOptions) -> SenderHandle {
     let control = Arc::new(Control::default());
+    let progress = Arc::new(Mutex::new(DeliveryStats::default()));
     let mut sender = Sender {
         queue: queue.clone(),
         control: control.clone(),
@@ -314,6 +346,7 @@ pub fn spawn_sender(queue: Arc<Queue>, client: Client, opts: DeliveryOptions) ->
         next_post_at: None,
         failing_since: None,
         stats: DeliveryStats::default(),
+        progress: progress.clone(),
     };
     let thread = std::thread::Builder::new()
         .name("deliver".into())
@@ -323,6 +356,7 @@ pub fn spawn_sender(queue: Arc<Queue>, client: Client, opts: DeliveryOptions) ->
             queue,
             control,
             thread: Some(t),
+            progress,
         },
         Err(e) => {
             // Without a thread nothing can be delivered; the handle reports all as pending.
@@ -331,6 +365,7 @@ pub fn spawn_sender(queue: Arc<Queue>, client: Client, opts: DeliveryOptions) ->
                 queue,
                 control,
                 thread: None,
+                progress,
             }
         }
     }
@@ -390,12 +425,16 @@ struct Sender {
     /// When the current run of failed attempts started, and how many there were.
     failing_since: Option<(Instant, u64)>,
     stats: DeliveryStats,
+    /// A copy of `stats`, readable by the handle while this thread is busy.
+    progress: Arc<Mutex<DeliveryStats>>,
 }
 
 impl Sender {
     fn run(&mut self) -> DeliveryStats {
         while let Some(ev) = self.next_event() {
-            if !self.deliver(&ev) {
+            let delivered = self.deliver(&ev);
+            *self.progress.lock().unwrap_or_else(|p| p.into_inner()) = self.stats;
+            if !delivered {
                 break;
             }
         }
@@ -470,6 +509,9 @@ impl Sender {
             }
             self.client.set_deadline_cap(self.control.deadline());
             let result = self.client.post_json("/events", body);
+            // The status sharpens the /readyz reason ("rejected the API key (401)", "failing
+            // (last status 503)"); 0 for a transport error ("unreachable").
+            METRICS.set_backend_status(result.as_ref().map_or(0, |r| r.status));
             match classify(&result, self.opts.retry_after_max) {
                 Outcome::Accepted(status) => {
                     self.recovered();

@@ -89,6 +89,7 @@ pub struct SinkBuilder {
     reject: Vec<(String, u16)>,
     ipv6: bool,
     idle_close: Option<Duration>,
+    port: u16,
 }
 
 impl SinkBuilder {
@@ -149,6 +150,12 @@ impl SinkBuilder {
         self.idle_close = Some(after);
         self
     }
+    /// Listen on this port instead of an ephemeral one (e.g. a backend that comes up after
+    /// the agent, on the address the agent was given).
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
     /// Listen on [::1] instead of 127.0.0.1.
     pub fn ipv6(mut self) -> Self {
         self.ipv6 = true;
@@ -161,8 +168,8 @@ impl SinkBuilder {
     }
 
     pub fn try_start(self) -> io::Result<Sink> {
-        let bind = if self.ipv6 { "[::1]:0" } else { "127.0.0.1:0" };
-        let listener = TcpListener::bind(bind)?;
+        let host = if self.ipv6 { "[::1]" } else { "127.0.0.1" };
+        let listener = TcpListener::bind(format!("{host}:{}", self.port))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State {

@@ -1,0 +1,1602 @@
+//! Issue 6 (operability) and issue 5 (startup, keys, shutdown) acceptance, through the real
+//! binary: every test starts `healert-agent` as a child process (killed on drop) against the
+//! std-only [`Sink`] on loopback, writes audit lines, and checks what reached the sink, the
+//! checkpoint across a restart, the health server and stderr.
+//!
+//! Events carry a unique token in the actor (`u-<token>@example.com`), so the exact multiset of
+//! `(actor, type)` at the sink can be checked: nothing lost, nothing repeated.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::ops::{parse_exposition, Exposition};
+use crate::sink::Sink;
+use crate::support::bin;
+
+/// Hang guard for every wait on the agent (a loaded 2-core CI machine is slow, not stuck).
+const GUARD: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------------------------------------
+// Helpers: temp dirs, the agent child, audit lines, the health server.
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let p = std::env::temp_dir().join(format!(
+            "healert-e2e-ops-{name}-{}-{}-{nanos}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running agent; killed (SIGKILL) and reaped on drop if still running.
+struct Agent {
+    child: Child,
+    stderr_path: PathBuf,
+    status: Option<ExitStatus>,
+}
+
+/// The repository's rules file.
+fn repo_rules() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rules.yaml")
+}
+
+/// A command for the binary with none of the agent's variables inherited from the test's own
+/// environment; `dir` is the working directory (so ./rules.yaml is never picked up by accident).
+fn command(dir: &Path, env: &[(&str, String)]) -> Command {
+    let mut c = Command::new(bin());
+    for (name, _, _) in healert_agent::config::VARS {
+        c.env_remove(name);
+    }
+    c.current_dir(dir);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c
+}
+
+impl Agent {
+    /// Starts `healert-agent run`; stderr goes to `<dir>/<label>.stderr`.
+    fn start(dir: &TempDir, label: &str, env: &[(&str, String)]) -> Agent {
+        let stderr_path = dir.join(&format!("{label}.stderr"));
+        let err = File::create(&stderr_path).unwrap();
+        let child = command(&dir.0, env)
+            .arg("run")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(err))
+            .spawn()
+            .unwrap();
+        Agent {
+            child,
+            stderr_path,
+            status: None,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(st.success(), "kill -{sig} failed");
+    }
+
+    /// Waits until stderr contains `needle`; panics (with stderr) after the guard.
+    fn wait_log(&mut self, needle: &str) {
+        let deadline = Instant::now() + GUARD;
+        loop {
+            if self.stderr().contains(needle) {
+                return;
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                self.status = Some(st);
+                // One last look: the line may have been written just before exiting.
+                if self.stderr().contains(needle) {
+                    return;
+                }
+                panic!(
+                    "agent exited ({st}) before logging {needle:?}:\n{}",
+                    self.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {needle:?} in stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the process to exit (hang guard: `guard`).
+    fn wait_exit(&mut self, guard: Duration) -> ExitStatus {
+        if let Some(st) = self.status {
+            return st;
+        }
+        let deadline = Instant::now() + guard;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                self.status = Some(st);
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not exit within {guard:?}:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit (code 0).
+    fn stop(&mut self) -> String {
+        self.signal("TERM");
+        let st = self.wait_exit(GUARD);
+        let err = self.stderr();
+        assert_eq!(st.code(), Some(0), "agent exit status {st}:\n{err}");
+        err
+    }
+
+    fn assert_running(&mut self) {
+        if let Ok(Some(st)) = self.child.try_wait() {
+            self.status = Some(st);
+            panic!("agent exited ({st}):\n{}", self.stderr());
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs the binary to completion (a startup refusal): (exit code, stderr).
+fn run_to_exit(dir: &TempDir, env: &[(&str, String)]) -> (Option<i32>, String) {
+    let mut a = Agent::start(dir, "refused", env);
+    let st = a.wait_exit(GUARD);
+    (st.code(), a.stderr())
+}
+
+/// The agent's peak resident set (VmHWM, kB), if /proc tells.
+fn peak_rss_kb(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A loopback port nobody listens on (bound then released).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+static AUDIT_SEQ: AtomicUsize = AtomicUsize::new(0);
+
+fn audit_id() -> String {
+    let n = AUDIT_SEQ.fetch_add(1, Ordering::SeqCst);
+    format!(
+        "{:08x}-0000-4000-8000-{:012x}",
+        std::process::id(),
+        n as u64
+    )
+}
+
+/// The actor name carrying `token`.
+fn actor(token: &str) -> String {
+    format!("u-{token}@example.com")
+}
+
+/// A `kubectl exec` line by `u-<token>`: with the repo rules it yields kubectl-exec and
+/// config-drift (verb create on pods).
+fn exec_line(token: &str) -> String {
+    format!(
+        r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"{}","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/shop/pods/web-7d4b9c8f6-abcde/exec?command=sh","verb":"create","user":{{"username":"{}"}},"objectRef":{{"resource":"pods","namespace":"shop","name":"web-7d4b9c8f6-abcde","apiVersion":"v1","subresource":"exec"}},"responseStatus":{{"code":101}},"requestReceivedTimestamp":"2026-11-25T10:00:00.000000Z"}}"#,
+        audit_id(),
+        actor(token)
+    )
+}
+
+/// A person reading a Secret (`emergency-access` in the repo rules).
+fn secret_line(token: &str) -> String {
+    format!(
+        r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"{}","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/shop/secrets/db-password","verb":"get","user":{{"username":"{}"}},"objectRef":{{"resource":"secrets","namespace":"shop","name":"db-password","apiVersion":"v1"}},"responseStatus":{{"code":200}},"requestReceivedTimestamp":"2026-11-25T10:00:00.000000Z"}}"#,
+        audit_id(),
+        actor(token)
+    )
+}
+
+/// A line no rule matches (a controller listing configmaps).
+fn quiet_line() -> String {
+    format!(
+        r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"{}","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/shop/configmaps","verb":"list","user":{{"username":"system:serviceaccount:kube-system:foo"}},"objectRef":{{"resource":"configmaps","namespace":"shop","apiVersion":"v1"}},"responseStatus":{{"code":200}},"requestReceivedTimestamp":"2026-11-25T10:00:00.000000Z"}}"#,
+        audit_id()
+    )
+}
+
+fn append(path: &Path, lines: &[String]) {
+    let mut text = String::new();
+    for l in lines {
+        text.push_str(l);
+        text.push('\n');
+    }
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+/// `(actor, type)` → how many times the sinks accepted it.
+fn multiset(sinks: &[&Sink]) -> BTreeMap<(String, String), usize> {
+    let mut m = BTreeMap::new();
+    for s in sinks {
+        for v in s.events_json() {
+            let key = (
+                v["actor"].as_str().unwrap_or("?").to_string(),
+                v["type"].as_str().unwrap_or("?").to_string(),
+            );
+            *m.entry(key).or_insert(0) += 1;
+        }
+    }
+    m
+}
+
+/// The multiset expected from `tokens` exec lines with the repo rules.
+fn expected_exec(tokens: &[String]) -> BTreeMap<(String, String), usize> {
+    let mut m = BTreeMap::new();
+    for t in tokens {
+        for ty in ["kubectl-exec", "config-drift"] {
+            *m.entry((actor(t), ty.to_string())).or_insert(0) += 1;
+        }
+    }
+    m
+}
+
+/// Waits until the sinks together hold `n` events (hang guard).
+fn wait_total(sinks: &[&Sink], n: usize, what: &str, agent: &Agent) {
+    let deadline = Instant::now() + GUARD;
+    loop {
+        let have: usize = sinks.iter().map(|s| s.events().len()).sum();
+        if have >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {have} of {n} events after {GUARD:?}:\n{}",
+            agent.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Environment variables for the agent.
+type Env = Vec<(&'static str, String)>;
+
+/// Common environment of a running agent.
+fn base_env(backend: &str, log: &Path, rules: &Path, extra: &[(&str, &str)]) -> Env {
+    let mut env: Env = vec![
+        ("HEALERT_BACKEND_URL", backend.to_string()),
+        ("AUDIT_LOG_PATH", log.display().to_string()),
+        ("RULES_PATH", rules.display().to_string()),
+        ("POLL_INTERVAL", "20ms".into()),
+        ("START_AT", "beginning".into()),
+        ("SHUTDOWN_GRACE", "2s".into()),
+    ];
+    for (k, v) in extra {
+        let k: &'static str = healert_agent::config::VARS
+            .iter()
+            .find(|(n, _, _)| n == k)
+            .map(|(n, _, _)| *n)
+            .unwrap_or_else(|| panic!("unknown variable {k}"));
+        env.retain(|(n, _)| *n != k);
+        env.push((k, v.to_string()));
+    }
+    env
+}
+
+struct Reply {
+    status: u16,
+    body: String,
+}
+
+/// One GET to the agent's health server (hang guard 10 s); Err if it cannot be reached.
+fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<Reply> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    parse_reply(&buf)
+}
+
+fn parse_reply(buf: &[u8]) -> std::io::Result<Reply> {
+    let text = String::from_utf8_lossy(buf).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no head in {text:?}")))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status in {head:?}")))?;
+    Ok(Reply {
+        status,
+        body: body.to_string(),
+    })
+}
+
+/// Polls `GET path` until `cond` holds (hang guard); returns the matching reply.
+fn wait_http(
+    agent: &mut Agent,
+    addr: SocketAddr,
+    path: &str,
+    cond: impl Fn(&Reply) -> bool,
+) -> Reply {
+    let deadline = Instant::now() + GUARD;
+    loop {
+        agent.assert_running();
+        let last = match http_get(addr, path) {
+            Ok(r) if cond(&r) => return r,
+            Ok(r) => format!("{} {}", r.status, r.body),
+            Err(e) => format!("error: {e}"),
+        };
+        assert!(
+            Instant::now() < deadline,
+            "GET {path}: condition not met after {GUARD:?}; last: {last}\n{}",
+            agent.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn metrics(addr: SocketAddr) -> Exposition {
+    let r = http_get(addr, "/metrics").unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    parse_exposition(&r.body).unwrap_or_else(|e| panic!("bad exposition: {e}\n{}", r.body))
+}
+
+fn metric(e: &Exposition, name: &str, labels: &[(&str, &str)]) -> f64 {
+    e.value(name, labels).unwrap_or(0.0)
+}
+
+/// Starts an agent with a health server on a free loopback port (retrying if another process
+/// took the port between the probe and the agent's bind).
+fn start_with_health(dir: &TempDir, label: &str, env: &[(&str, String)]) -> (Agent, SocketAddr) {
+    for _ in 0..5 {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut env = env.to_vec();
+        env.push(("HEALTH_ADDR", addr.to_string()));
+        let mut a = Agent::start(dir, label, &env);
+        let deadline = Instant::now() + GUARD;
+        loop {
+            if let Ok(Some(st)) = a.child.try_wait() {
+                a.status = Some(st);
+                let err = a.stderr();
+                assert!(
+                    err.contains("cannot serve health"),
+                    "agent exited ({st}):\n{err}"
+                );
+                break; // port taken: try another
+            }
+            if http_get(addr, "/healthz").is_ok() {
+                return (a, addr);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "health server never came up:\n{}",
+                a.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    panic!("no free port for HEALTH_ADDR after 5 tries");
+}
+
+fn tokens(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i:04}")).collect()
+}
+
+fn assert_exactly_once(sinks: &[&Sink], want: &BTreeMap<(String, String), usize>, stderr: &str) {
+    let got = multiset(sinks);
+    if &got != want {
+        let missing: Vec<_> = want
+            .keys()
+            .filter(|k| !got.contains_key(*k))
+            .take(5)
+            .collect();
+        let repeated: Vec<_> = got.iter().filter(|(_, n)| **n > 1).take(5).collect();
+        let extra: Vec<_> = got
+            .keys()
+            .filter(|k| !want.contains_key(*k))
+            .take(5)
+            .collect();
+        panic!(
+            "sink multiset differs: got {} distinct ({} total), want {}; missing {missing:?}; repeated {repeated:?}; unexpected {extra:?}\n{stderr}",
+            got.len(),
+            got.values().sum::<usize>(),
+            want.len()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shutdown and restarts.
+
+/// Issue 6: SIGTERM with 500 queued events and a slow sink: what the grace period did not
+/// deliver stays behind the checkpoint and a restart delivers it; nothing lost, nothing twice.
+#[test]
+fn sigterm_with_500_queued_events_and_a_slow_sink_loses_nothing_across_a_restart() {
+    let dir = TempDir::new("sigterm500");
+    let log = dir.join("audit.log");
+    let cp = dir.join("checkpoint");
+    let toks = tokens("t500-", 250); // 250 exec lines → 500 events
+    let lines: Vec<String> = toks
+        .iter()
+        .flat_map(|t| [exec_line(t), quiet_line()])
+        .collect();
+    append(&log, &lines);
+
+    let slow = Sink::builder().delay(Duration::from_millis(40)).start();
+    let cp_s = cp.display().to_string();
+    let env = base_env(
+        &slow.url(),
+        &log,
+        &repo_rules(),
+        &[("CHECKPOINT_PATH", &cp_s), ("SHUTDOWN_GRACE", "1s")],
+    );
+    let mut a = Agent::start(&dir, "run1", &env);
+    // The whole log is read at once (the queue holds 10000): events are queued behind the
+    // slow sink when the signal comes.
+    assert!(slow.wait_for_events(10, GUARD), "{}", a.stderr());
+    let rss1 = peak_rss_kb(a.pid());
+    let err1 = a.stop();
+    assert!(err1.contains("stopping: no more reading"), "{err1}");
+    assert!(err1.contains("pending_left_in_log="), "{err1}");
+    let first = slow.events().len();
+    assert!(cp.exists(), "no checkpoint written:\n{err1}");
+
+    let fast = Sink::start();
+    let env2 = base_env(
+        &fast.url(),
+        &log,
+        &repo_rules(),
+        &[("CHECKPOINT_PATH", &cp_s)],
+    );
+    let mut b = Agent::start(&dir, "run2", &env2);
+    wait_total(&[&slow, &fast], 500, "after the restart", &b);
+    // Anything repeated would arrive right behind: let the restarted agent reach the end.
+    std::thread::sleep(Duration::from_millis(300));
+    let err2 = b.stop();
+    assert_exactly_once(
+        &[&slow, &fast],
+        &expected_exec(&toks),
+        &format!("{err1}\n---\n{err2}"),
+    );
+    eprintln!(
+        "sigterm/500: first run delivered {first} (peak RSS {rss1:?} kB with ~490 queued), restart {}",
+        fast.events().len()
+    );
+}
+
+/// Issue 5: a second SIGTERM during a long grace (backend down) stops at once, with the
+/// checkpoint saved; a restart with a working backend delivers everything, once.
+#[test]
+fn second_sigterm_during_a_long_grace_exits_at_once_and_a_restart_delivers_the_rest() {
+    let dir = TempDir::new("second-term");
+    let log = dir.join("audit.log");
+    let cp = dir.join("checkpoint");
+    let cp_s = cp.display().to_string();
+    let toks = tokens("t2nd-", 10);
+    append(&log, &toks.iter().map(|t| exec_line(t)).collect::<Vec<_>>());
+
+    let down = format!("http://127.0.0.1:{}", free_port());
+    let env = base_env(
+        &down,
+        &log,
+        &repo_rules(),
+        &[("CHECKPOINT_PATH", &cp_s), ("SHUTDOWN_GRACE", "10m")],
+    );
+    let mut a = Agent::start(&dir, "run1", &env);
+    a.wait_log("backend not accepting events; retrying");
+    a.signal("TERM");
+    a.wait_log("stopping: no more reading");
+    a.signal("TERM");
+    // The grace period is 10 minutes: exiting within the hang guard means "at once".
+    let st = a.wait_exit(GUARD);
+    let err1 = a.stderr();
+    assert_eq!(st.code(), Some(0), "{err1}");
+    assert!(err1.contains("second signal: stopping at once"), "{err1}");
+    assert!(err1.contains("pending_left_in_log=20"), "{err1}");
+    assert!(cp.exists(), "checkpoint not saved:\n{err1}");
+
+    let sink = Sink::start();
+    let env2 = base_env(
+        &sink.url(),
+        &log,
+        &repo_rules(),
+        &[("CHECKPOINT_PATH", &cp_s)],
+    );
+    let mut b = Agent::start(&dir, "run2", &env2);
+    wait_total(&[&sink], 20, "after the restart", &b);
+    std::thread::sleep(Duration::from_millis(200));
+    let err2 = b.stop();
+    assert_exactly_once(&[&sink], &expected_exec(&toks), &err2);
+}
+
+/// Issue 5: a backend unreachable at start is a warning; the agent keeps running and delivers
+/// once the backend comes up on the address it was given.
+#[test]
+fn backend_unreachable_at_start_is_a_warning_and_delivery_starts_when_it_comes_up() {
+    let dir = TempDir::new("late-backend");
+    let log = dir.join("audit.log");
+    append(&log, &[quiet_line()]);
+    let port = free_port();
+    let env = base_env(
+        &format!("http://127.0.0.1:{port}"),
+        &log,
+        &repo_rules(),
+        &[],
+    );
+    let (mut a, addr) = start_with_health(&dir, "run", &env);
+    a.wait_log("backend not reachable at startup");
+    a.wait_log("UNREACHABLE at start: events are kept and retried");
+    let toks = tokens("late-", 3);
+    append(&log, &toks.iter().map(|t| exec_line(t)).collect::<Vec<_>>());
+    a.wait_log("backend not accepting events; retrying");
+    let r = wait_http(&mut a, addr, "/readyz", |r| r.status == 503);
+    assert!(
+        r.body.starts_with("backend unreachable since "),
+        "{}",
+        r.body
+    );
+    assert_eq!(http_get(addr, "/healthz").unwrap().status, 200);
+
+    let sink = Sink::builder().port(port).try_start();
+    let sink = match sink {
+        Ok(s) => s,
+        // Someone else took the port meanwhile: nothing to test on this run.
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => return,
+        Err(e) => panic!("{e}"),
+    };
+    wait_total(&[&sink], 6, "once the backend is up", &a);
+    a.wait_log("backend accepting events again");
+    wait_http(&mut a, addr, "/readyz", |r| r.status == 200);
+    let err = a.stop();
+    assert_exactly_once(&[&sink], &expected_exec(&toks), &err);
+    assert!(!err.contains(" ERROR "), "{err}");
+}
+
+/// Issue 5: 401 (wrong key) keeps every event; /readyz says why; a restart with the right key
+/// delivers them all, once; neither key ever appears on stderr.
+#[test]
+fn rejected_key_then_the_right_key_loses_nothing_and_never_logs_the_key() {
+    const RIGHT: &str = "right-key-Zq8vT3xP0wLm";
+    const WRONG: &str = "wrong-key-Kd7sU2nQ5yHb";
+    let dir = TempDir::new("api-key");
+    let log = dir.join("audit.log");
+    let cp = dir.join("checkpoint");
+    let cp_s = cp.display().to_string();
+    let toks = tokens("key-", 5);
+    append(&log, &toks.iter().map(|t| exec_line(t)).collect::<Vec<_>>());
+    let sink = Sink::builder().api_key(RIGHT).start();
+
+    let env = base_env(
+        &sink.url(),
+        &log,
+        &repo_rules(),
+        &[
+            ("CHECKPOINT_PATH", &cp_s),
+            ("HEALERT_API_KEY", WRONG),
+            ("SHUTDOWN_GRACE", "1s"),
+        ],
+    );
+    let (mut a, addr) = start_with_health(&dir, "wrong", &env);
+    let r = wait_http(&mut a, addr, "/readyz", |r| {
+        r.status == 503 && r.body.contains("API key")
+    });
+    assert!(
+        r.body.contains("backend rejected the API key (401)") && r.body.contains("HEALERT_API_KEY"),
+        "{}",
+        r.body
+    );
+    let m = metrics(addr);
+    assert_eq!(
+        metric(
+            &m,
+            "healert_agent_backend_state",
+            &[("state", "unauthorized")]
+        ),
+        1.0
+    );
+    // Matched, kept, not sent.
+    let exec = [("rule", "kubectl-exec")];
+    assert_eq!(metric(&m, "healert_agent_events_matched_total", &exec), 5.0);
+    assert_eq!(metric(&m, "healert_agent_events_sent_total", &exec), 0.0);
+    assert_eq!(metric(&m, "healert_agent_queue_depth", &[]), 10.0);
+    assert_eq!(metric(&m, "healert_agent_backend_up", &[]), 0.0);
+    let body = http_get(addr, "/metrics").unwrap().body;
+    assert!(!body.contains(WRONG) && !r.body.contains(WRONG));
+    a.wait_log("HEALERT_API_KEY is not accepted by the backend");
+    let err1 = a.stop();
+    assert!(sink.events().is_empty());
+    assert!(
+        sink.statuses().iter().all(|s| *s == 401),
+        "{:?}",
+        sink.statuses()
+    );
+    assert!(
+        err1.contains(&format!("<redacted, {} bytes>", WRONG.len())),
+        "banner shows the key's length:\n{err1}"
+    );
+
+    let env2 = base_env(
+        &sink.url(),
+        &log,
+        &repo_rules(),
+        &[("CHECKPOINT_PATH", &cp_s), ("HEALERT_API_KEY", RIGHT)],
+    );
+    let (mut b, addr2) = start_with_health(&dir, "right", &env2);
+    wait_total(&[&sink], 10, "with the right key", &b);
+    wait_http(&mut b, addr2, "/readyz", |r| r.status == 200);
+    std::thread::sleep(Duration::from_millis(200));
+    let err2 = b.stop();
+    assert_exactly_once(&[&sink], &expected_exec(&toks), &err2);
+    for (what, err) in [("wrong-key run", &err1), ("right-key run", &err2)] {
+        for key in [RIGHT, WRONG] {
+            assert!(
+                !err.contains(key),
+                "{what}: the API key leaked to stderr:\n{err}"
+            );
+            // Not even a recognisable part of it.
+            assert!(
+                !err.contains(&key[10..]),
+                "{what}: part of the key leaked:\n{err}"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Startup refusals.
+
+#[test]
+fn https_backend_url_exits_1_with_the_tls_explanation() {
+    let dir = TempDir::new("https");
+    let log = dir.join("audit.log");
+    let env = base_env("https://healert.example.com", &log, &repo_rules(), &[]);
+    let (code, err) = run_to_exit(&dir, &env);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("HEALERT_BACKEND_URL"), "{err}");
+    assert!(err.contains("https is not supported"), "{err}");
+    assert!(err.contains("TLS"), "{err}");
+    assert!(err.contains("proxy"), "{err}");
+}
+
+#[test]
+fn bad_environment_values_exit_1_naming_variable_value_and_example() {
+    let dir = TempDir::new("bad-env");
+    let log = dir.join("audit.log");
+    let env = base_env(
+        "http://127.0.0.1:9",
+        &log,
+        &repo_rules(),
+        &[
+            ("POLL_INTERVAL", "fast"),
+            ("QUEUE_CAPACITY", "lots"),
+            ("START_AT", "middle"),
+            ("LOG_FORMAT", "xml"),
+        ],
+    );
+    let (code, err) = run_to_exit(&dir, &env);
+    assert_eq!(code, Some(1), "{err}");
+    for (var, value, example) in [
+        ("POLL_INTERVAL", "fast", "250ms"),
+        ("QUEUE_CAPACITY", "lots", "10000"),
+        ("START_AT", "middle", "end"),
+        ("LOG_FORMAT", "xml", "json"),
+    ] {
+        let line = err
+            .lines()
+            .find(|l| l.contains(&format!("{var}=\"{value}\"")))
+            .unwrap_or_else(|| panic!("{var}={value} not named:\n{err}"));
+        assert!(
+            line.contains(&format!("(example: {var}={example})")),
+            "{line}"
+        );
+    }
+    assert!(err.contains("not started (4 invalid variable(s))"), "{err}");
+}
+
+#[test]
+fn health_addr_in_use_exits_1_naming_the_address() {
+    let dir = TempDir::new("health-busy");
+    let log = dir.join("audit.log");
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let env = base_env(
+        "http://127.0.0.1:9",
+        &log,
+        &repo_rules(),
+        &[("HEALTH_ADDR", &addr)],
+    );
+    let (code, err) = run_to_exit(&dir, &env);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&format!("HEALTH_ADDR={addr}")), "{err}");
+    assert!(err.contains("another process listens there"), "{err}");
+}
+
+#[test]
+fn missing_rules_file_exits_1_saying_how_to_set_rules_path() {
+    let dir = TempDir::new("no-rules");
+    let log = dir.join("audit.log");
+    let missing = dir.join("nope/rules.yaml");
+    let env = base_env("http://127.0.0.1:9", &log, &missing, &[]);
+    let (code, err) = run_to_exit(&dir, &env);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&missing.display().to_string()), "{err}");
+    assert!(err.contains("RULES_PATH=/etc/healert/rules.yaml"), "{err}");
+
+    // Unset: ./rules.yaml is tried, and the message says so.
+    let mut env: Vec<_> = env
+        .into_iter()
+        .filter(|(k, _)| *k != "RULES_PATH")
+        .collect();
+    env.push(("LOG_LEVEL", "info".into()));
+    let (code, err) = run_to_exit(&dir, &env);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("RULES_PATH is not set"), "{err}");
+}
+
+#[test]
+fn invalid_rules_exit_1_with_validate_path_line_col_errors() {
+    let dir = TempDir::new("bad-rules");
+    let log = dir.join("audit.log");
+    let rules = dir.join("rules.yaml");
+    fs::write(
+        &rules,
+        "rules:\n  - name: kubectl-exec\n    severity: hgih\n    workflow: deploy\n    match:\n      resource: pods\n      subresource: exec\n  - name: Bad_Name\n    severity: low\n    workflow: debug\n    match:\n      verb: get\n",
+    )
+    .unwrap();
+    let env = base_env("http://127.0.0.1:9", &log, &rules, &[]);
+    let (code, err) = run_to_exit(&dir, &env);
+    assert_eq!(code, Some(1), "{err}");
+    let prefix = format!("{}:", rules.display());
+    let errors: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with(&prefix) && l.contains(": error: "))
+        .collect();
+    assert!(
+        errors.len() >= 2,
+        "expected PATH:LINE:COL: error: lines:\n{err}"
+    );
+    for l in &errors {
+        let rest = &l[prefix.len()..];
+        let mut it = rest.splitn(3, ':');
+        let line: u32 = it.next().unwrap().parse().unwrap_or_else(|_| panic!("{l}"));
+        let col: u32 = it.next().unwrap().parse().unwrap_or_else(|_| panic!("{l}"));
+        assert!(line >= 1 && col >= 1, "{l}");
+    }
+    assert!(
+        errors.iter().any(|l| l.starts_with(&format!("{prefix}3:"))),
+        "{err}"
+    );
+    // The same lines as `validate` prints.
+    let out = command(&dir.0, &[])
+        .arg("validate")
+        .arg(&rules)
+        .output()
+        .unwrap();
+    let v =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    for l in &errors {
+        assert!(v.contains(l), "validate does not print {l:?}:\n{v}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Banner, logs.
+
+#[test]
+fn banner_shows_version_backend_log_rules_namespaces_auth_and_start() {
+    let dir = TempDir::new("banner");
+    let log = dir.join("audit.log");
+    append(&log, &[quiet_line()]);
+    let sink = Sink::start();
+    let key = "banner-key-0123456789";
+    let env = base_env(
+        &sink.url(),
+        &log,
+        &repo_rules(),
+        &[
+            ("K8S_NAMESPACE", "healert-system"),
+            ("HEALERT_API_KEY", key),
+            ("START_AT", "end"),
+        ],
+    );
+    let mut a = Agent::start(&dir, "run", &env);
+    a.wait_log("ignored namespaces");
+    a.wait_log("auto-added from K8S_NAMESPACE");
+    let err = a.stop();
+    let version = env!("CARGO_PKG_VERSION");
+    for want in [
+        format!("healert-agent {version}"),
+        format!("backend     {}", sink.url()),
+        "(OK -- ".to_string(),
+        format!("auth        <redacted, {} bytes>", key.len()),
+        format!("audit log   {}", log.display()),
+        format!("rules       5 from {}", repo_rules().display()),
+        "healert-system  <- auto-added from K8S_NAMESPACE".to_string(),
+        "kube-system".to_string(),
+        "argocd".to_string(),
+    ] {
+        assert!(err.contains(&want), "banner lacks {want:?}:\n{err}");
+    }
+    for (rule, sev) in [
+        ("kubectl-exec", "high"),
+        ("pipeline-skip", "high"),
+        ("config-drift", "high"),
+        ("port-forward", "medium"),
+        ("emergency-access", "medium"),
+    ] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains(rule) && l.split_whitespace().any(|w| w == sev)),
+            "rule {rule} with severity {sev} not in the banner:\n{err}"
+        );
+    }
+    // The start position says where reading begins (START_AT=end on an existing file).
+    let audit = err.lines().find(|l| l.contains("audit log   ")).unwrap();
+    let size = fs::metadata(&log).unwrap().len();
+    assert!(
+        audit.contains(&format!("(from end-of-file (offset {size}))")),
+        "{audit}"
+    );
+    assert!(!err.contains(key));
+
+    // Already in the list: not auto-added.
+    let env = base_env(
+        &sink.url(),
+        &log,
+        &repo_rules(),
+        &[("K8S_NAMESPACE", "kube-system")],
+    );
+    let mut b = Agent::start(&dir, "run2", &env);
+    b.wait_log("ignored namespaces");
+    b.wait_log("checkpoint  off");
+    // SIGINT (Ctrl-C) stops like SIGTERM.
+    b.signal("INT");
+    assert_eq!(b.wait_exit(GUARD).code(), Some(0), "{}", b.stderr());
+    let err = b.stderr();
+    assert!(err.contains("stopping: no more reading"), "{err}");
+    assert!(!err.contains("auto-added"), "{err}");
+    assert!(err.contains("(from beginning)"), "{err}");
+    assert!(
+        err.contains("START_AT=beginning: the whole existing log is evaluated"),
+        "{err}"
+    );
+}
+
+#[test]
+fn json_logs_every_stderr_line_parses_with_ts_level_msg() {
+    let dir = TempDir::new("json-logs");
+    let log = dir.join("audit.log");
+    let toks = tokens("json-", 3);
+    append(&log, &toks.iter().map(|t| exec_line(t)).collect::<Vec<_>>());
+    // A hostile actor must not break the one-object-per-line shape.
+    append(
+        &log,
+        &[exec_line("evil\\n{\\\"level\\\":\\\"error\\\"}\\u001b[31m")],
+    );
+    let sink = Sink::builder()
+        .script(vec![crate::sink::Action::Status(503)])
+        .start();
+    let env = base_env(
+        &sink.url(),
+        &log,
+        &repo_rules(),
+        &[("LOG_FORMAT", "json"), ("K8S_NAMESPACE", "healert-system")],
+    );
+    let mut a = Agent::start(&dir, "run", &env);
+    wait_total(&[&sink], 8, "json run", &a);
+    a.signal("HUP");
+    a.wait_log("SIGHUP: rules reloaded");
+    let err = a.stop();
+    let mut levels = BTreeMap::new();
+    for line in err.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}\n{err}"));
+        for k in ["ts", "level", "msg"] {
+            assert!(v[k].is_string(), "{k} missing in {line}");
+        }
+        *levels
+            .entry(v["level"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    assert!(
+        levels.contains_key("info") && levels.contains_key("warn"),
+        "{levels:?}\n{err}"
+    );
+    assert!(err.lines().count() >= 20, "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// SIGHUP.
+
+const RULES_EXEC_ONLY: &str = "rules:
+  - name: kubectl-exec
+    description: \"kubectl exec on {resource}/{name} by {actor}\"
+    severity: high
+    workflow: deploy
+    ignore_system: true
+    match:
+      resource: pods
+      subresource: exec
+";
+
+const RULES_PLUS_SECRETS: &str = "rules:
+  - name: kubectl-exec
+    description: \"kubectl exec on {resource}/{name} by {actor}\"
+    severity: high
+    workflow: deploy
+    ignore_system: true
+    match:
+      resource: pods
+      subresource: exec
+  - name: emergency-access
+    description: \"Direct secret access: {name} in {namespace} by {actor}\"
+    severity: medium
+    workflow: incident
+    ignore_system: true
+    match:
+      resource: secrets
+      verb: get
+";
+
+/// Replaces the rules file atomically (as `kubectl` updates a mounted ConfigMap).
+fn write_rules(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, text).unwrap();
+    fs::rename(&tmp, path).unwrap();
+}
+
+#[test]
+fn sighup_reloads_valid_rules_and_keeps_the_old_ones_on_an_invalid_file() {
+    let dir = TempDir::new("sighup");
+    let log = dir.join("audit.log");
+    let rules = dir.join("rules.yaml");
+    write_rules(&rules, RULES_EXEC_ONLY);
+    append(&log, &[quiet_line()]);
+    let sink = Sink::start();
+    let env = base_env(&sink.url(), &log, &rules, &[]);
+    let (mut a, addr) = start_with_health(&dir, "run", &env);
+    wait_http(&mut a, addr, "/readyz", |r| r.status == 200);
+
+    // Old rules: a secret read is nothing, an exec is one event.
+    append(&log, &[secret_line("hup-a"), exec_line("hup-b")]);
+    wait_total(&[&sink], 1, "before the reload", &a);
+
+    // Add a rule.
+    write_rules(&rules, RULES_PLUS_SECRETS);
+    a.signal("HUP");
+    wait_http(&mut a, addr, "/metrics", |r| {
+        r.body.contains("\nhealert_agent_rule_reloads_total 1\n")
+    });
+    let m = metrics(addr);
+    assert_eq!(metric(&m, "healert_agent_rules_loaded", &[]), 2.0);
+    a.wait_log("SIGHUP: rules reloaded");
+    append(&log, &[secret_line("hup-c"), exec_line("hup-d")]);
+    wait_total(&[&sink], 3, "after the reload", &a);
+
+    // An invalid file: refused, counted, logged; the previous rules keep working.
+    write_rules(&rules, "rules:\n  - name: broken\n    severity: extreme\n");
+    a.signal("HUP");
+    wait_http(&mut a, addr, "/metrics", |r| {
+        r.body
+            .contains("\nhealert_agent_rule_reload_failures_total 1\n")
+    });
+    a.wait_log("SIGHUP: the new rules file is invalid; keeping the previous rules");
+    let m = metrics(addr);
+    assert_eq!(metric(&m, "healert_agent_rule_reloads_total", &[]), 1.0);
+    assert_eq!(metric(&m, "healert_agent_rules_loaded", &[]), 2.0);
+    append(&log, &[secret_line("hup-e"), exec_line("hup-f")]);
+    wait_total(&[&sink], 5, "after the refused reload", &a);
+    std::thread::sleep(Duration::from_millis(200));
+    let err = a.stop();
+
+    let error_line = err
+        .lines()
+        .find(|l| l.contains("keeping the previous rules"))
+        .unwrap();
+    assert!(error_line.contains(" ERROR "), "{error_line}");
+    assert!(
+        error_line.contains(&rules.display().to_string()),
+        "{error_line}"
+    );
+    let want: BTreeMap<(String, String), usize> = [
+        ("hup-b", "kubectl-exec"),
+        ("hup-c", "emergency-access"),
+        ("hup-d", "kubectl-exec"),
+        ("hup-e", "emergency-access"),
+        ("hup-f", "kubectl-exec"),
+    ]
+    .iter()
+    .map(|(t, ty)| ((actor(t), ty.to_string()), 1))
+    .collect();
+    assert_exactly_once(&[&sink], &want, &err);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metrics against replay, probes, hostile requests.
+
+/// Issue 6: /metrics values equal the counts of a known replay of the same file.
+#[test]
+fn metrics_equal_the_counts_of_a_replay_of_the_same_log() {
+    let dir = TempDir::new("replay-metrics");
+    let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/sample/audit.ndjson");
+    let log = dir.join("audit.log");
+    fs::copy(&sample, &log).unwrap();
+
+    let out = command(&dir.0, &[])
+        .arg("replay")
+        .arg("--rules")
+        .arg(repo_rules())
+        .arg(&log)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "replay failed: {stderr}");
+    let summary: BTreeMap<String, String> = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("summary "))
+        .unwrap_or_else(|| panic!("no summary line:\n{stderr}"))
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let num = |k: &str| -> f64 { summary[k].parse().unwrap() };
+    let mut per_type: BTreeMap<String, f64> = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        *per_type
+            .entry(v["type"].as_str().unwrap().to_string())
+            .or_insert(0.0) += 1.0;
+    }
+    let events = num("events");
+    assert_eq!(per_type.values().sum::<f64>(), events);
+    assert!(
+        events >= 5.0 && per_type.len() >= 3,
+        "a weak sample: {per_type:?}"
+    );
+
+    let sink = Sink::start();
+    let cp = dir.join("checkpoint");
+    let cp_s = cp.display().to_string();
+    let env = base_env(
+        &sink.url(),
+        &log,
+        &repo_rules(),
+        &[("CHECKPOINT_PATH", &cp_s)],
+    );
+    let (mut a, addr) = start_with_health(&dir, "run", &env);
+    wait_total(&[&sink], events as usize, "replayed sample", &a);
+    let size = fs::metadata(&log).unwrap().len() as f64;
+    assert_eq!(size, num("bytes"));
+    let lines = num("lines");
+    let m = wait_http(&mut a, addr, "/metrics", |r| {
+        parse_exposition(&r.body).is_ok_and(|e| {
+            metric(&e, "healert_agent_lines_read_total", &[]) >= lines
+                && e.samples
+                    .iter()
+                    .filter(|s| s.name == "healert_agent_events_sent_total")
+                    .map(|s| s.value)
+                    .sum::<f64>()
+                    >= events
+                // The checkpoint (written once a second) reached the end of the file.
+                && metric(&e, "healert_agent_checkpoint_offset_bytes", &[]) == size
+        })
+    });
+    let m = parse_exposition(&m.body).unwrap();
+    let err = a.stop();
+
+    for (metric_name, key) in [
+        ("healert_agent_lines_read_total", "lines"),
+        ("healert_agent_bytes_read_total", "bytes"),
+        ("healert_agent_blank_lines_total", "blank"),
+        ("healert_agent_malformed_lines_total", "malformed"),
+        ("healert_agent_stages_skipped_total", "skipped_stages"),
+    ] {
+        assert_eq!(
+            metric(&m, metric_name, &[]),
+            num(key),
+            "{metric_name} vs replay {key}\n{err}"
+        );
+    }
+    for (rule, n) in &per_type {
+        for fam in [
+            "healert_agent_events_matched_total",
+            "healert_agent_events_sent_total",
+        ] {
+            assert_eq!(
+                metric(&m, fam, &[("rule", rule)]),
+                *n,
+                "{fam}{{rule={rule}}}\n{err}"
+            );
+        }
+    }
+    let labelled: Vec<&str> = m
+        .samples
+        .iter()
+        .filter(|s| s.name == "healert_agent_events_matched_total")
+        .filter_map(|s| {
+            s.labels
+                .iter()
+                .find(|(k, _)| k == "rule")
+                .map(|(_, v)| v.as_str())
+        })
+        .collect();
+    assert_eq!(
+        labelled,
+        per_type.keys().map(String::as_str).collect::<Vec<_>>()
+    );
+    // And the sink got exactly replay's payload count per type.
+    let mut at_sink: BTreeMap<String, f64> = BTreeMap::new();
+    for v in sink.events_json() {
+        *at_sink
+            .entry(v["type"].as_str().unwrap().to_string())
+            .or_insert(0.0) += 1.0;
+    }
+    assert_eq!(at_sink, per_type, "{err}");
+    assert_eq!(metric(&m, "healert_agent_queue_depth", &[]), 0.0);
+    assert_eq!(metric(&m, "healert_agent_dead_lettered_total", &[]), 0.0);
+    assert_eq!(metric(&m, "healert_agent_retries_total", &[]), 0.0);
+    for gauge in [
+        "healert_agent_file_size_bytes",
+        "healert_agent_read_offset_bytes",
+    ] {
+        assert_eq!(metric(&m, gauge, &[]), size, "{gauge}");
+    }
+    assert_eq!(metric(&m, "healert_agent_lag_bytes", &[]), 0.0);
+    assert_eq!(metric(&m, "healert_agent_log_open", &[]), 1.0);
+    assert_eq!(metric(&m, "healert_agent_rules_loaded", &[]), 5.0);
+    assert_eq!(metric(&m, "healert_agent_backend_up", &[]), 1.0);
+    assert!(metric(&m, "healert_agent_checkpoint_writes_total", &[]) >= 1.0);
+}
+
+/// Issue 6: probes flip to 503 when the backend fails (and back when it recovers). The stall
+/// of the follower cannot be caused from outside (it ticks on every poll, also while blocked
+/// on a full queue, and a FIFO or directory at the path is waited out without blocking): that
+/// flip is covered in-process by `ops::probes_flip_on_rejected_key_backend_outage_and_stalled_follower`.
+#[test]
+fn readyz_flips_to_503_while_the_backend_fails_and_back_when_it_recovers() {
+    let dir = TempDir::new("probes");
+    let log = dir.join("audit.log");
+    append(&log, &[quiet_line()]);
+    let sink = Sink::builder()
+        .unavailable_after(1, Duration::from_secs(3))
+        .start();
+    let env = base_env(&sink.url(), &log, &repo_rules(), &[]);
+    let (mut a, addr) = start_with_health(&dir, "run", &env);
+    wait_http(&mut a, addr, "/readyz", |r| r.status == 200);
+    let toks = tokens("probe-", 3);
+    append(&log, &toks.iter().map(|t| exec_line(t)).collect::<Vec<_>>());
+    let r = wait_http(&mut a, addr, "/readyz", |r| r.status == 503);
+    assert!(
+        r.body
+            .starts_with("backend failing (last status 503) since "),
+        "{}",
+        r.body
+    );
+    // Liveness is not readiness: the agent is alive while the backend fails.
+    assert_eq!(http_get(addr, "/healthz").unwrap().status, 200);
+    wait_total(&[&sink], 6, "after the outage", &a);
+    wait_http(&mut a, addr, "/readyz", |r| {
+        r.status == 200 && r.body == "ready\n"
+    });
+    let err = a.stop();
+    assert_exactly_once(&[&sink], &expected_exec(&toks), &err);
+}
+
+/// Issue 6: a 1 MB request to /metrics is refused without harm: 431, and the agent keeps
+/// serving and delivering.
+#[test]
+fn a_1mb_request_to_metrics_is_refused_without_harm() {
+    let dir = TempDir::new("big-request");
+    let log = dir.join("audit.log");
+    append(&log, &[quiet_line()]);
+    let sink = Sink::start();
+    let env = base_env(&sink.url(), &log, &repo_rules(), &[]);
+    let (mut a, addr) = start_with_health(&dir, "run", &env);
+
+    for _ in 0..3 {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut req = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+        req.extend_from_slice(&vec![b'a'; 1 << 20]);
+        req.extend_from_slice(b"\r\n\r\n");
+        // The server may answer and close before the whole request is written.
+        let _ = s.write_all(&req);
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        if !buf.is_empty() {
+            let r = parse_reply(&buf).unwrap();
+            assert_eq!(r.status, 431, "{}", r.body);
+        }
+    }
+    a.assert_running();
+    assert_eq!(http_get(addr, "/healthz").unwrap().status, 200);
+    let toks = tokens("big-", 2);
+    append(&log, &toks.iter().map(|t| exec_line(t)).collect::<Vec<_>>());
+    wait_total(&[&sink], 4, "after the big requests", &a);
+    let m = metrics(addr);
+    assert_eq!(
+        metric(
+            &m,
+            "healert_agent_events_sent_total",
+            &[("rule", "kubectl-exec")]
+        ),
+        2.0
+    );
+    let err = a.stop();
+    assert_exactly_once(&[&sink], &expected_exec(&toks), &err);
+}
+
+/// Issue 5: a backend that never answers must not hold the stop past SHUTDOWN_GRACE (here with
+/// HTTP_TIMEOUT=5m, so only a bounded shutdown exits within the hang guard); the request in
+/// flight keeps its event behind the checkpoint, and a restart delivers everything once.
+#[test]
+fn a_request_hanging_past_the_grace_period_does_not_hold_the_stop() {
+    let dir = TempDir::new("hung-grace");
+    let log = dir.join("audit.log");
+    let cp = dir.join("checkpoint");
+    let cp_s = cp.display().to_string();
+    let toks = tokens("hung-", 4);
+    append(&log, &toks.iter().map(|t| exec_line(t)).collect::<Vec<_>>());
+
+    // Accepts 3 events, then never answers the 4th request.
+    let hung = Sink::builder().no_answer_once_after(3).start();
+    let env = base_env(
+        &hung.url(),
+        &log,
+        &repo_rules(),
+        &[
+            ("CHECKPOINT_PATH", &cp_s),
+            ("SHUTDOWN_GRACE", "1s"),
+            ("HTTP_TIMEOUT", "5m"),
+        ],
+    );
+    let mut a = Agent::start(&dir, "run1", &env);
+    wait_hung_request(&hung, 4, &a);
+    let err1 = a.stop();
+    assert!(err1.contains("pending_left_in_log=5"), "{err1}");
+    assert!(
+        err1.contains("a backend request is still in flight; not waiting for it"),
+        "{err1}"
+    );
+
+    let sink = Sink::start();
+    let env2 = base_env(
+        &sink.url(),
+        &log,
+        &repo_rules(),
+        &[("CHECKPOINT_PATH", &cp_s)],
+    );
+    let mut b = Agent::start(&dir, "run2", &env2);
+    wait_total(&[&sink], 5, "after the restart", &b);
+    std::thread::sleep(Duration::from_millis(200));
+    let err2 = b.stop();
+    assert_exactly_once(&[&hung, &sink], &expected_exec(&toks), &err2);
+}
+
+/// Issue 5: the second SIGTERM stops at once even while a request hangs (HTTP_TIMEOUT=5m).
+#[test]
+fn second_sigterm_stops_at_once_while_a_request_hangs() {
+    let dir = TempDir::new("hung-second");
+    let log = dir.join("audit.log");
+    let cp = dir.join("checkpoint");
+    let cp_s = cp.display().to_string();
+    let toks = tokens("hung2-", 2);
+    append(&log, &toks.iter().map(|t| exec_line(t)).collect::<Vec<_>>());
+    let hung = Sink::builder().no_answer_once_after(0).start();
+    let env = base_env(
+        &hung.url(),
+        &log,
+        &repo_rules(),
+        &[
+            ("CHECKPOINT_PATH", &cp_s),
+            ("SHUTDOWN_GRACE", "10m"),
+            ("HTTP_TIMEOUT", "5m"),
+        ],
+    );
+    let mut a = Agent::start(&dir, "run1", &env);
+    wait_hung_request(&hung, 1, &a);
+    a.signal("TERM");
+    a.wait_log("stopping: no more reading");
+    a.signal("TERM");
+    let st = a.wait_exit(GUARD);
+    let err1 = a.stderr();
+    assert_eq!(st.code(), Some(0), "{err1}");
+    assert!(err1.contains("pending_left_in_log=4"), "{err1}");
+    assert!(
+        err1.contains("a backend request is still in flight; not waiting for it"),
+        "{err1}"
+    );
+
+    let sink = Sink::start();
+    let env2 = base_env(
+        &sink.url(),
+        &log,
+        &repo_rules(),
+        &[("CHECKPOINT_PATH", &cp_s)],
+    );
+    let mut b = Agent::start(&dir, "run2", &env2);
+    wait_total(&[&sink], 4, "after the restart", &b);
+    std::thread::sleep(Duration::from_millis(200));
+    let err2 = b.stop();
+    assert_exactly_once(&[&hung, &sink], &expected_exec(&toks), &err2);
+}
+
+/// Waits until the sink has received `n` POSTs (the last one left unanswered).
+fn wait_hung_request(sink: &Sink, n: usize, agent: &Agent) {
+    let deadline = Instant::now() + GUARD;
+    while sink
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST")
+        .count()
+        < n
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no hung request after {GUARD:?}:\n{}",
+            agent.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// LOG_FORMAT=json holds for the refusals too: a JSON log pipeline must see why the agent did
+/// not start (bad variables, invalid or missing rules), one object per line, with validate's
+/// `PATH:LINE:COL: error:` text kept in the messages.
+#[test]
+fn json_logs_startup_refusals_are_json_lines_too() {
+    let dir = TempDir::new("json-refusals");
+    let log = dir.join("audit.log");
+    let bad_rules = dir.join("rules.yaml");
+    fs::write(&bad_rules, "rules:\n  - name: x\n    severity: hgih\n").unwrap();
+    let missing = dir.join("missing.yaml");
+    let cases: Vec<(&str, Env, String)> = vec![
+        (
+            "bad variable",
+            base_env(
+                "http://127.0.0.1:9",
+                &log,
+                &repo_rules(),
+                &[("LOG_FORMAT", "json"), ("POLL_INTERVAL", "fast")],
+            ),
+            "POLL_INTERVAL=\\\"fast\\\"".to_string(),
+        ),
+        (
+            "invalid rules",
+            base_env(
+                "http://127.0.0.1:9",
+                &log,
+                &bad_rules,
+                &[("LOG_FORMAT", "json")],
+            ),
+            format!("{}:3:15: error: unknown severity", bad_rules.display()),
+        ),
+        (
+            "missing rules",
+            base_env(
+                "http://127.0.0.1:9",
+                &log,
+                &missing,
+                &[("LOG_FORMAT", "json")],
+            ),
+            "RULES_PATH=/etc/healert/rules.yaml".to_string(),
+        ),
+    ];
+    for (what, env, needle) in cases {
+        let (code, err) = run_to_exit(&dir, &env);
+        assert_eq!(code, Some(1), "{what}: {err}");
+        assert!(err.contains(&needle), "{what}: {needle:?} not in\n{err}");
+        for line in err.lines() {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {line:?}\n{err}"));
+            for k in ["ts", "level", "msg"] {
+                assert!(v[k].is_string(), "{what}: {k} missing in {line}");
+            }
+        }
+    }
+}
+
+/// A crash (SIGKILL) mid-delivery loses nothing: the restart resends from the checkpoint
+/// (at-least-once: what was accepted after the last checkpoint may arrive twice, nothing else).
+#[test]
+fn sigkill_mid_delivery_then_restart_loses_nothing() {
+    let dir = TempDir::new("sigkill");
+    let log = dir.join("audit.log");
+    let cp = dir.join("checkpoint");
+    let cp_s = cp.display().to_string();
+    let toks = tokens("kill-", 100);
+    append(&log, &toks.iter().map(|t| exec_line(t)).collect::<Vec<_>>());
+    let slow = Sink::builder().delay(Duration::from_millis(15)).start();
+    let env = base_env(
+        &slow.url(),
+        &log,
+        &repo_rules(),
+        &[("CHECKPOINT_PATH", &cp_s)],
+    );
+    let mut a = Agent::start(&dir, "run1", &env);
+    // Past at least one checkpoint write (every second) with events still queued.
+    let deadline = Instant::now() + GUARD;
+    while !cp.exists() || slow.events().len() < 20 {
+        a.assert_running();
+        assert!(Instant::now() < deadline, "no checkpoint:\n{}", a.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    a.signal("KILL");
+    let st = a.wait_exit(GUARD);
+    assert_eq!(st.code(), None, "killed by a signal");
+    let first = slow.events().len();
+
+    let sink = Sink::start();
+    let env2 = base_env(
+        &sink.url(),
+        &log,
+        &repo_rules(),
+        &[("CHECKPOINT_PATH", &cp_s)],
+    );
+    let mut b = Agent::start(&dir, "run2", &env2);
+    let deadline = Instant::now() + GUARD;
+    let want = expected_exec(&toks);
+    loop {
+        let got = multiset(&[&slow, &sink]);
+        if want.keys().all(|k| got.contains_key(k)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "missing after restart: {:?}\n{}",
+            want.keys()
+                .filter(|k| !got.contains_key(*k))
+                .take(5)
+                .collect::<Vec<_>>(),
+            b.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let err2 = b.stop();
+    let got = multiset(&[&slow, &sink]);
+    assert!(got.keys().all(|k| want.contains_key(k)), "{err2}");
+    // Repeats come only from the first run's last second: events it had delivered.
+    let repeated = got.values().filter(|n| **n > 1).count();
+    assert!(
+        repeated <= first,
+        "{repeated} repeated, first run delivered {first}"
+    );
+    assert!(got.values().all(|n| *n <= 2));
+    eprintln!("sigkill: first run delivered {first}, repeated after restart {repeated}");
+}
+
+/// /readyz says the audit log is not open while it does not exist, and turns ready once it
+/// appears (whose lines are all read: a file created after start is new).
+#[test]
+fn readyz_waits_for_the_audit_log_to_appear() {
+    let dir = TempDir::new("log-appears");
+    let log = dir.join("audit.log");
+    let sink = Sink::start();
+    let env = base_env(&sink.url(), &log, &repo_rules(), &[("START_AT", "end")]);
+    let (mut a, addr) = start_with_health(&dir, "run", &env);
+    a.wait_log("(waiting for file)");
+    let r = wait_http(&mut a, addr, "/readyz", |r| r.status == 503);
+    assert_eq!(r.body, "audit log not open\n");
+    assert_eq!(http_get(addr, "/healthz").unwrap().status, 200);
+    let toks = tokens("appear-", 2);
+    append(&log, &toks.iter().map(|t| exec_line(t)).collect::<Vec<_>>());
+    wait_total(&[&sink], 4, "after the log appeared", &a);
+    wait_http(&mut a, addr, "/readyz", |r| r.status == 200);
+    let err = a.stop();
+    assert_exactly_once(&[&sink], &expected_exec(&toks), &err);
+}
+
+/// SIGTERM while the follower is held by a full queue (QUEUE_CAPACITY=3, slow sink): the line
+/// it could not queue is not acknowledged; two restarts later every event arrived exactly once
+/// and the last start sends nothing again.
+#[test]
+fn sigterm_with_a_full_queue_then_two_restarts_deliver_exactly_once() {
+    let dir = TempDir::new("full-queue");
+    let log = dir.join("audit.log");
+    let cp = dir.join("checkpoint");
+    let cp_s = cp.display().to_string();
+    let toks = tokens("fullq-", 40);
+    append(&log, &toks.iter().map(|t| exec_line(t)).collect::<Vec<_>>());
+    let slow = Sink::builder().delay(Duration::from_millis(30)).start();
+    let env = base_env(
+        &slow.url(),
+        &log,
+        &repo_rules(),
+        &[
+            ("CHECKPOINT_PATH", &cp_s),
+            ("QUEUE_CAPACITY", "3"),
+            ("SHUTDOWN_GRACE", "300ms"),
+        ],
+    );
+    let mut a = Agent::start(&dir, "run1", &env);
+    assert!(slow.wait_for_events(5, GUARD), "{}", a.stderr());
+    let err1 = a.stop();
+
+    let sink = Sink::start();
+    let env2 = base_env(
+        &sink.url(),
+        &log,
+        &repo_rules(),
+        &[("CHECKPOINT_PATH", &cp_s), ("QUEUE_CAPACITY", "3")],
+    );
+    let mut b = Agent::start(&dir, "run2", &env2);
+    wait_total(&[&slow, &sink], 80, "after the restart", &b);
+    std::thread::sleep(Duration::from_millis(200));
+    let err2 = b.stop();
+    assert_exactly_once(
+        &[&slow, &sink],
+        &expected_exec(&toks),
+        &format!("{err1}\n---\n{err2}"),
+    );
+
+    // Everything was acknowledged: a third start resumes at the end and sends nothing.
+    let mut c = Agent::start(&dir, "run3", &env2);
+    c.wait_log(&format!(
+        "(from checkpoint offset {})",
+        fs::metadata(&log).unwrap().len()
+    ));
+    std::thread::sleep(Duration::from_millis(300));
+    let err3 = c.stop();
+    assert_eq!(sink.events().len() + slow.events().len(), 80, "{err3}");
+}
