@@ -61,6 +61,8 @@ pub enum LineVerdict {
     SkippedStage,
     /// A ResponseComplete event went through the rules (it may have matched none).
     Evaluated,
+    /// Longer than MAX_LINE_BYTES: skipped unread (set by the line readers, never by `detect`).
+    Oversized,
 }
 
 /// The rules, compiled for matching.

@@ -57,6 +57,8 @@ pub struct Stats {
     /// ResponseComplete events that went through the rules.
     pub evaluated: u64,
     /// EventList documents and the items they held.
+    /// Lines longer than the cap, skipped unread.
+    pub oversized: u64,
     pub event_lists: u64,
     pub list_items: u64,
     pub events: u64,
@@ -75,6 +77,7 @@ impl Stats {
             LineVerdict::Malformed => self.malformed += 1,
             LineVerdict::SkippedStage => self.skipped_stages += 1,
             LineVerdict::Evaluated => self.evaluated += 1,
+            LineVerdict::Oversized => self.oversized += 1,
         }
     }
 }
@@ -146,8 +149,22 @@ fn evaluate(
 /// Lines are evaluated in place in a chunk buffer (no per-line copy); only the partial line
 /// at the end of a chunk moves, and the buffer grows for a line longer than itself.
 pub fn scan<R: Read>(
+    input: R,
+    det: &Detector,
+    sink: impl FnMut(Record<'_>) -> io::Result<()>,
+) -> io::Result<Stats> {
+    scan_capped(input, det, DEFAULT_MAX_LINE_BYTES, sink)
+}
+
+/// `MAX_LINE_BYTES`' default, as for the agent.
+pub const DEFAULT_MAX_LINE_BYTES: usize = 16 << 20;
+
+/// [`scan`] with a cap on line length: a longer line is discarded while it is read (never held
+/// whole), counted as oversized and handed to `sink` with no events, like the follower does.
+pub fn scan_capped<R: Read>(
     mut input: R,
     det: &Detector,
+    max_line: usize,
     mut sink: impl FnMut(Record<'_>) -> io::Result<()>,
 ) -> io::Result<Stats> {
     const CHUNK: usize = 1 << 20;
@@ -160,8 +177,30 @@ pub fn scan<R: Read>(
     // How much of the partial line at `begin` is known to hold no newline: short reads must
     // not make a long line cost quadratic time.
     let mut searched = 0usize;
+    // Start offset of an over-long line being discarded.
+    let mut skipping: Option<u64> = None;
     loop {
-        loop {
+        if let Some(start) = skipping {
+            let rest = &buf[begin..filled];
+            let (len, done) = match crate::json::find_byte(rest, b'\n') {
+                Some(p) => (p + 1, true),
+                None => (rest.len(), eof),
+            };
+            st.bytes += len as u64;
+            begin += len;
+            if done {
+                skipping = None;
+                st.lines += 1;
+                st.oversized += 1;
+                sink(Record {
+                    start,
+                    end: st.bytes,
+                    verdict: LineVerdict::Oversized,
+                    events: &[],
+                })?;
+            }
+        }
+        while skipping.is_none() {
             let rest = &buf[begin..filled];
             let len = match crate::json::find_byte(&rest[searched..], b'\n') {
                 Some(p) => searched + p + 1,
@@ -203,7 +242,14 @@ pub fn scan<R: Read>(
             })?;
             begin += len;
         }
-        if eof {
+        if skipping.is_none() && filled - begin > max_line {
+            // No newline within the cap: drop what is buffered and discard up to the newline.
+            skipping = Some(st.bytes);
+            st.bytes += (filled - begin) as u64;
+            begin = filled;
+            searched = 0;
+        }
+        if eof && skipping.is_none() {
             return Ok(st);
         }
         if begin > 0 {
@@ -212,7 +258,8 @@ pub fn scan<R: Read>(
             begin = 0;
         }
         if filled == buf.len() {
-            buf.resize(buf.len() * 2, 0);
+            // Linear growth: only the bytes of the longest line (≤ the cap) are ever touched.
+            buf.resize(buf.len() + CHUNK, 0);
         }
         match input.read(&mut buf[filled..]) {
             Ok(0) => eof = true,
@@ -317,6 +364,13 @@ pub fn summary(st: &Stats, elapsed_s: f64, cpu_s: Option<f64>, rss_kb: Option<u6
         "  malformed lines: {}, blank lines: {}, stages skipped: {}, events evaluated: {}",
         st.malformed, st.blank, st.skipped_stages, st.evaluated
     );
+    if st.oversized > 0 {
+        let _ = writeln!(
+            s,
+            "  lines over MAX_LINE_BYTES (skipped unread): {}",
+            st.oversized
+        );
+    }
     if st.event_lists > 0 {
         let _ = writeln!(
             s,
@@ -346,9 +400,9 @@ pub fn summary(st: &Stats, elapsed_s: f64, cpu_s: Option<f64>, rss_kb: Option<u6
     );
     let _ = writeln!(
         s,
-        "summary lines={} bytes={} blank={} malformed={} skipped_stages={} evaluated={} events={} elapsed_s={:.3} cpu_s={} mb_per_s={:.1} peak_rss_kb={}",
+        "summary lines={} bytes={} blank={} malformed={} skipped_stages={} evaluated={} events={} elapsed_s={:.3} cpu_s={} mb_per_s={:.1} peak_rss_kb={} oversized={}",
         st.lines, st.bytes, st.blank, st.malformed, st.skipped_stages, st.evaluated, st.events,
-        elapsed_s, cpu, rate, rss
+        elapsed_s, cpu, rate, rss, st.oversized
     );
     s
 }
@@ -425,7 +479,14 @@ pub fn run(args: ReplayArgs) -> ExitCode {
     let stdout = io::stdout();
     let mut out = io::BufWriter::with_capacity(1 << 16, stdout.lock());
     let mut closed = false;
-    let result = scan(input, &det, |rec| {
+    let max_line = match max_line_bytes() {
+        Ok(n) => n,
+        Err(msg) => {
+            eprintln!("replay: {msg}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = scan_capped(input, &det, max_line, |rec| {
         if let Some(b) = send.as_mut() {
             if !rec.events.is_empty() && !b.push(rec.start, rec.end, rec.events) {
                 return Err(io::Error::new(io::ErrorKind::Interrupted, "interrupted"));
@@ -474,6 +535,22 @@ pub fn run(args: ReplayArgs) -> ExitCode {
             );
             ExitCode::from(2)
         }
+    }
+}
+
+/// MAX_LINE_BYTES from the environment, read as the agent reads it.
+fn max_line_bytes() -> Result<usize, String> {
+    match std::env::var("MAX_LINE_BYTES") {
+        Ok(v) if !v.trim().is_empty() => match crate::config::parse_size(&v) {
+            Ok(n) if (1024..=(1 << 30)).contains(&n) => Ok(n as usize),
+            Ok(_) => Err(format!(
+                "MAX_LINE_BYTES={v:?}: must be between 1KiB and 1GiB (example: MAX_LINE_BYTES=16MiB)"
+            )),
+            Err(p) => Err(format!(
+                "MAX_LINE_BYTES={v:?}: {p} (example: MAX_LINE_BYTES=16MiB)"
+            )),
+        },
+        _ => Ok(DEFAULT_MAX_LINE_BYTES),
     }
 }
 
@@ -613,6 +690,51 @@ mod tests {
         })
         .unwrap();
         (st, recs)
+    }
+
+    #[test]
+    fn lines_over_the_cap_are_skipped_unread_and_counted() {
+        // A 3 MB line (longer than the 1 MiB read chunk) with a cap of 4 KiB, between two
+        // matching lines, delivered through short reads too.
+        let long = format!(
+            "{{\"stage\":\"ResponseComplete\",\"x\":\"{}\"}}",
+            "y".repeat(3 << 20)
+        );
+        let input = format!("{EXEC}\n{long}\n{EXEC}\n{long}");
+        let l = EXEC.len() as u64 + 1;
+        let ll = long.len() as u64;
+        for trickle in [false, true] {
+            let mut recs = Vec::new();
+            let mut sink = |r: Record<'_>| {
+                recs.push((r.start, r.end, r.events.len(), r.verdict));
+                Ok(())
+            };
+            let st = if trickle {
+                scan_capped(Trickle(input.as_bytes()), &det(), 4096, &mut sink)
+            } else {
+                scan_capped(input.as_bytes(), &det(), 4096, &mut sink)
+            }
+            .unwrap();
+            assert_eq!((st.lines, st.oversized, st.events), (4, 2, 2));
+            assert_eq!(st.bytes, input.len() as u64);
+            assert_eq!(
+                recs,
+                vec![
+                    (0, l, 1, LineVerdict::Evaluated),
+                    (l, l + ll + 1, 0, LineVerdict::Oversized),
+                    (l + ll + 1, 2 * l + ll + 1, 1, LineVerdict::Evaluated),
+                    (
+                        2 * l + ll + 1,
+                        2 * l + 2 * ll + 1,
+                        0,
+                        LineVerdict::Oversized
+                    ),
+                ]
+            );
+        }
+        // Under the cap, the same line is evaluated.
+        let st = scan_capped(input.as_bytes(), &det(), 4 << 20, |_| Ok(())).unwrap();
+        assert_eq!((st.oversized, st.evaluated), (0, 4));
     }
 
     #[test]
