@@ -4,6 +4,7 @@
 
 mod deliver;
 mod detect;
+mod e2e_follow;
 mod follow;
 mod ops;
 mod rules;
