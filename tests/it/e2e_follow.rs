@@ -470,7 +470,10 @@ fn e2e_a_matching_line_written_in_three_pieces() {
 
     // Two lines: one cut inside the actor name and before its closing brace, one whose last
     // piece is its newline alone.
-    for (n, cut) in [("pieces-a@example.com", false), ("pieces-b@example.com", true)] {
+    for (n, cut) in [
+        ("pieces-a@example.com", false),
+        ("pieces-b@example.com", true),
+    ] {
         let (q, _) = mixed(&format!("pieces-q{n}"), 2..3);
         append(&dir.log(), &q[0]);
         let line = exec_line(n);
@@ -554,7 +557,10 @@ fn assert_checkpoint_at_end(dir: &TempDir, cp_path: &Path) {
         .expect("checkpoint written");
     let len = fs::metadata(dir.log()).unwrap().len();
     assert_eq!(cp.path, dir.log());
-    assert_eq!(cp.position.offset, len, "checkpoint is not at the end: {cp:?}");
+    assert_eq!(
+        cp.position.offset, len,
+        "checkpoint is not at the end: {cp:?}"
+    );
     assert_eq!(cp.skip_events, 0, "{cp:?}");
     let f = File::open(dir.log()).unwrap();
     let id = checkpoint::file_id(&f).unwrap();
@@ -587,7 +593,11 @@ fn e2e_clean_restart_resumes_from_the_checkpoint_without_loss_or_duplicate() {
     append(&dir.log(), &lines.concat());
     tokens.extend(toks);
     // START_AT=end: only the checkpoint can bring the lines written while down.
-    let agent = Agent::start(&dir, &sink, &[("START_AT", "end"), ("CHECKPOINT_PATH", &cp)]);
+    let agent = Agent::start(
+        &dir,
+        &sink,
+        &[("START_AT", "end"), ("CHECKPOINT_PATH", &cp)],
+    );
     let (lines, toks) = mixed("after", 0..100);
     append(&dir.log(), &lines.concat());
     tokens.extend(toks);
@@ -598,49 +608,78 @@ fn e2e_clean_restart_resumes_from_the_checkpoint_without_loss_or_duplicate() {
     assert_checkpoint_at_end(&dir, &cp_path);
 }
 
-/// A clean stop with events still queued (short grace, slow sink), several times in a row:
-/// the checkpoint records the first unacknowledged line and how many of its events were
+/// A clean stop with events still queued (short grace, slow sink), many times in a row, with
+/// the log rotated under the backlog and again while the agent is down: each checkpoint
+/// records the first unacknowledged line (in whichever file) and how many of its events were
 /// accepted, so nothing is lost and nothing is sent twice.
 #[test]
-fn e2e_clean_stops_with_a_backlog_lose_and_repeat_nothing() {
+fn e2e_clean_stops_with_a_backlog_across_rotations_lose_and_repeat_nothing() {
     let dir = TempDir::new("restart-backlog");
     let sink = Sink::builder().delay(Duration::from_millis(15)).start();
     let cp_path = dir.join("checkpoint");
     let cp = cp_path.to_str().unwrap().to_string();
-    let (lines, tokens) = mixed("backlog", 0..240);
+    let (lines, mut tokens) = mixed("backlog-a", 0..120);
     append(&dir.log(), &lines.concat());
-    let want = 2 * tokens.len();
     let env = [
         ("START_AT", "beginning"),
         ("CHECKPOINT_PATH", cp.as_str()),
         ("SHUTDOWN_GRACE", "100ms"),
         ("QUEUE_CAPACITY", "20"),
     ];
-    let mut stops = 0;
     let mut logs = String::new();
+    let (mut with_pending, mut mid_line) = (0, 0);
+    let mut round = 0;
     loop {
+        if round == 2 {
+            // While down: the live file grows and is rotated; a new one follows.
+            let (lines, toks) = mixed("backlog-c", 0..60);
+            append(&dir.log(), &lines.concat());
+            tokens.extend(toks);
+            rotate(&dir, 2);
+            let (lines, toks) = mixed("backlog-d", 0..60);
+            append(&dir.log(), &lines.concat());
+            tokens.extend(toks);
+        }
         let agent = Agent::start(&dir, &sink, &env);
+        if round == 0 {
+            // Rotated while the first file's events are still queued or unread.
+            rotate(&dir, 1);
+            let (lines, toks) = mixed("backlog-b", 0..90);
+            append(&dir.log(), &lines.concat());
+            tokens.extend(toks);
+        }
+        let want = 2 * tokens.len();
         let got = sink.events().len();
-        if got >= want {
+        if round >= 3 && got >= want {
             wait_events(&sink, want, &agent);
             logs.push_str(&agent.stop());
             break;
         }
-        // Stop after some more events, mid-backlog (an odd count stops between the two
-        // events of one line).
-        let target = (got + 41).min(want);
-        wait_events(&sink, target, &agent);
-        logs.push_str(&agent.stop());
-        stops += 1;
-        assert!(stops < 40, "no progress across restarts");
+        // Stop after some more events, mid-backlog; the count varies from stop to stop so that
+        // some fall between the two events of one line.
+        wait_events(&sink, (got + 25 + (round * 7) % 20).min(want), &agent);
+        let log = agent.stop();
+        if !log.contains("pending_left_in_log=0") {
+            with_pending += 1;
+        }
+        logs.push_str(&log);
+        if let Ok(Some(c)) = checkpoint::load(&cp_path) {
+            if c.skip_events > 0 {
+                mid_line += 1;
+            }
+        }
+        round += 1;
+        assert!(round < 60, "no progress across restarts");
     }
-    assert!(stops >= 3, "only {stops} stops with a backlog");
-    let tail: String = logs
-        .lines()
-        .rev()
-        .take(40)
-        .collect::<Vec<_>>()
-        .join("\n");
+    assert!(
+        with_pending >= 3,
+        "only {with_pending} stops left events queued"
+    );
+    eprintln!(
+        "clean stops: {round} stops, {with_pending} with events left queued, {mid_line} \
+         checkpoint(s) between the two events of a line"
+    );
+    let tail: String = logs.lines().rev().take(40).collect::<Vec<_>>().join("\n");
     assert_exact(&sink, &expected(&tokens), &tail);
     assert_eq!(actor_order(&sink), tokens);
     assert_checkpoint_at_end(&dir, &cp_path);
@@ -688,9 +727,11 @@ fn e2e_kill_9_then_restart_loses_nothing() {
     ];
     let agent = Agent::start(&dir, &sink, &env);
     // Killed mid-delivery, after at least one checkpoint was written.
-    wait_until("a first checkpoint", &agent, || {
-        matches!(checkpoint::load(&cp_path), Ok(Some(c)) if c.position.offset > 0)
-    });
+    wait_until(
+        "a first checkpoint",
+        &agent,
+        || matches!(checkpoint::load(&cp_path), Ok(Some(c)) if c.position.offset > 0),
+    );
     wait_events(&sink, 200, &agent);
     agent.kill9();
     let at_kill = checkpoint::load(&cp_path).unwrap().unwrap();
@@ -699,7 +740,11 @@ fn e2e_kill_9_then_restart_loses_nothing() {
     let (more, toks) = mixed("k9-down", 0..150);
     append(&dir.log(), &more.concat());
     tokens.extend(toks);
-    let agent = Agent::start(&dir, &sink, &[("START_AT", "end"), ("CHECKPOINT_PATH", &cp)]);
+    let agent = Agent::start(
+        &dir,
+        &sink,
+        &[("START_AT", "end"), ("CHECKPOINT_PATH", &cp)],
+    );
     let want = expected(&tokens);
     wait_until("every event at least once", &agent, || {
         let got = received(&sink);
@@ -728,6 +773,110 @@ fn e2e_kill_9_then_restart_loses_nothing() {
         "kill -9: {sent_before} events before the kill, checkpoint at {} (+{}), {duplicates} \
          duplicate(s) after restart",
         at_kill.position.offset, at_kill.skip_events
+    );
+}
+
+/// `kill -9` while a backlog spans a rename rotation, then two more rotations while down: every
+/// event arrives; repeats are limited to what the last checkpoint had not acknowledged.
+#[test]
+fn e2e_kill_9_with_a_backlog_across_rotations_loses_nothing() {
+    let dir = TempDir::new("kill9-rot");
+    let sink = Sink::builder().delay(Duration::from_millis(3)).start();
+    let cp_path = dir.join("checkpoint");
+    let cp = cp_path.to_str().unwrap().to_string();
+    let (lines, mut tokens) = mixed("k9r-a", 0..300);
+    let first_file: BTreeMap<String, u64> = offsets(0, &lines)
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| i % 3 != 2)
+        .map(|(i, off)| (format!("k9r-a-{i}@example.com"), off))
+        .collect();
+    append(&dir.log(), &lines.concat());
+    let first_id = checkpoint::file_id(&File::open(dir.log()).unwrap()).unwrap();
+    let env = [
+        ("START_AT", "beginning"),
+        ("CHECKPOINT_PATH", cp.as_str()),
+        ("QUEUE_CAPACITY", "50"),
+    ];
+    let agent = Agent::start(&dir, &sink, &env);
+    rotate(&dir, 1);
+    let (lines, toks) = mixed("k9r-b", 0..300);
+    append(&dir.log(), &lines.concat());
+    tokens.extend(toks);
+    wait_until(
+        "a first checkpoint",
+        &agent,
+        || matches!(checkpoint::load(&cp_path), Ok(Some(c)) if c.position.offset > 0),
+    );
+    wait_events(&sink, 150, &agent);
+    agent.kill9();
+    let at_kill = checkpoint::load(&cp_path).unwrap().unwrap();
+    let sent_before = sink.events().len();
+
+    // Never read before the kill: can never be repeated.
+    let mut unseen = Vec::new();
+    for (n, name) in [(2, "k9r-c"), (3, "k9r-d")] {
+        let (lines, toks) = mixed(name, 0..100);
+        append(&dir.log(), &lines.concat());
+        unseen.extend(toks.iter().cloned());
+        tokens.extend(toks);
+        rotate(&dir, n);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (lines, toks) = mixed("k9r-e", 0..100);
+    append(&dir.log(), &lines.concat());
+    unseen.extend(toks.iter().cloned());
+    tokens.extend(toks);
+
+    let agent = Agent::start(
+        &dir,
+        &sink,
+        &[("START_AT", "end"), ("CHECKPOINT_PATH", &cp)],
+    );
+    let want = expected(&tokens);
+    wait_until("every event at least once", &agent, || {
+        let got = received(&sink);
+        want.keys().all(|k| got.contains_key(k))
+    });
+    let log = agent.stop();
+    let got = received(&sink);
+    let keys: Vec<_> = got.keys().cloned().collect();
+    let want_keys: Vec<_> = want.keys().cloned().collect();
+    assert_eq!(keys, want_keys, "{}\n{log}", diff(&want, &got));
+    let mut duplicates = 0;
+    for ((actor, ty), n) in &got {
+        if *n > 1 {
+            duplicates += n - 1;
+            assert_eq!(*n, 2, "{actor} {ty} sent {n} times");
+            assert!(
+                !unseen.contains(actor),
+                "{actor} {ty} repeated: never read before the kill"
+            );
+            if at_kill.position.file.same_file(&first_id) {
+                let off = first_file.get(actor).copied().unwrap_or(u64::MAX);
+                assert!(
+                    off >= at_kill.position.offset,
+                    "{actor} {ty} (line at {off}) repeated though acknowledged before the \
+                     checkpoint {at_kill:?}"
+                );
+            } else {
+                assert!(
+                    !first_file.contains_key(actor),
+                    "{actor} {ty} repeated though the checkpoint had moved past its file"
+                );
+            }
+        }
+    }
+    eprintln!(
+        "kill -9 across rotations: {sent_before} events before the kill, checkpoint at {} (+{}) \
+         in the {} file, {duplicates} duplicate(s) after restart",
+        at_kill.position.offset,
+        at_kill.skip_events,
+        if at_kill.position.file.same_file(&first_id) {
+            "first"
+        } else {
+            "second"
+        }
     );
 }
 
@@ -762,7 +911,11 @@ fn e2e_rotations_while_down_are_drained_first_in_order() {
     append(&dir.log(), &lines.concat());
     tokens.extend(toks);
 
-    let agent = Agent::start(&dir, &sink, &[("START_AT", "end"), ("CHECKPOINT_PATH", &cp)]);
+    let agent = Agent::start(
+        &dir,
+        &sink,
+        &[("START_AT", "end"), ("CHECKPOINT_PATH", &cp)],
+    );
     wait_events(&sink, 2 * tokens.len(), &agent);
     let log = agent.stop();
     assert_exact(&sink, &expected(&tokens), &log);
@@ -853,5 +1006,8 @@ fn e2e_a_slow_sink_backpressures_without_loss_in_bounded_memory() {
     assert_exact(&sink, &expected(&tokens), &log);
     assert_eq!(actor_order(&sink), tokens);
     eprintln!("backpressure: agent VmHWM {hwm} KiB");
-    assert!(hwm < 32 * 1024, "agent peak RSS {hwm} KiB with QUEUE_CAPACITY=5");
+    assert!(
+        hwm < 32 * 1024,
+        "agent peak RSS {hwm} KiB with QUEUE_CAPACITY=5"
+    );
 }
