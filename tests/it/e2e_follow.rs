@@ -1011,3 +1011,160 @@ fn e2e_a_slow_sink_backpressures_without_loss_in_bounded_memory() {
         "agent peak RSS {hwm} KiB with QUEUE_CAPACITY=5"
     );
 }
+
+/// Whether the agent holds the file now at `path` open (its inode among /proc/PID/fd).
+fn agent_holds(agent: &Agent, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(want) = fs::metadata(path) else {
+        return false;
+    };
+    let Ok(fds) = fs::read_dir(format!("/proc/{}/fd", agent.pid())) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        fs::metadata(fd.path()).is_ok_and(|m| m.dev() == want.dev() && m.ino() == want.ino())
+    })
+}
+
+/// Backpressure while kube-apiserver rotates and deletes old backups (maxbackup=1): every
+/// rotated file the agent has opened stays readable until drained, even once deleted.
+#[test]
+fn e2e_backpressure_with_rotations_and_old_backups_deleted() {
+    let dir = TempDir::new("maxbackup");
+    let sink = Sink::builder().delay(Duration::from_millis(4)).start();
+    File::create(dir.log()).unwrap();
+    let agent = Agent::start(
+        &dir,
+        &sink,
+        &[("START_AT", "beginning"), ("QUEUE_CAPACITY", "5")],
+    );
+    let mut tokens = Vec::new();
+    ready(&dir, &sink, &agent, &mut tokens, "mb");
+    let mut backups: Vec<PathBuf> = Vec::new();
+    for part in 0..5usize {
+        if part > 0 {
+            backups.push(rotate(&dir, part));
+            // Like kube-apiserver, only after the new file exists; the agent must have seen
+            // it (it watches the path while stalled) for the old one to be found again.
+            wait_until("the agent opens the new file", &agent, || {
+                agent_holds(&agent, &dir.log())
+            });
+            while backups.len() > 1 {
+                fs::remove_file(backups.remove(0)).unwrap();
+            }
+        }
+        let (lines, toks) = mixed(&format!("mb{part}"), 0..120);
+        append(&dir.log(), &lines.concat());
+        tokens.extend(toks);
+    }
+    assert!(
+        sink.events().len() < 2 * tokens.len(),
+        "the sink kept up: no backpressure"
+    );
+    wait_events(&sink, 2 * tokens.len(), &agent);
+    let log = agent.stop();
+    assert_exact(&sink, &expected(&tokens), &log);
+    assert_eq!(actor_order(&sink), tokens);
+}
+
+/// A line half-written at a clean stop is read whole after the restart, once.
+#[test]
+fn e2e_a_line_completed_after_a_restart_is_delivered_once() {
+    let dir = TempDir::new("half-line");
+    let sink = Sink::start();
+    let cp_path = dir.join("checkpoint");
+    let cp = cp_path.to_str().unwrap().to_string();
+    let env = [("START_AT", "beginning"), ("CHECKPOINT_PATH", cp.as_str())];
+    let (lines, mut tokens) = mixed("half", 0..30);
+    append(&dir.log(), &lines.concat());
+    let agent = Agent::start(&dir, &sink, &env);
+    wait_events(&sink, 2 * tokens.len(), &agent);
+    let line = exec_line("half-split@example.com");
+    let cut = line.find("half-split").unwrap() + 4;
+    append(&dir.log(), &line[..cut]);
+    std::thread::sleep(Duration::from_millis(200));
+    agent.stop();
+    let saved = checkpoint::load(&cp_path).unwrap().unwrap();
+    assert_eq!(
+        saved.position.offset,
+        (fs::metadata(dir.log()).unwrap().len() - cut as u64),
+        "the checkpoint must stop before the incomplete line"
+    );
+    append(&dir.log(), &line[cut..]);
+    tokens.push("half-split@example.com".into());
+    let agent = Agent::start(
+        &dir,
+        &sink,
+        &[("START_AT", "end"), ("CHECKPOINT_PATH", &cp)],
+    );
+    let (lines, toks) = mixed("half-after", 0..30);
+    append(&dir.log(), &lines.concat());
+    tokens.extend(toks);
+    wait_events(&sink, 2 * tokens.len(), &agent);
+    let log = agent.stop();
+    assert_exact(&sink, &expected(&tokens), &log);
+    assert_eq!(actor_order(&sink), tokens);
+    assert_checkpoint_at_end(&dir, &cp_path);
+}
+
+/// A clean stop in the middle of a 64 MiB line still being written: the restart skips the rest
+/// of it (it began before the checkpoint) and delivers the next matching line once, with both
+/// agents' memory bounded.
+#[test]
+fn e2e_a_restart_in_the_middle_of_a_64_mib_line() {
+    let dir = TempDir::new("bigline-restart");
+    let sink = Sink::start();
+    let cp_path = dir.join("checkpoint");
+    let cp = cp_path.to_str().unwrap().to_string();
+    let env = [("START_AT", "beginning"), ("CHECKPOINT_PATH", cp.as_str())];
+    let mut tokens = vec!["bigr-before@example.com".to_string()];
+    append(&dir.log(), &exec_line(&tokens[0]));
+    let agent = Agent::start(&dir, &sink, &env);
+    let chunk = vec![b'b'; 1 << 20];
+    let mut f = OpenOptions::new().append(true).open(dir.log()).unwrap();
+    f.write_all(
+        format!(
+            "{{\"kind\":\"Event\",\"auditID\":\"{}\",\"x\":\"",
+            audit_id()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    for _ in 0..32 {
+        f.write_all(&chunk).unwrap();
+    }
+    wait_events(&sink, 2, &agent);
+    // Let the agent reach the end of what exists of the long line.
+    wait_until("the agent reads the long line's first half", &agent, || {
+        fs::read_to_string(format!("/proc/{}/io", agent.pid()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("rchar: "))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .is_some_and(|r| r >= 32 << 20)
+    });
+    let hwm1 = agent.vm_hwm_kib();
+    agent.stop();
+    for _ in 0..32 {
+        f.write_all(&chunk).unwrap();
+    }
+    f.write_all(b"\"}\n").unwrap();
+    drop(f);
+    tokens.push("bigr-after@example.com".into());
+    append(&dir.log(), &exec_line(&tokens[1]));
+    let agent = Agent::start(
+        &dir,
+        &sink,
+        &[("START_AT", "end"), ("CHECKPOINT_PATH", &cp)],
+    );
+    wait_events(&sink, 4, &agent);
+    let hwm2 = agent.vm_hwm_kib();
+    let log = agent.stop();
+    assert_exact(&sink, &expected(&tokens), &log);
+    assert_eq!(actor_order(&sink), tokens);
+    eprintln!("64 MiB line across a restart: VmHWM {hwm1} KiB then {hwm2} KiB");
+    assert!(hwm1 < 48 * 1024 && hwm2 < 48 * 1024, "{hwm1} / {hwm2} KiB");
+    assert_checkpoint_at_end(&dir, &cp_path);
+}
