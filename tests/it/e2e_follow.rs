@@ -1168,3 +1168,34 @@ fn e2e_a_restart_in_the_middle_of_a_64_mib_line() {
     assert!(hwm1 < 48 * 1024 && hwm2 < 48 * 1024, "{hwm1} / {hwm2} KiB");
     assert_checkpoint_at_end(&dir, &cp_path);
 }
+
+/// A tiny maxsize: many rotations between two looks at the path (default POLL_INTERVAL,
+/// 250 ms). The files renamed aside in between are found in the directory and read in order.
+#[test]
+fn e2e_many_rotations_between_two_looks_with_the_default_poll_interval() {
+    let dir = TempDir::new("rapid");
+    let sink = Sink::start();
+    File::create(dir.log()).unwrap();
+    let agent = Agent::start(
+        &dir,
+        &sink,
+        &[("START_AT", "beginning"), ("POLL_INTERVAL", "250ms")],
+    );
+    let mut tokens = Vec::new();
+    ready(&dir, &sink, &agent, &mut tokens, "rapid");
+    for round in 0..3usize {
+        for part in 0..6usize {
+            let (lines, toks) = mixed(&format!("rapid{round}-{part}"), 0..40);
+            append(&dir.log(), &lines.concat());
+            tokens.extend(toks);
+            rotate(&dir, 1 + round * 6 + part);
+        }
+        let (lines, toks) = mixed(&format!("rapid{round}-live"), 0..40);
+        append(&dir.log(), &lines.concat());
+        tokens.extend(toks);
+        wait_events(&sink, 2 * tokens.len(), &agent);
+    }
+    let log = agent.stop();
+    assert_exact(&sink, &expected(&tokens), &log);
+    assert_eq!(actor_order(&sink), tokens);
+}
