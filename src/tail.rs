@@ -798,21 +798,28 @@ impl Follower {
                     return;
                 }
                 warn!(
-                    "the audit log has the checkpointed inode but other content (the inode was \
-                     reused for a new file)",
+                    "the audit log has the checkpointed inode but other content (truncated \
+                     and rewritten, e.g. copytruncate, or the inode was reused for a new file)",
                     "path" => self.opts.path.display(),
                     "inode" => want.ino,
                 );
             }
         }
         // The checkpointed file is not at the path any more: rotated while the agent was down?
-        match self.find_rotated(&want) {
-            Some((file, id, name)) => {
+        match self.find_rotated(&want, offset) {
+            Some((file, id, name, copied)) => {
                 let size = file.metadata().map(|m| m.len()).unwrap_or(0);
                 let from = if offset > size { 0 } else { offset };
-                warn!(
+                let how = if copied {
+                    "the audit log was copied aside and truncated (copytruncate) while the agent \
+                     was down: reading the copy from the checkpoint first, then the current file \
+                     from offset 0"
+                } else {
                     "the audit log was rotated while the agent was down: reading the rotated \
-                     file from the checkpoint first, then the current file from offset 0",
+                     file from the checkpoint first, then the current file from offset 0"
+                };
+                warn!(
+                    how,
                     "rotated_file" => name.display(),
                     "offset" => from,
                     "unread_bytes" => size - from,
@@ -956,30 +963,70 @@ impl Follower {
         }
     }
 
-    /// Looks for the checkpointed file among the path's siblings (e.g. `audit-2026-...log`,
-    /// `audit.log.1`): same device and inode, fingerprint verified. Compressed backups are new
-    /// inodes and never match, so they are not opened.
-    fn find_rotated(&self, want: &FileId) -> Option<(File, FileId, PathBuf)> {
+    /// Looks for the checkpointed file among the path's siblings named like rotated logs
+    /// (e.g. `audit-2026-...log`, `audit.log.1`; never compressed ones): same device and
+    /// inode, fingerprint verified.
+    ///
+    /// Failing that, a copy of it (copytruncate while the agent was down: the checkpointed
+    /// inode now holds other content, the lines after the checkpoint are only in the copy): a
+    /// sibling named like a rotated file, with the checkpointed file's first bytes and at least
+    /// `offset` bytes; the oldest such copy. The flag says the file found is a copy.
+    fn find_rotated(&self, want: &FileId, offset: u64) -> Option<(File, FileId, PathBuf, bool)> {
         let dir = match self.opts.path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
-        let entries = fs::read_dir(dir).ok()?;
-        for entry in entries.take(MAX_SIBLINGS).flatten() {
+        let own = self.opts.path.file_name()?.to_string_lossy().into_owned();
+        let stem = own.split('.').next().unwrap_or(&own).to_string();
+        let mut copy: Option<(SystemTime, u64, PathBuf)> = None;
+        for entry in fs::read_dir(dir).ok()?.take(MAX_SIBLINGS).flatten() {
             let Ok(meta) = entry.metadata() else { continue };
-            if !meta.is_file() || meta.dev() != want.dev || meta.ino() != want.ino {
+            if !meta.is_file() {
+                continue;
+            }
+            // Only files named like rotated audit logs: with an empty fingerprint (the file
+            // was empty at the checkpoint) the inode alone cannot tell the rotated file from
+            // any other file that reused it since (a compressed backup, an unrelated file).
+            let fname = entry.file_name().to_string_lossy().into_owned();
+            if fname == own
+                || !fname.starts_with(&stem)
+                || COMPRESSED.iter().any(|c| fname.ends_with(c))
+            {
                 continue;
             }
             let name = entry.path();
+            if meta.dev() == want.dev && meta.ino() == want.ino {
+                let Ok(file) = File::open(&name) else {
+                    continue;
+                };
+                if checkpoint::fingerprint_matches(&file, want).unwrap_or(false) {
+                    let id = checkpoint::file_id(&file).ok()?;
+                    return Some((file, id, name, false));
+                }
+                continue;
+            }
+            // A copy is recognised by its first bytes only: never by an empty fingerprint.
+            if want.fingerprint_len == 0
+                || meta.len() < offset
+                || meta.len() < u64::from(want.fingerprint_len)
+            {
+                continue;
+            }
+            let key = (meta.modified().unwrap_or(UNIX_EPOCH), meta.ino());
+            if copy.as_ref().is_some_and(|(t, ino, _)| (*t, *ino) <= key) {
+                continue;
+            }
             let Ok(file) = File::open(&name) else {
                 continue;
             };
             if checkpoint::fingerprint_matches(&file, want).unwrap_or(false) {
-                let id = checkpoint::file_id(&file).ok()?;
-                return Some((file, id, name));
+                copy = Some((key.0, key.1, name));
             }
         }
-        None
+        let (_, _, name) = copy?;
+        let file = File::open(&name).ok()?;
+        let id = checkpoint::file_id(&file).ok()?;
+        Some((file, id, name, true))
     }
 }
 

@@ -1199,3 +1199,97 @@ fn e2e_many_rotations_between_two_looks_with_the_default_poll_interval() {
     assert_exact(&sink, &expected(&tokens), &log);
     assert_eq!(actor_order(&sink), tokens);
 }
+
+/// copytruncate while the agent is down (the writer pausing during copy+truncate): the lines
+/// written after the checkpoint but before the copy live only in the copy, which is read from
+/// the checkpoint offset before the truncated file is read from its start.
+#[test]
+fn e2e_copytruncate_while_down_reads_the_copy_from_the_checkpoint() {
+    let dir = TempDir::new("ct-down");
+    let sink = Sink::start();
+    let cp_path = dir.join("checkpoint");
+    let cp = cp_path.to_str().unwrap().to_string();
+    let env = [("START_AT", "beginning"), ("CHECKPOINT_PATH", cp.as_str())];
+    let (lines, mut tokens) = mixed("ctd-a", 0..60);
+    append(&dir.log(), &lines.concat());
+    let agent = Agent::start(&dir, &sink, &env);
+    wait_events(&sink, 2 * tokens.len(), &agent);
+    agent.stop();
+
+    let (lines, toks) = mixed("ctd-b", 0..30);
+    append(&dir.log(), &lines.concat());
+    tokens.extend(toks);
+    fs::copy(dir.log(), dir.join("audit.log.1")).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(dir.log())
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let (lines, toks) = mixed("ctd-c", 0..20);
+    append(&dir.log(), &lines.concat());
+    tokens.extend(toks);
+
+    let agent = Agent::start(
+        &dir,
+        &sink,
+        &[("START_AT", "end"), ("CHECKPOINT_PATH", &cp)],
+    );
+    let (lines, toks) = mixed("ctd-d", 0..20);
+    append(&dir.log(), &lines.concat());
+    tokens.extend(toks);
+    wait_events(&sink, 2 * tokens.len(), &agent);
+    let log = agent.stop();
+    assert_exact(&sink, &expected(&tokens), &log);
+    assert_eq!(actor_order(&sink), tokens);
+    assert!(log.contains("copytruncate"), "{log}");
+    assert_checkpoint_at_end(&dir, &cp_path);
+}
+
+/// The checkpoint names an empty file (just rotated in) which is deleted and recreated while
+/// the agent is down: the new file is read from its start, and no older rotated file is
+/// mistaken for a copy of the empty one (an empty fingerprint matches anything).
+#[test]
+fn e2e_empty_checkpointed_file_replaced_while_down_repeats_no_old_file() {
+    let dir = TempDir::new("empty-cp");
+    let sink = Sink::start();
+    let cp_path = dir.join("checkpoint");
+    let cp = cp_path.to_str().unwrap().to_string();
+    let env = [("START_AT", "beginning"), ("CHECKPOINT_PATH", cp.as_str())];
+    let (lines, mut tokens) = mixed("empty-old", 0..60);
+    append(&dir.log(), &lines.concat());
+    let agent = Agent::start(&dir, &sink, &env);
+    wait_events(&sink, 2 * tokens.len(), &agent);
+    rotate(&dir, 1);
+    let new_id = checkpoint::file_id(&File::open(dir.log()).unwrap()).unwrap();
+    wait_until(
+        "the checkpoint moves to the new empty file",
+        &agent,
+        || matches!(checkpoint::load(&cp_path), Ok(Some(c)) if c.position.file.same_file(&new_id)),
+    );
+    agent.stop();
+
+    // Deleted; its inode may be reused at once by other files of the directory (neither is
+    // an audit log to read, though both hold matching lines), and by the agent's stderr file.
+    fs::remove_file(dir.log()).unwrap();
+    let (lines, _) = mixed("must-not-be-read", 0..9);
+    append(&dir.join("notes.txt"), &lines.concat());
+    append(
+        &dir.join("audit-2026-11-25T09-00-00.000.log.gz"),
+        &lines.concat(),
+    );
+    // Replaced by another inode (written beside it, renamed over it).
+    let (lines, toks) = mixed("empty-new", 0..30);
+    append(&dir.join("replacement"), &lines.concat());
+    fs::rename(dir.join("replacement"), dir.log()).unwrap();
+    tokens.extend(toks);
+    let agent = Agent::start(
+        &dir,
+        &sink,
+        &[("START_AT", "end"), ("CHECKPOINT_PATH", &cp)],
+    );
+    wait_events(&sink, 2 * tokens.len(), &agent);
+    let log = agent.stop();
+    assert_exact(&sink, &expected(&tokens), &log);
+    assert_eq!(actor_order(&sink), tokens);
+}
