@@ -830,6 +830,7 @@ impl Follower {
                     name.display()
                 );
                 let rotated_at = file.metadata().and_then(|m| m.modified()).ok();
+                let rotated_ino = id.ino;
                 self.known.insert((id.dev, id.ino));
                 self.sources.push_back(Source { file, id, name });
                 self.reset_buffer(from);
@@ -838,6 +839,15 @@ impl Follower {
                 // Rotated more than once while down: files last written after the
                 // checkpointed one come between it and the current file.
                 if let Some(t) = rotated_at {
+                    // Backups older than the checkpointed file were read before it: in the
+                    // (mtime, inode) order `siblings` sorts by they come before it, also when
+                    // the coarse file clock gives them its mtime (rotations in quick
+                    // succession). They are not "missed", whatever the window below says.
+                    for (mtime, _, key) in self.siblings(UNIX_EPOCH) {
+                        if (mtime, key.1) < (t, rotated_ino) {
+                            self.known.insert(key);
+                        }
+                    }
                     let live_key = live.as_ref().map(|(_, id)| (id.dev, id.ino));
                     self.queue_missed(t, live_key.unwrap_or((0, 0)));
                 }
