@@ -1351,3 +1351,26 @@ fn e2e_quick_rotations_then_one_while_down_repeat_no_backup() {
     assert_exact(&sink, &expected(&tokens), &log);
     assert_eq!(actor_order(&sink), tokens);
 }
+
+/// Stopped while the log did not exist yet; created while the agent is down: the restart
+/// (START_AT=end) reads it from its start, since all of it was written after the checkpoint.
+#[test]
+fn e2e_file_created_while_down_after_a_checkpoint_without_file() {
+    let dir = TempDir::new("created-down");
+    let sink = Sink::start();
+    let cp_path = dir.join("checkpoint");
+    let cp = cp_path.to_str().unwrap().to_string();
+    let env = [("START_AT", "end"), ("CHECKPOINT_PATH", cp.as_str())];
+    let agent = Agent::start(&dir, &sink, &env);
+    wait_until("a checkpoint", &agent, || {
+        matches!(checkpoint::load(&cp_path), Ok(Some(_)))
+    });
+    agent.stop();
+    let (lines, tokens) = mixed("created-down", 0..45);
+    append(&dir.log(), &lines.concat());
+    let agent = Agent::start(&dir, &sink, &env);
+    wait_events(&sink, 2 * tokens.len(), &agent);
+    let log = agent.stop();
+    assert_exact(&sink, &expected(&tokens), &log);
+    assert_checkpoint_at_end(&dir, &cp_path);
+}
