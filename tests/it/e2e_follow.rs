@@ -1374,3 +1374,42 @@ fn e2e_file_created_while_down_after_a_checkpoint_without_file() {
     assert_exact(&sink, &expected(&tokens), &log);
     assert_checkpoint_at_end(&dir, &cp_path);
 }
+
+/// A second SIGTERM during the shutdown grace stops at once, with events still queued; the
+/// checkpoint still covers them: the restart sends each exactly once.
+#[test]
+fn e2e_second_sigterm_stops_at_once_and_the_restart_repeats_nothing() {
+    let dir = TempDir::new("double-term");
+    let sink = Sink::builder().delay(Duration::from_millis(15)).start();
+    let cp_path = dir.join("checkpoint");
+    let cp = cp_path.to_str().unwrap().to_string();
+    let env = [
+        ("START_AT", "beginning"),
+        ("CHECKPOINT_PATH", cp.as_str()),
+        ("QUEUE_CAPACITY", "50"),
+    ];
+    let (lines, tokens) = mixed("double", 0..150);
+    append(&dir.log(), &lines.concat());
+    let mut agent = Agent::start(&dir, &sink, &env);
+    wait_events(&sink, 21, &agent);
+    agent.signal("TERM");
+    wait_until("the shutdown starts", &agent, || {
+        agent.log_text().contains("stopping")
+    });
+    agent.signal("TERM");
+    let st = agent.wait_exit();
+    assert!(st.success(), "{st:?}\n{}", agent.log_text());
+    let first = agent.log_text();
+    assert!(first.contains("second signal"), "{first}");
+    assert!(
+        sink.events().len() < 2 * tokens.len(),
+        "everything was sent before the second signal"
+    );
+    drop(agent);
+    let agent = Agent::start(&dir, &sink, &env);
+    wait_events(&sink, 2 * tokens.len(), &agent);
+    let log = agent.stop();
+    assert_exact(&sink, &expected(&tokens), &format!("{first}\n{log}"));
+    assert_eq!(actor_order(&sink), tokens);
+    assert_checkpoint_at_end(&dir, &cp_path);
+}
