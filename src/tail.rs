@@ -19,7 +19,9 @@
 //! between two looks (a delivery stall without [`Follower::watch`], a tiny maxsize), the
 //! files renamed aside in between are found in the directory (same name prefix, modified
 //! since the last look, never read, not compressed) and read first, oldest first. The same
-//! search runs at start when the checkpointed file was rotated while the agent was down.
+//! search runs at start when the checkpointed file was rotated while the agent was down
+//! (backups older than it are not read again); after a copytruncate while down, the copy
+//! with the checkpointed file's first bytes is read from the checkpoint instead.
 //!
 //! What this module does not do: parse lines, decide what is acknowledged, or write
 //! checkpoints. It reports positions; the caller saves the oldest unacknowledged one (or
