@@ -19,7 +19,9 @@
 //! between two looks (a delivery stall without [`Follower::watch`], a tiny maxsize), the
 //! files renamed aside in between are found in the directory (same name prefix, modified
 //! since the last look, never read, not compressed) and read first, oldest first. The same
-//! search runs at start when the checkpointed file was rotated while the agent was down.
+//! search runs at start when the checkpointed file was rotated while the agent was down
+//! (backups older than it are not read again); after a copytruncate while down, the copy
+//! with the checkpointed file's first bytes is read from the checkpoint instead.
 //!
 //! What this module does not do: parse lines, decide what is acknowledged, or write
 //! checkpoints. It reports positions; the caller saves the oldest unacknowledged one (or
@@ -798,21 +800,28 @@ impl Follower {
                     return;
                 }
                 warn!(
-                    "the audit log has the checkpointed inode but other content (the inode was \
-                     reused for a new file)",
+                    "the audit log has the checkpointed inode but other content (truncated \
+                     and rewritten, e.g. copytruncate, or the inode was reused for a new file)",
                     "path" => self.opts.path.display(),
                     "inode" => want.ino,
                 );
             }
         }
         // The checkpointed file is not at the path any more: rotated while the agent was down?
-        match self.find_rotated(&want) {
-            Some((file, id, name)) => {
+        match self.find_rotated(&want, offset) {
+            Some((file, id, name, copied)) => {
                 let size = file.metadata().map(|m| m.len()).unwrap_or(0);
                 let from = if offset > size { 0 } else { offset };
-                warn!(
+                let how = if copied {
+                    "the audit log was copied aside and truncated (copytruncate) while the agent \
+                     was down: reading the copy from the checkpoint first, then the current file \
+                     from offset 0"
+                } else {
                     "the audit log was rotated while the agent was down: reading the rotated \
-                     file from the checkpoint first, then the current file from offset 0",
+                     file from the checkpoint first, then the current file from offset 0"
+                };
+                warn!(
+                    how,
                     "rotated_file" => name.display(),
                     "offset" => from,
                     "unread_bytes" => size - from,
@@ -823,6 +832,7 @@ impl Follower {
                     name.display()
                 );
                 let rotated_at = file.metadata().and_then(|m| m.modified()).ok();
+                let rotated_ino = id.ino;
                 self.known.insert((id.dev, id.ino));
                 self.sources.push_back(Source { file, id, name });
                 self.reset_buffer(from);
@@ -831,6 +841,15 @@ impl Follower {
                 // Rotated more than once while down: files last written after the
                 // checkpointed one come between it and the current file.
                 if let Some(t) = rotated_at {
+                    // Backups older than the checkpointed file were read before it: in the
+                    // (mtime, inode) order `siblings` sorts by they come before it, also when
+                    // the coarse file clock gives them its mtime (rotations in quick
+                    // succession). They are not "missed", whatever the window below says.
+                    for (mtime, _, key) in self.siblings(UNIX_EPOCH) {
+                        if (mtime, key.1) < (t, rotated_ino) {
+                            self.known.insert(key);
+                        }
+                    }
                     let live_key = live.as_ref().map(|(_, id)| (id.dev, id.ino));
                     self.queue_missed(t, live_key.unwrap_or((0, 0)));
                 }
@@ -956,30 +975,70 @@ impl Follower {
         }
     }
 
-    /// Looks for the checkpointed file among the path's siblings (e.g. `audit-2026-...log`,
-    /// `audit.log.1`): same device and inode, fingerprint verified. Compressed backups are new
-    /// inodes and never match, so they are not opened.
-    fn find_rotated(&self, want: &FileId) -> Option<(File, FileId, PathBuf)> {
+    /// Looks for the checkpointed file among the path's siblings named like rotated logs
+    /// (e.g. `audit-2026-...log`, `audit.log.1`; never compressed ones): same device and
+    /// inode, fingerprint verified.
+    ///
+    /// Failing that, a copy of it (copytruncate while the agent was down: the checkpointed
+    /// inode now holds other content, the lines after the checkpoint are only in the copy): a
+    /// sibling named like a rotated file, with the checkpointed file's first bytes and at least
+    /// `offset` bytes; the oldest such copy. The flag says the file found is a copy.
+    fn find_rotated(&self, want: &FileId, offset: u64) -> Option<(File, FileId, PathBuf, bool)> {
         let dir = match self.opts.path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
-        let entries = fs::read_dir(dir).ok()?;
-        for entry in entries.take(MAX_SIBLINGS).flatten() {
+        let own = self.opts.path.file_name()?.to_string_lossy().into_owned();
+        let stem = own.split('.').next().unwrap_or(&own).to_string();
+        let mut copy: Option<(SystemTime, u64, PathBuf)> = None;
+        for entry in fs::read_dir(dir).ok()?.take(MAX_SIBLINGS).flatten() {
             let Ok(meta) = entry.metadata() else { continue };
-            if !meta.is_file() || meta.dev() != want.dev || meta.ino() != want.ino {
+            if !meta.is_file() {
+                continue;
+            }
+            // Only files named like rotated audit logs: with an empty fingerprint (the file
+            // was empty at the checkpoint) the inode alone cannot tell the rotated file from
+            // any other file that reused it since (a compressed backup, an unrelated file).
+            let fname = entry.file_name().to_string_lossy().into_owned();
+            if fname == own
+                || !fname.starts_with(&stem)
+                || COMPRESSED.iter().any(|c| fname.ends_with(c))
+            {
                 continue;
             }
             let name = entry.path();
+            if meta.dev() == want.dev && meta.ino() == want.ino {
+                let Ok(file) = File::open(&name) else {
+                    continue;
+                };
+                if checkpoint::fingerprint_matches(&file, want).unwrap_or(false) {
+                    let id = checkpoint::file_id(&file).ok()?;
+                    return Some((file, id, name, false));
+                }
+                continue;
+            }
+            // A copy is recognised by its first bytes only: never by an empty fingerprint.
+            if want.fingerprint_len == 0
+                || meta.len() < offset
+                || meta.len() < u64::from(want.fingerprint_len)
+            {
+                continue;
+            }
+            let key = (meta.modified().unwrap_or(UNIX_EPOCH), meta.ino());
+            if copy.as_ref().is_some_and(|(t, ino, _)| (*t, *ino) <= key) {
+                continue;
+            }
             let Ok(file) = File::open(&name) else {
                 continue;
             };
             if checkpoint::fingerprint_matches(&file, want).unwrap_or(false) {
-                let id = checkpoint::file_id(&file).ok()?;
-                return Some((file, id, name));
+                copy = Some((key.0, key.1, name));
             }
         }
-        None
+        let (_, _, name) = copy?;
+        let file = File::open(&name).ok()?;
+        let id = checkpoint::file_id(&file).ok()?;
+        Some((file, id, name, true))
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod deliver;
 mod detect;
+mod e2e_follow;
 mod e2e_ops;
 mod follow;
 mod ops;
