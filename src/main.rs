@@ -122,7 +122,8 @@ Subcommands:
                     --send        also deliver the events to the backend (back-filling)
   version         Print the version.
 
-Environment (run; replay --send uses the backend ones):
+Environment (run reads all; replay reads ENTITY_NAMESPACE, K8S_NAMESPACE, MAX_LINE_BYTES,
+and with --send also the backend, delivery and log ones):
 ",
         usage()
     );
