@@ -2,4 +2,5 @@
 //! the library's public API. Shared helpers (a std-only backend sink, audit line builders,
 //! process control) live in `support`.
 
+mod gen;
 mod support;
