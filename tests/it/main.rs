@@ -3,4 +3,5 @@
 //! process control) live in `support`.
 
 mod gen;
+mod soak;
 mod support;
