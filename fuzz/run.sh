@@ -13,15 +13,18 @@ target=${1:?usage: fuzz/run.sh TARGET [SECONDS] [libFuzzer flags]}
 secs=${2:-600}
 shift $(( $# >= 2 ? 2 : 1 ))
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-if [ -z "${FUZZ_TOOLCHAIN:-}" ] && rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
-  FUZZ_TOOLCHAIN=nightly
+# FUZZ_TOOLCHAIN=nightly|stable forces a toolchain; FUZZ_SANITIZER=address|none a sanitizer.
+tc=${FUZZ_TOOLCHAIN:-}
+if [ -z "$tc" ]; then
+  if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then tc=nightly; else tc=stable; fi
 fi
-if [ -n "${FUZZ_TOOLCHAIN:-}" ]; then
-  cargo_cmd=(cargo "+$FUZZ_TOOLCHAIN" fuzz); sanitizer=${FUZZ_SANITIZER:-address}
+if [ "$tc" = nightly ]; then
+  sanitizer=${FUZZ_SANITIZER:-address}
 else
-  export RUSTC_BOOTSTRAP=1
-  cargo_cmd=(cargo fuzz); sanitizer=${FUZZ_SANITIZER:-none}
+  export RUSTC_BOOTSTRAP=1 # cargo-fuzz passes -Z flags; stable accepts them with this
+  sanitizer=${FUZZ_SANITIZER:-none}
 fi
+if command -v rustup >/dev/null; then cargo_cmd=(cargo "+$tc" fuzz); else cargo_cmd=(cargo fuzz); fi
 case "$target" in
   json_audit) max_len=262144 ;;   # real audit lines reach ~460 KB; most are 1-10 KB
   yaml_rules) max_len=65536 ;;
