@@ -1,1 +1,996 @@
-//! (owner: to be written)
+//! Delivery: the bounded, ordered [`Queue`] between detection and the one sender thread, and the
+//! retry policy that never drops an event the backend may still accept.
+//!
+//! The producer (follower/detector) pushes every processed line in log order; the sender takes
+//! the event at the front, POSTs it, and pops it only once the backend answered 2xx (or refused
+//! it for good with a 4xx, which dead-letters it). So the front of the queue is always the oldest
+//! unacknowledged event and [`Queue::ack_position`] is exactly what the checkpoint may record.
+//! 429/503/5xx/network errors back off and retry forever; 401/403 wait for a fixed key.
+//! A full queue blocks the producer (backpressure instead of loss).
+
+use std::collections::VecDeque;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::checkpoint::Position;
+use crate::event::FrictionEvent;
+use crate::http_client::{Client, HttpError, Response};
+use crate::log::{sanitize, Throttle};
+use crate::metrics::{now_unix_ms, BackendState, METRICS};
+use crate::{error, info, warn};
+
+/// One processed audit line whose events are not all acknowledged yet.
+#[derive(Debug)]
+struct Line {
+    start: Position,
+    /// Index within the line of `events[0]`.
+    next_index: u32,
+    events: VecDeque<FrictionEvent>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    lines: VecDeque<Line>,
+    /// Events in `lines` (pending + the one in flight).
+    len: usize,
+    last_end: Option<Position>,
+    closed: bool,
+}
+
+/// The bounded queue between detection and delivery, shared as `Arc<Queue>`.
+#[derive(Debug)]
+pub struct Queue {
+    inner: Mutex<Inner>,
+    /// Signalled when events arrive, the queue closes or a sender is told to stop.
+    items: Condvar,
+    /// Signalled when room frees up or the queue closes.
+    space: Condvar,
+    capacity: usize,
+}
+
+impl Queue {
+    /// A queue holding at most `capacity` events (at least 1).
+    pub fn new(capacity: usize) -> Arc<Queue> {
+        Arc::new(Queue {
+            inner: Mutex::new(Inner::default()),
+            items: Condvar::new(),
+            space: Condvar::new(),
+            capacity: capacity.max(1),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic elsewhere while holding the lock leaves the queue consistent (every update
+        // is a few plain assignments), so keep going rather than lose the events.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Producer side (the follower/detector thread), called once per processed line, in log
+    /// order, even for lines with no events. `first_index`: index within the line of
+    /// `events[0]` (non-zero only for the first line after a resume that skips already-accepted
+    /// events). Blocks while the queue is full (backpressure). Returns false once the queue is
+    /// closed (shutdown): the caller stops reading.
+    pub fn push_line(
+        &self,
+        start: Position,
+        end: Position,
+        first_index: u32,
+        events: Vec<FrictionEvent>,
+    ) -> bool {
+        let mut g = self.lock();
+        while !g.closed && g.len >= self.capacity {
+            g = self.space.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+        if g.closed {
+            return false;
+        }
+        if !events.is_empty() {
+            g.len += events.len();
+            g.lines.push_back(Line {
+                start,
+                next_index: first_index,
+                events: events.into(),
+            });
+            self.items.notify_all();
+        }
+        g.last_end = Some(end);
+        METRICS.queue_depth.store(g.len as i64, Ordering::Relaxed);
+        true
+    }
+
+    /// What the checkpoint should record now: Some((start of the oldest unacknowledged event's
+    /// line, its index in that line)) while events are pending or in flight; else Some((end of
+    /// last pushed line, 0)); None before anything was pushed.
+    pub fn ack_position(&self) -> Option<(Position, u32)> {
+        let g = self.lock();
+        match g.lines.front() {
+            Some(l) => Some((l.start, l.next_index)),
+            None => g.last_end.map(|e| (e, 0)),
+        }
+    }
+
+    /// Events pending or in flight.
+    pub fn len(&self) -> usize {
+        self.lock().len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// No more pushes; wakes a blocked producer (and the sender, which drains what is left).
+    pub fn close(&self) {
+        let mut g = self.lock();
+        g.closed = true;
+        drop(g);
+        self.space.notify_all();
+        self.items.notify_all();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Acknowledges the front event (it was accepted or dead-lettered).
+    fn pop_front(&self) {
+        let mut g = self.lock();
+        let mut popped = false;
+        let mut emptied = false;
+        if let Some(line) = g.lines.front_mut() {
+            popped = line.events.pop_front().is_some();
+            line.next_index = line.next_index.saturating_add(u32::from(popped));
+            emptied = line.events.is_empty();
+        }
+        if emptied {
+            g.lines.pop_front();
+        }
+        g.len -= usize::from(popped);
+        METRICS.queue_depth.store(g.len as i64, Ordering::Relaxed);
+        drop(g);
+        self.space.notify_all();
+    }
+
+    /// Wakes a sender sleeping in a backoff or waiting for events.
+    fn wake(&self) {
+        let _g = self.lock();
+        self.items.notify_all();
+    }
+}
+
+/// How the sender behaves; `Default` is the production policy of the issue.
+#[derive(Debug, Clone)]
+pub struct DeliveryOptions {
+    /// Client-side pacing of POST /events (0 = off).
+    pub max_events_per_minute: u32,
+    /// Where refused (4xx) payloads are appended, one JSON line each.
+    pub dead_letter_path: Option<PathBuf>,
+    /// First backoff step after a failure (doubles up to `backoff_max`).
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Wait between attempts while the backend answers 401/403.
+    pub auth_retry: Duration,
+    /// Longest `Retry-After` honoured (a hostile value cannot park the sender for days).
+    pub retry_after_max: Duration,
+    /// Minimum time between two "API key rejected" error lines.
+    pub auth_log_every: Duration,
+    /// Log one line per delivered event (`[200] type=... severity=...`).
+    pub log_each_event: bool,
+}
+
+impl Default for DeliveryOptions {
+    fn default() -> DeliveryOptions {
+        DeliveryOptions {
+            max_events_per_minute: 0,
+            dead_letter_path: None,
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            auth_retry: Duration::from_secs(30),
+            retry_after_max: Duration::from_secs(600),
+            auth_log_every: Duration::from_secs(60),
+            log_each_event: true,
+        }
+    }
+}
+
+impl DeliveryOptions {
+    /// The production policy with the operator's knobs (MAX_EVENTS_PER_MINUTE, DEAD_LETTER_PATH).
+    pub fn from_config(c: &crate::config::Config) -> DeliveryOptions {
+        DeliveryOptions {
+            max_events_per_minute: c.max_events_per_minute,
+            dead_letter_path: c.dead_letter_path.clone(),
+            ..DeliveryOptions::default()
+        }
+    }
+}
+
+/// What a sender did in its life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeliveryStats {
+    /// Accepted with 2xx.
+    pub sent: u64,
+    /// Refused with a 4xx, acknowledged (and written to DEAD_LETTER_PATH when set).
+    pub dead_lettered: u64,
+    /// Events still in the queue when the sender stopped.
+    pub pending: usize,
+    /// Failed attempts (each followed by a wait and a retry).
+    pub retries: u64,
+}
+
+/// Shutdown requests from the handle to the sender thread.
+#[derive(Debug, Default)]
+struct Control {
+    stop: AtomicBool,
+    deadline: Mutex<Option<Instant>>,
+}
+
+impl Control {
+    fn deadline(&self) -> Option<Instant> {
+        *self.deadline.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stop now, or the shutdown deadline passed.
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst) || self.deadline().is_some_and(|d| Instant::now() >= d)
+    }
+}
+
+/// The running sender thread.
+#[derive(Debug)]
+pub struct SenderHandle {
+    queue: Arc<Queue>,
+    control: Arc<Control>,
+    thread: Option<JoinHandle<DeliveryStats>>,
+}
+
+impl SenderHandle {
+    /// Shutdown: close the queue; keep delivering until it is empty or `deadline`; then stop
+    /// (interrupt any backoff sleep) and join. Returns stats (sent, dead-lettered, left pending).
+    pub fn finish(mut self, deadline: Instant) -> DeliveryStats {
+        *self
+            .control
+            .deadline
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(deadline);
+        self.queue.close();
+        self.join()
+    }
+
+    /// Immediate stop (second signal): stop after the in-flight request, join.
+    pub fn abort(mut self) -> DeliveryStats {
+        self.control.stop.store(true, Ordering::SeqCst);
+        self.queue.close();
+        self.join()
+    }
+
+    fn join(&mut self) -> DeliveryStats {
+        self.queue.wake();
+        let stats = self.thread.take().map(|t| t.join());
+        match stats {
+            Some(Ok(s)) => s,
+            _ => {
+                error!("the delivery thread panicked; events still queued were not sent");
+                DeliveryStats {
+                    pending: self.queue.len(),
+                    ..DeliveryStats::default()
+                }
+            }
+        }
+    }
+}
+
+/// Starts the sender thread: takes events from the queue in order, POSTs each, acknowledges,
+/// retries per the policy in the module docs.
+pub fn spawn_sender(queue: Arc<Queue>, client: Client, opts: DeliveryOptions) -> SenderHandle {
+    let control = Arc::new(Control::default());
+    let mut sender = Sender {
+        queue: queue.clone(),
+        control: control.clone(),
+        client,
+        backoff: Backoff::new(opts.backoff_base, opts.backoff_max),
+        auth_throttle: Throttle::new(opts.auth_log_every),
+        opts,
+        next_post_at: None,
+        failing_since: None,
+        stats: DeliveryStats::default(),
+    };
+    let thread = std::thread::Builder::new()
+        .name("deliver".into())
+        .spawn(move || sender.run());
+    match thread {
+        Ok(t) => SenderHandle {
+            queue,
+            control,
+            thread: Some(t),
+        },
+        Err(e) => {
+            // Without a thread nothing can be delivered; the handle reports all as pending.
+            error!("cannot start the delivery thread", "error" => e);
+            SenderHandle {
+                queue,
+                control,
+                thread: None,
+            }
+        }
+    }
+}
+
+/// What one attempt's answer means for the event.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Accepted(u16),
+    /// 4xx: never acceptable; dead-letter and move on.
+    Refused(u16, String),
+    /// 401/403: the key is wrong or missing.
+    Unauthorized(u16),
+    /// Try again after the given wait (None: the next backoff step).
+    Retry(String, Option<Duration>),
+}
+
+fn classify(result: &Result<Response, HttpError>, retry_after_max: Duration) -> Outcome {
+    let r = match result {
+        Ok(r) => r,
+        Err(e) => return Outcome::Retry(e.to_string(), None),
+    };
+    match r.status {
+        200..=299 => Outcome::Accepted(r.status),
+        401 | 403 => Outcome::Unauthorized(r.status),
+        429 | 503 => Outcome::Retry(
+            format!("HTTP {}", r.status),
+            r.header("retry-after")
+                .and_then(|v| parse_retry_after(v, SystemTime::now()))
+                .map(|d| d.min(retry_after_max)),
+        ),
+        // 408 Request Timeout is transient by definition.
+        408 => Outcome::Retry("HTTP 408".into(), None),
+        400..=499 => Outcome::Refused(r.status, detail(&r.body)),
+        // 5xx, and 1xx/3xx (a redirect means a wrong base URL: keep the events until fixed).
+        s => Outcome::Retry(format!("HTTP {s}: {}", detail(&r.body)), None),
+    }
+}
+
+/// The backend's `detail` (FastAPI style) or the start of the body, sanitised and truncated.
+fn detail(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let d = json_string_field(&text, "detail").unwrap_or_else(|| text.trim().to_string());
+    sanitize(&d, 300)
+}
+
+struct Sender {
+    queue: Arc<Queue>,
+    control: Arc<Control>,
+    client: Client,
+    opts: DeliveryOptions,
+    backoff: Backoff,
+    auth_throttle: Throttle,
+    next_post_at: Option<Instant>,
+    /// When the current run of failed attempts started, and how many there were.
+    failing_since: Option<(Instant, u64)>,
+    stats: DeliveryStats,
+}
+
+impl Sender {
+    fn run(&mut self) -> DeliveryStats {
+        while let Some(ev) = self.next_event() {
+            if !self.deliver(&ev) {
+                break;
+            }
+        }
+        self.stats.pending = self.queue.len();
+        self.stats
+    }
+
+    /// The front event (still queued), or None when the queue is closed and empty or we must stop.
+    fn next_event(&self) -> Option<FrictionEvent> {
+        let mut g = self.queue.lock();
+        loop {
+            METRICS
+                .sender_tick_unix_ms
+                .store(now_unix_ms(), Ordering::Relaxed);
+            if self.control.stopped() {
+                return None;
+            }
+            if let Some(ev) = g.lines.front().and_then(|l| l.events.front()) {
+                return Some(ev.clone());
+            }
+            if g.closed {
+                return None;
+            }
+            // Wake at least once a second so the liveness tick stays fresh.
+            g = self
+                .queue
+                .items
+                .wait_timeout(g, Duration::from_secs(1))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Sleeps up to `d`; false if told to stop (or past the shutdown deadline) meanwhile.
+    fn sleep(&self, d: Duration) -> bool {
+        let until = Instant::now() + d;
+        let mut g = self.queue.lock();
+        loop {
+            METRICS
+                .sender_tick_unix_ms
+                .store(now_unix_ms(), Ordering::Relaxed);
+            if self.control.stopped() {
+                return false;
+            }
+            let now = Instant::now();
+            if now >= until {
+                return true;
+            }
+            let mut slice = (until - now).min(Duration::from_secs(1));
+            if let Some(dl) = self.control.deadline() {
+                slice = slice.min(dl.saturating_duration_since(now));
+            }
+            g = self
+                .queue
+                .items
+                .wait_timeout(g, slice)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Sends one event until it is acknowledged; false if stopped first (it stays queued).
+    fn deliver(&mut self, ev: &FrictionEvent) -> bool {
+        let body = ev.to_json();
+        let body: &[u8] = AsRef::<[u8]>::as_ref(&body);
+        loop {
+            if self.control.stopped() {
+                return false;
+            }
+            if !self.pace() {
+                return false;
+            }
+            self.client.set_deadline_cap(self.control.deadline());
+            let result = self.client.post_json("/events", body);
+            match classify(&result, self.opts.retry_after_max) {
+                Outcome::Accepted(status) => {
+                    self.recovered();
+                    METRICS.set_backend_state(BackendState::Ok);
+                    METRICS.inc_sent(&ev.kind);
+                    self.stats.sent += 1;
+                    if self.opts.log_each_event {
+                        info!(format!("[{status}]"), "type" => ev.kind, "severity" => ev.severity,
+                              "actor" => ev.actor, "ns" => ev.namespace);
+                    }
+                    self.queue.pop_front();
+                    return true;
+                }
+                Outcome::Refused(status, detail) => {
+                    self.recovered();
+                    METRICS.set_backend_state(BackendState::Ok);
+                    self.dead_letter(ev, body, status, &detail);
+                    self.queue.pop_front();
+                    return true;
+                }
+                Outcome::Unauthorized(status) => {
+                    METRICS.set_backend_state(BackendState::Unauthorized);
+                    METRICS.retries.fetch_add(1, Ordering::Relaxed);
+                    self.note_failure();
+                    if let Some(suppressed) = self.auth_throttle.hit("auth") {
+                        let fix = if self.client.has_api_key() {
+                            "HEALERT_API_KEY is not accepted by the backend: put the backend's current key in the agent's Secret and restart the agent"
+                        } else {
+                            "the backend requires an API key and HEALERT_API_KEY is not set: create the Secret with the backend's key and restart the agent"
+                        };
+                        error!(format!("backend answered {status}: {fix}; events are kept and retried"),
+                               "retry_every" => human(self.opts.auth_retry),
+                               "pending" => self.queue.len(), "suppressed" => suppressed);
+                    }
+                    if !self.sleep(self.opts.auth_retry) {
+                        return false;
+                    }
+                }
+                Outcome::Retry(why, retry_after) => {
+                    METRICS.set_backend_state(BackendState::Failing);
+                    METRICS.retries.fetch_add(1, Ordering::Relaxed);
+                    let attempt = self.note_failure();
+                    let wait = match retry_after {
+                        Some(d) => d.max(self.opts.backoff_base),
+                        None => self.backoff.next(),
+                    };
+                    warn!("backend not accepting events; retrying (nothing is dropped)",
+                          "why" => why, "attempt" => attempt,
+                          "wait" => human(wait),
+                          "pending" => self.queue.len());
+                    if !self.sleep(wait) {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for the client-side pacing slot; false if stopped meanwhile.
+    fn pace(&mut self) -> bool {
+        if self.opts.max_events_per_minute == 0 {
+            return true;
+        }
+        if let Some(at) = self.next_post_at {
+            let now = Instant::now();
+            if at > now && !self.sleep(at - now) {
+                return false;
+            }
+        }
+        let interval = Duration::from_secs(60) / self.opts.max_events_per_minute;
+        self.next_post_at = Some(Instant::now() + interval);
+        true
+    }
+
+    /// Counts a failed attempt; returns the attempt number in the current failure run.
+    fn note_failure(&mut self) -> u64 {
+        self.stats.retries += 1;
+        let f = self.failing_since.get_or_insert((Instant::now(), 0));
+        f.1 += 1;
+        f.1
+    }
+
+    fn recovered(&mut self) {
+        self.backoff.reset();
+        self.auth_throttle.reset();
+        if let Some((since, attempts)) = self.failing_since.take() {
+            info!("backend accepting events again",
+                  "failed_attempts" => attempts,
+                  "after" => human(since.elapsed()),
+                  "pending" => self.queue.len());
+        }
+    }
+
+    fn dead_letter(&mut self, ev: &FrictionEvent, body: &[u8], status: u16, detail: &str) {
+        METRICS.inc_rejected(status);
+        METRICS.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        self.stats.dead_lettered += 1;
+        let written = match &self.opts.dead_letter_path {
+            None => "no (DEAD_LETTER_PATH not set)".to_string(),
+            Some(path) => {
+                let r = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .and_then(|mut f| {
+                        let mut line = Vec::with_capacity(body.len() + 1);
+                        line.extend_from_slice(body);
+                        line.push(b'\n');
+                        f.write_all(&line)
+                    });
+                match r {
+                    Ok(()) => path.display().to_string(),
+                    Err(e) => {
+                        error!("cannot append to DEAD_LETTER_PATH; check the path and its permissions",
+                               "path" => path.display(), "error" => e);
+                        "no (write failed)".to_string()
+                    }
+                }
+            }
+        };
+        warn!(format!("[{status}] backend refused the event; it will never accept this payload"),
+              "type" => ev.kind, "entity" => ev.entity_ref, "detail" => detail,
+              "dead_letter" => written);
+    }
+}
+
+/// `250ms`, `1.5s`: a wait as people read it.
+fn human(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+/// Exponential backoff with jitter: step n waits a random time in [d/2, d],
+/// d = min(max, base * 2^n), never less than `base`.
+#[derive(Debug)]
+struct Backoff {
+    base: Duration,
+    max: Duration,
+    step: u32,
+    rng: u64,
+}
+
+impl Backoff {
+    fn new(base: Duration, max: Duration) -> Backoff {
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        Backoff {
+            base,
+            max: max.max(base),
+            step: 0,
+            rng: (t ^ (u64::from(std::process::id()) << 32)) | 1,
+        }
+    }
+
+    fn next(&mut self) -> Duration {
+        let d = self
+            .base
+            .saturating_mul(1u32 << self.step.min(20))
+            .min(self.max);
+        self.step = self.step.saturating_add(1);
+        // xorshift64: enough to spread a fleet of agents, no rand crate needed.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let frac = (self.rng >> 11) as f64 / (1u64 << 53) as f64;
+        (d / 2 + d.mul_f64(frac / 2.0)).max(self.base)
+    }
+
+    fn reset(&mut self) {
+        self.step = 0;
+    }
+}
+
+/// `Retry-After`: delay-seconds or an HTTP-date (IMF-fixdate, e.g. `Sun, 06 Nov 1994 08:49:37 GMT`).
+pub fn parse_retry_after(v: &str, now: SystemTime) -> Option<Duration> {
+    let v = v.trim();
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(Duration::from_secs(v.parse::<u64>().unwrap_or(u64::MAX)));
+    }
+    // "Sun, 06 Nov 1994 08:49:37 GMT"
+    let rest = v.split_once(", ")?.1;
+    let parts: Vec<&str> = rest.split(' ').collect();
+    if parts.len() != 5 || parts[4] != "GMT" {
+        return None;
+    }
+    let day: u32 = parts[0].parse().ok()?;
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| *m == parts[1])? as u32
+        + 1;
+    let year: i64 = parts[2].parse().ok()?;
+    let hms: Vec<u64> = parts[3]
+        .split(':')
+        .map(|p| p.parse::<u64>().ok())
+        .collect::<Option<_>>()?;
+    if hms.len() != 3 || hms[0] > 23 || hms[1] > 59 || hms[2] > 60 || !(1..=31).contains(&day) {
+        return None;
+    }
+    let days = crate::clock::days_from_civil(year, month, day);
+    let secs = days.checked_mul(86_400)? + (hms[0] * 3600 + hms[1] * 60 + hms[2]) as i64;
+    let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs() as i64;
+    Some(Duration::from_secs(secs.saturating_sub(now).max(0) as u64))
+}
+
+/// What `GET /health` said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendHealth {
+    pub version: String,
+    pub auth_enabled: bool,
+}
+
+impl std::fmt::Display for BackendHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "version={} auth={}",
+            self.version,
+            if self.auth_enabled {
+                "enabled"
+            } else {
+                "disabled"
+            }
+        )
+    }
+}
+
+/// Startup probe: GET {base}/health → Ok(BackendHealth{version, auth_enabled}) or Err(reason).
+pub fn check_backend(client: &mut Client) -> Result<BackendHealth, String> {
+    let r = client
+        .get("/health")
+        .map_err(|e| format!("GET {}/health failed: {e}", client.url()))?;
+    if !(200..300).contains(&r.status) {
+        return Err(format!(
+            "GET {}/health answered HTTP {} ({}): check that HEALERT_BACKEND_URL is the backend's base URL",
+            client.url(),
+            r.status,
+            detail(&r.body)
+        ));
+    }
+    let text = String::from_utf8_lossy(&r.body);
+    let version = json_string_field(&text, "version").unwrap_or_else(|| "unknown".into());
+    let auth_enabled = match json_scalar(&text, "auth").as_deref() {
+        Some("true") => true,
+        Some(s) => {
+            let s = s.trim_matches('"').to_ascii_lowercase();
+            matches!(s.as_str(), "true" | "enabled" | "required" | "on")
+        }
+        None => false,
+    };
+    Ok(BackendHealth {
+        version: sanitize(&version, 80),
+        auth_enabled,
+    })
+}
+
+/// Runs [`check_backend`] and logs the outcome: `Backend OK -- version=... auth=...`, a warning
+/// when the backend wants a key and none is set, or a warning (never fatal) when unreachable.
+pub fn log_backend_check(client: &mut Client) -> Option<BackendHealth> {
+    match check_backend(client) {
+        Ok(h) => {
+            info!(format!("Backend OK -- {h}"), "url" => client.url());
+            if h.auth_enabled && !client.has_api_key() {
+                warn!("the backend has authentication enabled but HEALERT_API_KEY is not set: every event will be answered 401 and kept until the key is configured");
+            }
+            Some(h)
+        }
+        Err(reason) => {
+            warn!("backend not reachable at startup; events will be queued and retried until it is",
+                  "why" => reason);
+            None
+        }
+    }
+}
+
+/// The raw text of a top-level-ish JSON value for `"key":` (a string keeps its quotes).
+/// A deliberately small scanner for two tiny backend bodies (/health, error `detail`).
+fn json_scalar(text: &str, key: &str) -> Option<String> {
+    let pat = format!("\"{key}\"");
+    let mut from = 0;
+    while let Some(i) = text[from..].find(&pat) {
+        let after = text[from + i + pat.len()..].trim_start();
+        from += i + pat.len();
+        let Some(v) = after.strip_prefix(':') else {
+            continue;
+        };
+        let v = v.trim_start();
+        if v.starts_with('"') {
+            let mut escaped = false;
+            for (j, c) in v.char_indices().skip(1) {
+                match c {
+                    _ if escaped => escaped = false,
+                    '\\' => escaped = true,
+                    '"' => return Some(v[..=j].to_string()),
+                    _ => {}
+                }
+            }
+            return None;
+        }
+        let end = v
+            .find(|c: char| matches!(c, ',' | '}' | ']') || c.is_whitespace())
+            .unwrap_or(v.len());
+        return Some(v[..end].to_string());
+    }
+    None
+}
+
+/// The decoded string value of `"key": "..."` (None if absent or not a string).
+fn json_string_field(text: &str, key: &str) -> Option<String> {
+    let raw = json_scalar(text, key)?;
+    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next()? {
+            'n' => out.push('\n'),
+            't' => out.push('\t'),
+            'r' => out.push('\r'),
+            'b' | 'f' => out.push(' '),
+            'u' => {
+                let hex: String = chars.by_ref().take(4).collect();
+                out.push(
+                    u32::from_str_radix(&hex, 16)
+                        .ok()
+                        .and_then(char::from_u32)
+                        .unwrap_or('\u{fffd}'),
+                );
+            }
+            c => out.push(c),
+        }
+    }
+    Some(out)
+}
+
+// MERGE NOTE (lead): this block is a stand-in so the delivery path can be built and tested on
+// its own branch. Drop it when src/event.rs (issue 3) provides `FrictionEvent::to_json`.
+impl FrictionEvent {
+    /// The `POST /events` payload: the seven fields the backend validates.
+    pub fn to_json(&self) -> String {
+        fn field(out: &mut String, key: &str, v: &str) {
+            if out.len() > 1 {
+                out.push(',');
+            }
+            out.push('"');
+            out.push_str(key);
+            out.push_str("\":\"");
+            for c in v.chars() {
+                match c {
+                    '"' => out.push_str("\\\""),
+                    '\\' => out.push_str("\\\\"),
+                    c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+        }
+        let mut out = String::from("{");
+        field(&mut out, "entity_ref", &self.entity_ref);
+        field(&mut out, "type", &self.kind);
+        field(&mut out, "severity", self.severity.as_str());
+        field(&mut out, "actor", &self.actor);
+        field(&mut out, "workflow", &self.workflow);
+        field(&mut out, "description", &self.description);
+        field(&mut out, "timestamp", &self.timestamp);
+        out.push('}');
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::FileId;
+    use crate::rules::Severity;
+
+    fn pos(offset: u64) -> Position {
+        Position {
+            file: FileId::default(),
+            offset,
+        }
+    }
+
+    fn ev(n: usize) -> FrictionEvent {
+        FrictionEvent {
+            entity_ref: format!("component:ns/app{n}"),
+            kind: "kubectl-exec".into(),
+            severity: Severity::High,
+            actor: "alice".into(),
+            workflow: "debug".into(),
+            description: format!("exec \"{n}\"\n"),
+            timestamp: "2026-11-25T22:50:01Z".into(),
+            namespace: "ns".into(),
+            service: format!("app{n}"),
+        }
+    }
+
+    #[test]
+    fn ack_position_follows_the_oldest_unacknowledged_event() {
+        let q = Queue::new(10);
+        assert_eq!(q.ack_position(), None);
+        assert!(q.push_line(pos(0), pos(10), 0, vec![]));
+        assert_eq!(q.ack_position(), Some((pos(10), 0)));
+        assert!(q.push_line(pos(10), pos(20), 1, vec![ev(1), ev(2)]));
+        assert!(q.push_line(pos(20), pos(30), 0, vec![]));
+        assert!(q.push_line(pos(30), pos(40), 0, vec![ev(3)]));
+        assert_eq!((q.len(), q.ack_position()), (3, Some((pos(10), 1))));
+        q.pop_front();
+        assert_eq!(q.ack_position(), Some((pos(10), 2)));
+        q.pop_front();
+        assert_eq!(q.ack_position(), Some((pos(30), 0)));
+        q.pop_front();
+        assert_eq!((q.len(), q.ack_position()), (0, Some((pos(40), 0))));
+        q.close();
+        assert!(!q.push_line(pos(40), pos(50), 0, vec![ev(4)]));
+    }
+
+    #[test]
+    fn full_queue_blocks_the_producer_until_room_or_close() {
+        let q = Queue::new(2);
+        assert!(q.push_line(pos(0), pos(1), 0, vec![ev(1), ev(2)]));
+        let q2 = q.clone();
+        let producer = std::thread::spawn(move || q2.push_line(pos(1), pos(2), 0, vec![ev(3)]));
+        // Blocked: the queue stays at 2 until the sender acknowledges one.
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(q.len(), 2);
+        q.pop_front();
+        assert!(producer.join().unwrap());
+        assert_eq!(q.len(), 2);
+        let q3 = q.clone();
+        let blocked = std::thread::spawn(move || q3.push_line(pos(2), pos(3), 0, vec![ev(4)]));
+        q.close();
+        assert!(!blocked.join().unwrap());
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        let waits: Vec<Duration> = (0..12).map(|_| b.next()).collect();
+        for (n, w) in waits.iter().enumerate() {
+            let d = Duration::from_millis(500)
+                .saturating_mul(1 << n)
+                .min(Duration::from_secs(30));
+            assert!(
+                *w >= (d / 2).max(Duration::from_millis(500)) && *w <= d,
+                "{n}: {w:?}"
+            );
+        }
+        b.reset();
+        assert!(b.next() <= Duration::from_millis(500));
+    }
+
+    #[test]
+    fn retry_after_seconds_and_http_date() {
+        let now = UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
+        assert_eq!(parse_retry_after(" 7 ", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        for bad in [
+            "",
+            "-1",
+            "soon",
+            "Sun, 06 Nov 1994 25:00:00 GMT",
+            "Sun, 06 Foo 1994 08:00:00 GMT",
+        ] {
+            assert_eq!(parse_retry_after(bad, now), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn classification_of_answers() {
+        let resp = |status: u16, headers: &[(&str, &str)], body: &str| {
+            Ok(Response {
+                status,
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                body: body.as_bytes().to_vec(),
+            })
+        };
+        let max = Duration::from_secs(600);
+        assert_eq!(classify(&resp(201, &[], ""), max), Outcome::Accepted(201));
+        assert_eq!(
+            classify(&resp(403, &[], ""), max),
+            Outcome::Unauthorized(403)
+        );
+        assert_eq!(
+            classify(&resp(429, &[("retry-after", "2")], ""), max),
+            Outcome::Retry("HTTP 429".into(), Some(Duration::from_secs(2)))
+        );
+        assert_eq!(
+            classify(&resp(503, &[("Retry-After", "99999")], ""), max),
+            Outcome::Retry("HTTP 503".into(), Some(max))
+        );
+        assert_eq!(
+            classify(&resp(422, &[], r#"{"detail":"bad \"type\"\n"}"#), max),
+            Outcome::Refused(422, "bad \"type\"\\u{a}".into())
+        );
+        assert!(matches!(
+            classify(&resp(500, &[], ""), max),
+            Outcome::Retry(_, None)
+        ));
+        assert!(matches!(
+            classify(&resp(408, &[], ""), max),
+            Outcome::Retry(_, None)
+        ));
+        let err = Err(HttpError::Timeout { during: "x" });
+        assert!(matches!(classify(&err, max), Outcome::Retry(_, None)));
+    }
+
+    #[test]
+    fn json_helpers_and_payload() {
+        let h = r#"{"status":"ok","version":"v0.1.0","auth": "enabled"}"#;
+        assert_eq!(json_string_field(h, "version").as_deref(), Some("v0.1.0"));
+        assert_eq!(
+            json_scalar(r#"{"auth":false}"#, "auth").as_deref(),
+            Some("false")
+        );
+        assert_eq!(json_string_field(r#"{"detail":[{"x":1}]}"#, "detail"), None);
+        assert_eq!(detail(b"plain text"), "plain text");
+        // Whatever serializer event.rs provides, the payload is JSON carrying the event.
+        let body: serde_json::Value = serde_json::from_str(&ev(1).to_json()).unwrap();
+        assert_eq!(body["type"], "kubectl-exec");
+        assert_eq!(body["severity"], "high");
+        assert_eq!(body["description"], "exec \"1\"\n");
+    }
+}

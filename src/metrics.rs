@@ -2,12 +2,21 @@
 //! the Prometheus text format by `/metrics`.
 //!
 //! One global [`METRICS`]: every stage increments what it owns; nobody reads counters back to
-//! make decisions, except the health checks (`last_*` timestamps, `backend_state`).
+//! make decisions, except the health checks (`*_tick_unix_ms` timestamps, `backend_state`).
+//!
+//! This module also owns what is derived from the counters: [`render_prometheus`] (text
+//! format 0.0.4 for `/metrics`), [`health`] (liveness for `/healthz`) and [`readiness`]
+//! (`/readyz`). They only read atomics and briefly lock the small per-rule maps, so a scrape
+//! never holds up the pipeline.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A pipeline thread whose tick is older than this is reported as stalled by [`health`].
+pub const STALL_AFTER_MS: u64 = 30_000;
 
 /// What the last contact with the backend said (for `/readyz` and the banner).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +70,11 @@ pub struct Metrics {
     pub retries: AtomicU64,
     pub queue_depth: AtomicI64,
     pub backend_state: AtomicU8,
+    /// Unix ms at which `backend_state` last changed (set by [`Metrics::set_backend_state`]).
+    pub backend_since_unix_ms: AtomicU64,
+    /// HTTP status of the last answer from the backend (0: none yet, or a transport error);
+    /// only used to make the `/readyz` reason precise.
+    pub backend_last_status: AtomicU64,
     pub sender_tick_unix_ms: AtomicU64,
     // checkpoint
     pub checkpoint_offset: AtomicU64,
@@ -69,6 +83,10 @@ pub struct Metrics {
     pub rules_loaded: AtomicU64,
     pub rule_reloads: AtomicU64,
     pub rule_reload_failures: AtomicU64,
+    // process
+    /// Unix ms at which the pipeline started ([`Metrics::mark_started`]); the grace period of
+    /// [`health`] for threads that have not ticked yet counts from here.
+    pub started_unix_ms: AtomicU64,
 }
 
 pub static METRICS: Metrics = Metrics::new();
@@ -96,12 +114,15 @@ impl Metrics {
             retries: AtomicU64::new(0),
             queue_depth: AtomicI64::new(0),
             backend_state: AtomicU8::new(0),
+            backend_since_unix_ms: AtomicU64::new(0),
+            backend_last_status: AtomicU64::new(0),
             sender_tick_unix_ms: AtomicU64::new(0),
             checkpoint_offset: AtomicU64::new(0),
             checkpoint_writes: AtomicU64::new(0),
             rules_loaded: AtomicU64::new(0),
             rule_reloads: AtomicU64::new(0),
             rule_reload_failures: AtomicU64::new(0),
+            started_unix_ms: AtomicU64::new(0),
         }
     }
 
@@ -117,8 +138,44 @@ impl Metrics {
         bump(&self.events_rejected, status);
     }
 
+    /// Records what the last contact with the backend said; remembers when the state changed
+    /// so `/readyz` can say "since ...".
     pub fn set_backend_state(&self, s: BackendState) {
-        self.backend_state.store(s as u8, Ordering::Relaxed);
+        let old = self.backend_state.swap(s as u8, Ordering::Relaxed);
+        if old != s as u8 {
+            self.backend_since_unix_ms
+                .store(now_unix_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// Records the HTTP status of the last backend answer (0 for a transport error). Optional:
+    /// it only sharpens the `/readyz` reason.
+    pub fn set_backend_status(&self, status: u16) {
+        self.backend_last_status
+            .store(u64::from(status), Ordering::Relaxed);
+    }
+
+    /// The follower calls this on every loop turn (also when idle) so `/healthz` sees it alive.
+    pub fn tick_follower(&self) {
+        self.follower_tick_unix_ms
+            .store(now_unix_ms(), Ordering::Relaxed);
+    }
+
+    /// The sender calls this on every loop turn, including while idle or backing off, so
+    /// `/healthz` sees it alive; a gap above [`STALL_AFTER_MS`] reads as a stall.
+    pub fn tick_sender(&self) {
+        self.sender_tick_unix_ms
+            .store(now_unix_ms(), Ordering::Relaxed);
+    }
+
+    /// Marks the start of the pipeline (once; later calls keep the first time).
+    pub fn mark_started(&self, now_ms: u64) {
+        let _ = self.started_unix_ms.compare_exchange(
+            0,
+            now_ms.max(1),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
     }
 
     pub fn backend_state(&self) -> BackendState {
@@ -144,4 +201,527 @@ pub fn now_unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Content-Type of [`render_prometheus`]'s output.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Renders `m` in the Prometheus text exposition format 0.0.4, as of now.
+pub fn render_prometheus(m: &Metrics) -> String {
+    render_prometheus_at(m, now_unix_ms())
+}
+
+/// [`render_prometheus`] with an explicit clock (tests). Families appear in a fixed order,
+/// each with `# HELP` and `# TYPE` before its samples; counters end in `_total`.
+///
+/// `healert_agent_seconds_since_last_line` is `NaN` until the first complete line was read
+/// (there is no honest number to give; `NaN` compares false in every alert expression).
+pub fn render_prometheus_at(m: &Metrics, now_ms: u64) -> String {
+    let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let mut w = Writer {
+        out: String::with_capacity(4096),
+    };
+
+    w.family(
+        "healert_agent_build_info",
+        "gauge",
+        "Always 1; the version label names the running agent.",
+    );
+    w.sample(
+        "healert_agent_build_info",
+        &[("version", crate::VERSION)],
+        1,
+    );
+    w.family(
+        "healert_agent_start_time_seconds",
+        "gauge",
+        "Unix time at which the pipeline started (0 if not started).",
+    );
+    w.sample(
+        "healert_agent_start_time_seconds",
+        &[],
+        Seconds(ld(&m.started_unix_ms)),
+    );
+
+    // Follow.
+    for (name, help, v) in [
+        (
+            "healert_agent_lines_read_total",
+            "Complete lines read from the audit log.",
+            &m.lines_read,
+        ),
+        (
+            "healert_agent_bytes_read_total",
+            "Bytes read from the audit log.",
+            &m.bytes_read,
+        ),
+        (
+            "healert_agent_oversized_lines_total",
+            "Lines longer than MAX_LINE_BYTES, skipped unparsed.",
+            &m.oversized_lines,
+        ),
+        (
+            "healert_agent_malformed_lines_total",
+            "Lines that are not a valid audit event (bad JSON or missing fields).",
+            &m.malformed_lines,
+        ),
+        (
+            "healert_agent_blank_lines_total",
+            "Empty or whitespace-only lines.",
+            &m.blank_lines,
+        ),
+        (
+            "healert_agent_stages_skipped_total",
+            "Audit events skipped because of their stage (e.g. RequestReceived).",
+            &m.stages_skipped,
+        ),
+        (
+            "healert_agent_rotations_total",
+            "Rotations of the audit log seen (the file was replaced).",
+            &m.rotations,
+        ),
+        (
+            "healert_agent_truncations_total",
+            "Truncations of the audit log seen (the file shrank in place).",
+            &m.truncations,
+        ),
+    ] {
+        w.family(name, "counter", help);
+        w.sample(name, &[], ld(v));
+    }
+    for (name, help, v) in [
+        (
+            "healert_agent_log_open",
+            "1 while the audit log is open, else 0.",
+            ld(&m.log_open),
+        ),
+        (
+            "healert_agent_file_size_bytes",
+            "Size of the audit log being read.",
+            ld(&m.file_size),
+        ),
+        (
+            "healert_agent_read_offset_bytes",
+            "Offset reached in the audit log being read.",
+            ld(&m.read_offset),
+        ),
+        (
+            "healert_agent_lag_bytes",
+            "Bytes of the audit log not read yet (file size minus read offset).",
+            ld(&m.file_size).saturating_sub(ld(&m.read_offset)),
+        ),
+    ] {
+        w.family(name, "gauge", help);
+        w.sample(name, &[], v);
+    }
+    w.family(
+        "healert_agent_seconds_since_last_line",
+        "gauge",
+        "Seconds since the last complete line was read; NaN before the first line.",
+    );
+    let last = ld(&m.last_line_unix_ms);
+    let since = if last == 0 {
+        f64::NAN
+    } else {
+        now_ms.saturating_sub(last) as f64 / 1000.0
+    };
+    w.sample("healert_agent_seconds_since_last_line", &[], Float(since));
+
+    // Detect and deliver, per rule. Both families carry the same rule labels so that
+    // `sent / matched` works for a rule that matched but never got through.
+    let matched = snapshot(&m.events_matched);
+    let sent = snapshot(&m.events_sent);
+    let mut rules: Vec<&String> = matched.keys().chain(sent.keys()).collect();
+    rules.sort();
+    rules.dedup();
+    for (name, help, map) in [
+        (
+            "healert_agent_events_matched_total",
+            "Friction events produced by each rule.",
+            &matched,
+        ),
+        (
+            "healert_agent_events_sent_total",
+            "Friction events accepted by the backend, per rule.",
+            &sent,
+        ),
+    ] {
+        w.family(name, "counter", help);
+        for r in &rules {
+            w.sample(name, &[("rule", r)], map.get(*r).copied().unwrap_or(0));
+        }
+    }
+    let rejected = snapshot(&m.events_rejected);
+    w.family(
+        "healert_agent_events_rejected_total",
+        "counter",
+        "Friction events the backend refused for good, per HTTP status (dead-lettered).",
+    );
+    for (status, n) in &rejected {
+        w.sample(
+            "healert_agent_events_rejected_total",
+            &[("status", &status.to_string())],
+            *n,
+        );
+    }
+    for (name, help, v) in [
+        (
+            "healert_agent_dead_lettered_total",
+            "Friction events given up on and written to the dead-letter log.",
+            &m.dead_lettered,
+        ),
+        (
+            "healert_agent_retries_total",
+            "Delivery attempts repeated after a failure.",
+            &m.retries,
+        ),
+        (
+            "healert_agent_checkpoint_writes_total",
+            "Checkpoint files written.",
+            &m.checkpoint_writes,
+        ),
+        (
+            "healert_agent_rule_reloads_total",
+            "Successful reloads of the rules file (SIGHUP).",
+            &m.rule_reloads,
+        ),
+        (
+            "healert_agent_rule_reload_failures_total",
+            "Reloads of the rules file refused because the new file is invalid.",
+            &m.rule_reload_failures,
+        ),
+    ] {
+        w.family(name, "counter", help);
+        w.sample(name, &[], ld(v));
+    }
+    w.family(
+        "healert_agent_queue_depth",
+        "gauge",
+        "Friction events waiting to be delivered.",
+    );
+    w.sample(
+        "healert_agent_queue_depth",
+        &[],
+        m.queue_depth.load(Ordering::Relaxed),
+    );
+    w.family(
+        "healert_agent_checkpoint_offset_bytes",
+        "gauge",
+        "Offset saved in the checkpoint (everything before it was delivered).",
+    );
+    w.sample(
+        "healert_agent_checkpoint_offset_bytes",
+        &[],
+        ld(&m.checkpoint_offset),
+    );
+    w.family(
+        "healert_agent_rules_loaded",
+        "gauge",
+        "Rules currently loaded.",
+    );
+    w.sample("healert_agent_rules_loaded", &[], ld(&m.rules_loaded));
+
+    let state = m.backend_state();
+    w.family(
+        "healert_agent_backend_up",
+        "gauge",
+        "1 if the backend accepted the last request, else 0 (also 0 before the first request).",
+    );
+    w.sample(
+        "healert_agent_backend_up",
+        &[],
+        u8::from(state == BackendState::Ok),
+    );
+    w.family(
+        "healert_agent_backend_state",
+        "gauge",
+        "1 for the current state of the backend connection, 0 for the others.",
+    );
+    for s in [
+        BackendState::Unknown,
+        BackendState::Ok,
+        BackendState::Failing,
+        BackendState::Unauthorized,
+    ] {
+        w.sample(
+            "healert_agent_backend_state",
+            &[("state", s.as_str())],
+            u8::from(s == state),
+        );
+    }
+    w.out
+}
+
+impl BackendState {
+    /// Lower-case name used in metrics labels and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendState::Unknown => "unknown",
+            BackendState::Ok => "ok",
+            BackendState::Failing => "failing",
+            BackendState::Unauthorized => "unauthorized",
+        }
+    }
+}
+
+/// Liveness for `/healthz`: `(true, "ok")` while the follower and the sender have ticked in the
+/// last [`STALL_AFTER_MS`]; a thread that has not ticked yet gets that long from
+/// [`Metrics::mark_started`]. Otherwise `(false, reason)` naming the stalled thread(s).
+pub fn health(m: &Metrics, now_ms: u64) -> (bool, String) {
+    let started = m.started_unix_ms.load(Ordering::Relaxed);
+    let mut problems = Vec::new();
+    for (what, tick) in [
+        ("follower", m.follower_tick_unix_ms.load(Ordering::Relaxed)),
+        ("sender", m.sender_tick_unix_ms.load(Ordering::Relaxed)),
+    ] {
+        // Not ticked yet: measure from the start. Not started either: nothing to judge yet
+        // (the server may come up a moment before the pipeline threads).
+        let reference = if tick != 0 { tick } else { started };
+        if reference == 0 {
+            continue;
+        }
+        // A clock stepping backwards must not make a thread look stalled.
+        let age = now_ms.saturating_sub(reference);
+        if age > STALL_AFTER_MS {
+            if tick == 0 {
+                problems.push(format!(
+                    "{what} has not started {} s after start",
+                    age / 1000
+                ));
+            } else {
+                problems.push(format!(
+                    "{what} stalled: last progress {} s ago",
+                    age / 1000
+                ));
+            }
+        }
+    }
+    if problems.is_empty() {
+        (true, "ok".to_string())
+    } else {
+        (false, problems.join("; "))
+    }
+}
+
+/// Readiness for `/readyz`: `(true, "ready")` when rules are loaded, the audit log is open and
+/// the backend accepted the last request (or none was needed yet); else `(false, reason)`,
+/// one line naming every unmet condition.
+pub fn readiness(m: &Metrics) -> (bool, String) {
+    let mut problems = Vec::new();
+    if m.rules_loaded.load(Ordering::Relaxed) == 0 {
+        problems.push("no rules loaded".to_string());
+    }
+    if m.log_open.load(Ordering::Relaxed) != 1 {
+        problems.push("audit log not open".to_string());
+    }
+    let since = m.backend_since_unix_ms.load(Ordering::Relaxed);
+    let since = if since == 0 {
+        String::new()
+    } else {
+        format!(" since {}", crate::clock::rfc3339_secs(since / 1000))
+    };
+    let status = m.backend_last_status.load(Ordering::Relaxed);
+    match m.backend_state() {
+        BackendState::Unknown | BackendState::Ok => {}
+        BackendState::Unauthorized => {
+            let code = if status == 401 || status == 403 {
+                status.to_string()
+            } else {
+                "401/403".to_string()
+            };
+            problems.push(format!(
+                "backend rejected the API key ({code}){since}; check HEALERT_API_KEY"
+            ));
+        }
+        BackendState::Failing => {
+            let how = if status == 0 {
+                "unreachable".to_string()
+            } else {
+                format!("failing (last status {status})")
+            };
+            problems.push(format!("backend {how}{since}"));
+        }
+    }
+    if problems.is_empty() {
+        (true, "ready".to_string())
+    } else {
+        (false, problems.join("; "))
+    }
+}
+
+fn snapshot<K: Ord + Clone>(map: &Mutex<BTreeMap<K, u64>>) -> BTreeMap<K, u64> {
+    map.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// A value in seconds from Unix milliseconds, printed exactly (no float rounding noise).
+struct Seconds(u64);
+
+impl std::fmt::Display for Seconds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 % 1000 {
+            0 => write!(f, "{}", self.0 / 1000),
+            ms => write!(f, "{}.{:03}", self.0 / 1000, ms),
+        }
+    }
+}
+
+/// A float in the exposition format's spelling (`NaN`, `+Inf`, `-Inf`).
+struct Float(f64);
+
+impl std::fmt::Display for Float {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = self.0;
+        if v.is_nan() {
+            f.write_str("NaN")
+        } else if v == f64::INFINITY {
+            f.write_str("+Inf")
+        } else if v == f64::NEG_INFINITY {
+            f.write_str("-Inf")
+        } else {
+            write!(f, "{v}")
+        }
+    }
+}
+
+struct Writer {
+    out: String,
+}
+
+impl Writer {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {}", escape_help(help));
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{k}=\"{}\"", escape_label_value(v));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+}
+
+/// Escapes a label value: `\` → `\\`, `"` → `\"`, line feed → `\n` (text format 0.0.4).
+pub fn escape_label_value(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Escapes a `# HELP` docstring: `\` → `\\`, line feed → `\n`.
+fn escape_help(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label_value("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        assert_eq!(escape_help("x\\y\nz"), "x\\\\y\\nz");
+    }
+
+    #[test]
+    fn lag_and_seconds_since_last_line() {
+        let m = Metrics::new();
+        let text = render_prometheus_at(&m, 10_000);
+        assert!(text.contains("\nhealert_agent_seconds_since_last_line NaN\n"));
+        m.file_size.store(1000, Ordering::Relaxed);
+        m.read_offset.store(400, Ordering::Relaxed);
+        m.last_line_unix_ms.store(7_500, Ordering::Relaxed);
+        let text = render_prometheus_at(&m, 10_000);
+        assert!(text.contains("\nhealert_agent_lag_bytes 600\n"), "{text}");
+        assert!(text.contains("\nhealert_agent_seconds_since_last_line 2.5\n"));
+        // A read offset past the size (file truncated under us) is no negative lag.
+        m.read_offset.store(5000, Ordering::Relaxed);
+        let text = render_prometheus_at(&m, 10_000);
+        assert!(text.contains("\nhealert_agent_lag_bytes 0\n"));
+    }
+
+    #[test]
+    fn matched_and_sent_share_rule_labels() {
+        let m = Metrics::new();
+        m.inc_matched("kubectl-exec");
+        m.inc_matched("kubectl-exec");
+        m.inc_sent("kubectl-exec");
+        m.inc_matched("secret-read");
+        m.inc_rejected(422);
+        let text = render_prometheus_at(&m, 1);
+        for want in [
+            "healert_agent_events_matched_total{rule=\"kubectl-exec\"} 2\n",
+            "healert_agent_events_sent_total{rule=\"kubectl-exec\"} 1\n",
+            "healert_agent_events_sent_total{rule=\"secret-read\"} 0\n",
+            "healert_agent_events_rejected_total{status=\"422\"} 1\n",
+            "healert_agent_backend_state{state=\"unknown\"} 1\n",
+            "healert_agent_backend_up 0\n",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn liveness_grace_and_stall() {
+        let m = Metrics::new();
+        // Nothing started: nothing to judge.
+        assert_eq!(health(&m, 1_000_000), (true, "ok".to_string()));
+        m.mark_started(1_000_000);
+        assert!(health(&m, 1_000_000 + STALL_AFTER_MS).0);
+        let (ok, why) = health(&m, 1_000_000 + STALL_AFTER_MS + 1);
+        assert!(!ok);
+        assert!(why.contains("follower has not started"), "{why}");
+        m.follower_tick_unix_ms.store(1_040_000, Ordering::Relaxed);
+        m.sender_tick_unix_ms.store(1_040_000, Ordering::Relaxed);
+        assert!(health(&m, 1_050_000).0);
+        let (ok, why) = health(&m, 1_080_000);
+        assert!(!ok);
+        assert_eq!(
+            why,
+            "follower stalled: last progress 40 s ago; sender stalled: last progress 40 s ago"
+        );
+        // Clock stepped back: not a stall.
+        assert!(health(&m, 900_000).0);
+    }
+
+    #[test]
+    fn readiness_reasons() {
+        let m = Metrics::new();
+        let (ok, why) = readiness(&m);
+        assert!(!ok);
+        assert_eq!(why, "no rules loaded; audit log not open");
+        m.rules_loaded.store(3, Ordering::Relaxed);
+        m.log_open.store(1, Ordering::Relaxed);
+        assert_eq!(readiness(&m), (true, "ready".to_string()));
+        m.set_backend_status(401);
+        m.set_backend_state(BackendState::Unauthorized);
+        let (ok, why) = readiness(&m);
+        assert!(!ok);
+        assert!(
+            why.starts_with("backend rejected the API key (401) since "),
+            "{why}"
+        );
+        m.set_backend_status(0);
+        m.set_backend_state(BackendState::Failing);
+        let (ok, why) = readiness(&m);
+        assert!(!ok);
+        assert!(why.starts_with("backend unreachable since "), "{why}");
+        m.set_backend_state(BackendState::Ok);
+        assert!(readiness(&m).0);
+    }
 }

@@ -2,6 +2,9 @@
 //! the library's public API. Shared helpers (a std-only backend sink, audit line builders,
 //! process control) live in `support`.
 
+mod deliver;
 mod gen;
+mod ops;
+mod sink;
 mod soak;
 mod support;
