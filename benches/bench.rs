@@ -51,10 +51,11 @@ fn main() {
     }
     let mut t = Table::default();
     header(&bin, &s);
-    let parts: [(&str, Part); 7] = [
+    let parts: [(&str, Part); 8] = [
         ("scan", scan_plain),
         ("bodies", scan_bodies),
         ("longline", long_lines),
+        ("deliver", delivery_library),
         ("send", delivery),
         ("latency", latency_and_idle),
         ("startup", startup),
@@ -876,6 +877,79 @@ fn write_log_lines(
         &mut f,
     )?;
     Ok(s)
+}
+
+/// The sender thread of `deliver` driven through the library (what `run` and `replay --send`
+/// use), so the delivery rate is measured even before the binary wires it.
+fn delivery_library(_bin: &Path, s: &Settings, t: &mut Table) {
+    use healert_agent::checkpoint::Position;
+    use healert_agent::config::ApiKey;
+    use healert_agent::deliver::{spawn_sender, DeliveryOptions, Queue};
+    use healert_agent::event::FrictionEvent;
+    use healert_agent::http_client::{BackendUrl, Client};
+    use healert_agent::rules::Severity;
+
+    let label = "delivery (deliver::spawn_sender, library)";
+    let target = "≥ 5 000 events/s, 1 connection";
+    let rec = match Recorder::start() {
+        Ok(r) => r,
+        Err(e) => return t.row(label, &format!("n/a: {e}"), target, ""),
+    };
+    let url = match BackendUrl::parse(&rec.url()) {
+        Ok(u) => u,
+        Err(e) => return t.row(label, &format!("n/a: {e}"), target, ""),
+    };
+    let client = Client::new(
+        url,
+        Some(ApiKey::new("bench-key-0123456789".into())),
+        Duration::from_secs(10),
+    );
+    let queue = Queue::new(10_000);
+    let opts = DeliveryOptions {
+        log_each_event: false,
+        ..DeliveryOptions::default()
+    };
+    let t0 = Instant::now();
+    let sender = spawn_sender(queue.clone(), client, opts);
+    let n = s.send_events.max(1);
+    for i in 0..n as u64 {
+        let at = |offset| Position {
+            offset,
+            ..Position::default()
+        };
+        let ev = FrictionEvent {
+            entity_ref: "component:production/payments-api".into(),
+            kind: "emergency-access".into(),
+            severity: Severity::Medium,
+            actor: "alice@example.com".into(),
+            workflow: "incident".into(),
+            description: format!(
+                "Direct secret access: db-credentials-{i} in production by alice@example.com"
+            ),
+            timestamp: gen::rfc3339_micros(1_767_225_600_000_000 + i),
+            namespace: "production".into(),
+            service: "payments-api".into(),
+        };
+        if !queue.push_line(at(i * 1000), at(i * 1000 + 1000), 0, vec![ev]) {
+            break;
+        }
+    }
+    let stats = sender.finish(Instant::now() + Duration::from_secs(60));
+    let wall = t0.elapsed().as_secs_f64();
+    let got = rec.events();
+    t.row(
+        label,
+        &format!("{:.0} events/s", stats.sent as f64 / wall),
+        target,
+        &format!(
+            "{} sent, {} at the sink, {} retries, {} TCP connection(s), {:.2} s",
+            stats.sent,
+            got,
+            stats.retries,
+            rec.connections.load(Ordering::Relaxed),
+            wall
+        ),
+    );
 }
 
 /// Starts `healert-agent run` on `log` against `backend`; returns the child and the time to
