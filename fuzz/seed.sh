@@ -4,7 +4,7 @@
 #                  plus fuzz/seeds/json_audit (escapes, invalid UTF-8, deep nesting, duplicates)
 #   yaml_rules     ../shared/compat/*.yaml and tests/data/**/*.yaml
 #   http_response  fuzz/seeds/http_response (hand-written responses: length, chunked, 429...)
-#   checkpoint     tests/data/**/*checkpoint* files
+#   checkpoint     tests/data/**/*checkpoint* files, fuzz/seeds/checkpoint (first byte: mode)
 #   config_values  fuzz/seeds/config_values
 # Idempotent: names are derived from the source file, so re-running overwrites, never piles up.
 # usage: fuzz/seed.sh TARGET
