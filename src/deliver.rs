@@ -84,7 +84,13 @@ impl Queue {
     ) -> bool {
         let mut g = self.lock();
         while !g.closed && g.len >= self.capacity {
-            g = self.space.wait(g).unwrap_or_else(|p| p.into_inner());
+            // Waiting on a full queue is backpressure, not a stall: keep the producer's
+            // liveness tick fresh so /healthz does not restart a healthy, throttled agent.
+            METRICS.tick_follower();
+            g = match self.space.wait_timeout(g, std::time::Duration::from_secs(1)) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
         }
         if g.closed {
             return false;

@@ -1,10 +1,144 @@
-//! `healert-agent validate [PATH]`: load a rules file through the agent's own loader and
-//! report (issue 2).
+//! `healert-agent validate [PATH]`: loads a rules file through the agent's own loader
+//! ([`crate::rules::load_file`]) and prints what it found, so what validates is exactly what
+//! the running agent would run. [`report`] renders that text; the agent prints the same text
+//! when it refuses to start on an invalid file.
+//!
+//! Output: a header with the path, one line per rule (name, severity, workflow, line), the
+//! ignored namespaces, every diagnostic as `PATH:LINE:COL: error: MESSAGE` plus a `  hint:`
+//! line, and a summary (`OK: ...` / `INVALID: ...`). Exit 0 valid (warnings allowed), 1 invalid,
+//! 2 unreadable.
 
-use std::path::PathBuf;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-pub fn run(_path: Option<PathBuf>) -> ExitCode {
-    eprintln!("validate: not implemented yet");
-    ExitCode::from(1)
+use crate::log::sanitize;
+use crate::rules::{self, Diagnostic, Level, LoadError, Loaded};
+
+/// Where the rules path came from; the "cannot read" hint depends on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Given on the command line.
+    Argument,
+    /// From `$RULES_PATH`.
+    RulesPath,
+    /// Neither: the default `./rules.yaml`.
+    Default,
+}
+
+/// PATH argument, else `$RULES_PATH` (when set and non-empty), else `./rules.yaml`.
+pub fn resolve(arg: Option<PathBuf>) -> (PathBuf, Origin) {
+    if let Some(p) = arg {
+        return (p, Origin::Argument);
+    }
+    match std::env::var_os("RULES_PATH") {
+        Some(p) if !p.is_empty() => (PathBuf::from(p), Origin::RulesPath),
+        _ => (PathBuf::from("rules.yaml"), Origin::Default),
+    }
+}
+
+pub fn run(path: Option<PathBuf>) -> ExitCode {
+    let (path, origin) = resolve(path);
+    let result = rules::load_file(&path);
+    // A listing goes to stdout; a failure to stderr, like a compiler's diagnostics.
+    let text = report(&path, origin, &result);
+    if result.is_ok() {
+        print!("{text}");
+    } else {
+        eprint!("{text}");
+    }
+    ExitCode::from(exit_code(&result))
+}
+
+/// 0 valid (warnings allowed), 1 invalid, 2 unreadable.
+pub fn exit_code(result: &Result<Loaded, LoadError>) -> u8 {
+    match result {
+        Ok(_) => 0,
+        Err(LoadError::Invalid { .. }) => 1,
+        Err(LoadError::Io { .. }) => 2,
+    }
+}
+
+fn plural(n: usize, word: &str) -> String {
+    format!("{n} {word}{}", if n == 1 { "" } else { "s" })
+}
+
+/// The full human-readable result of loading `path`: the listing when valid, every diagnostic,
+/// and a one-line summary. Used by `validate` and by the agent when it refuses to start.
+pub fn report(path: &Path, origin: Origin, result: &Result<Loaded, LoadError>) -> String {
+    let shown = sanitize(&path.display().to_string(), 300);
+    let mut out = format!("Rules file: {shown}\n");
+    match result {
+        Err(LoadError::Io { error, .. }) => {
+            let hint = match origin {
+                Origin::Argument => "check the path given to `healert-agent validate PATH`".to_string(),
+                Origin::RulesPath => format!(
+                    "RULES_PATH is set to `{shown}`: point it at your rules file, e.g. \
+                     RULES_PATH=/etc/healert/rules.yaml"
+                ),
+                Origin::Default => "RULES_PATH is not set, so ./rules.yaml was tried: set \
+                     RULES_PATH=/path/to/rules.yaml (or pass the path: `healert-agent validate PATH`)"
+                    .to_string(),
+            };
+            let _ = writeln!(out, "{shown}: error: cannot read the rules file: {error}");
+            let _ = writeln!(out, "  hint: {hint}");
+            out.push_str("UNREADABLE: no rules loaded\n");
+        }
+        Err(LoadError::Invalid { diagnostics, .. }) => {
+            diagnostics_into(&mut out, &shown, diagnostics);
+            let errors = diagnostics
+                .iter()
+                .filter(|d| d.level == Level::Error)
+                .count();
+            let _ = writeln!(
+                out,
+                "INVALID: {}, {}",
+                plural(errors, "error"),
+                plural(diagnostics.len() - errors, "warning")
+            );
+        }
+        Ok(loaded) => {
+            let rules = &loaded.rules.rules;
+            let _ = writeln!(out, "Rules ({}):", rules.len());
+            let width = rules.iter().map(|r| r.name.len()).max().unwrap_or(0);
+            for r in rules {
+                let _ = writeln!(
+                    out,
+                    "  {:<width$}  severity={:<6}  workflow={:<9}  line {}",
+                    r.name,
+                    r.severity.as_str(),
+                    sanitize(&r.workflow, 40),
+                    r.line
+                );
+            }
+            let ns = &loaded.rules.ignore_namespaces;
+            let listed: Vec<String> = ns.iter().map(|n| sanitize(n, 80)).collect();
+            if ns.is_empty() {
+                out.push_str("Ignored namespaces: none\n");
+            } else {
+                let _ = writeln!(
+                    out,
+                    "Ignored namespaces ({}): {}",
+                    ns.len(),
+                    listed.join(", ")
+                );
+            }
+            diagnostics_into(&mut out, &shown, &loaded.warnings);
+            let _ = writeln!(
+                out,
+                "OK: {}, {}, {}",
+                plural(rules.len(), "rule"),
+                plural(ns.len(), "ignored namespace"),
+                plural(loaded.warnings.len(), "warning")
+            );
+        }
+    }
+    out
+}
+
+fn diagnostics_into(out: &mut String, shown_path: &str, diags: &[Diagnostic]) {
+    for d in diags {
+        // Diagnostic's Display is `LINE:COL: level: message` + `\n  hint: ...`.
+        let _ = writeln!(out, "{shown_path}:{d}");
+    }
 }

@@ -5,6 +5,8 @@
 mod deliver;
 mod gen;
 mod ops;
+mod rules;
+mod script;
 mod sink;
 mod soak;
 mod support;
