@@ -10,8 +10,9 @@
 //!
 //! Alongside the log it computes the friction events the agent must emit for the 5 active
 //! rules of the Go agent's `rules.yaml` (`../shared/compat/healert-go-rules.yaml`), with Go
-//! matching semantics plus `config.ignore_namespaces` (which our agent applies and the Go agent
-//! did not; both counts are reported). That oracle is written independently of `src/` on
+//! matching semantics plus the two fixes our agent documents (src/detect.rs):
+//! `config.ignore_namespaces` is applied, and the bypass annotation also counts in
+//! `requestObject.metadata.annotations`. The Go agent's counts are reported too. That oracle is written independently of `src/` on
 //! purpose: it checks the agent instead of echoing it.
 
 #![allow(dead_code)]
@@ -368,6 +369,7 @@ impl Generator {
                 ));
                 c.resp = Some(deployment_json(&mut self.rng, app, &c.ns, Some("true")));
                 c.resp_bypass = Some("true");
+                c.req_bypass = true;
                 c.audit_ann_bypass = Some(self.rng.f64() < 0.3);
             }
         }
@@ -401,14 +403,15 @@ impl Generator {
             c.verb = "delete";
             c.name = pod_name(&mut self.rng, None);
         } else if y < 0.75 {
-            // bypass=true in the request of a service: matches nothing (the Go rule looks at
-            // audit annotations and responseObject only).
+            // bypass=true in the request of a service: the Go agent missed it (it looked at
+            // audit annotations and responseObject only); ours reports pipeline-skip.
             c.verb = "patch";
             c.resource = "services";
             c.name = self.rng.pick(&APPS).to_string();
             c.req = Some(format!(
                 "{{\"metadata\":{{\"annotations\":{{\"{BYPASS_KEY}\":\"true\"}}}}}}"
             ));
+            c.req_bypass = true;
         } else if y < 0.85 {
             // bypass=false on a deployment: config-drift yes, pipeline-skip no.
             let app = *self.rng.pick(&APPS);
@@ -788,14 +791,14 @@ impl Generator {
             s.push_str("}\n");
             let mut expected = Vec::new();
             if stage == 2 {
-                let all = expected_events(&c, &rrt);
-                if !all.is_empty() {
+                let go = expected_events(&c, &rrt, false);
+                if !go.is_empty() {
                     self.summary.go_matching_lines += 1;
-                    self.summary.go_expected_events += all.len() as u64;
-                    // Our agent applies config.ignore_namespaces; the Go agent did not.
-                    if !IGNORE_NAMESPACES.contains(&c.ns.as_str()) {
-                        expected = all;
-                    }
+                    self.summary.go_expected_events += go.len() as u64;
+                }
+                // Our agent applies config.ignore_namespaces; the Go agent did not.
+                if !IGNORE_NAMESPACES.contains(&c.ns.as_str()) {
+                    expected = expected_events(&c, &rrt, true);
                 }
             }
             self.pending.push_back(Pending {
@@ -836,6 +839,8 @@ struct Call {
     resp: Option<String>,
     /// The bypass annotation's value in responseObject.metadata.annotations, if any.
     resp_bypass: Option<&'static str>,
+    /// requestObject.metadata.annotations carries bypass=true.
+    req_bypass: bool,
     /// Custom audit annotations; `Some(true)`: they include bypass=true.
     audit_ann_bypass: Option<bool>,
     long_running: bool,
@@ -869,6 +874,7 @@ impl Call {
             req: None,
             resp: None,
             resp_bypass: None,
+            req_bypass: false,
             audit_ann_bypass: None,
             long_running: false,
             human: false,
@@ -919,7 +925,9 @@ pub fn normalise_workload_name(name: &str) -> String {
     name.to_string()
 }
 
-fn rule_matches(rule: usize, c: &Call, audit_bypass: bool) -> bool {
+/// `agent`: our agent's semantics (the bypass annotation also counts in requestObject);
+/// else the Go agent's (audit annotations and responseObject only).
+fn rule_matches(rule: usize, c: &Call, agent: bool) -> bool {
     if is_internal_system_actor(&c.user) {
         return false; // all five rules have ignore_system: true
     }
@@ -927,7 +935,9 @@ fn rule_matches(rule: usize, c: &Call, audit_bypass: bool) -> bool {
         0 => c.resource == "pods" && c.sub == "exec",
         1 => {
             matches!(c.verb, "patch" | "update" | "create")
-                && (audit_bypass || c.resp_bypass == Some("true"))
+                && (c.audit_ann_bypass == Some(true)
+                    || c.resp_bypass == Some("true")
+                    || (agent && c.req_bypass))
         }
         2 => {
             matches!(
@@ -947,8 +957,7 @@ fn rule_matches(rule: usize, c: &Call, audit_bypass: bool) -> bool {
     }
 }
 
-fn expected_events(c: &Call, timestamp: &str) -> Vec<Expected> {
-    let ab = c.audit_ann_bypass == Some(true);
+fn expected_events(c: &Call, timestamp: &str, agent: bool) -> Vec<Expected> {
     let raw = if c.name.is_empty() {
         c.resource
     } else {
@@ -958,7 +967,7 @@ fn expected_events(c: &Call, timestamp: &str) -> Vec<Expected> {
     let entity_ref = format!("component:{ns}/{}", normalise_workload_name(raw));
     let mut out = Vec::new();
     for (i, rule) in RULES.iter().enumerate() {
-        if !rule_matches(i, c, ab) {
+        if !rule_matches(i, c, agent) {
             continue;
         }
         let (res, name, nsr, actor, verb) = (c.resource, &c.name, &c.ns, &c.user, c.verb);
@@ -1532,11 +1541,13 @@ mod tests {
             if internal {
                 continue;
             }
-            let bypass = v["annotations"][BYPASS_KEY] == "true"
+            let go_bypass = v["annotations"][BYPASS_KEY] == "true"
                 || v["responseObject"]["metadata"]["annotations"][BYPASS_KEY] == "true";
+            let req_bypass = v["requestObject"]["metadata"]["annotations"][BYPASS_KEY] == "true";
+            let write = ["patch", "update", "create"].contains(&verb.as_str());
             let hits = [
                 res == "pods" && sub == "exec",
-                ["patch", "update", "create"].contains(&verb.as_str()) && bypass,
+                write && (go_bypass || req_bypass),
                 [
                     "pods",
                     "deployments",
@@ -1552,15 +1563,15 @@ mod tests {
                 res == "secrets" && verb == "get",
             ];
             for (i, hit) in hits.iter().enumerate() {
-                if *hit {
+                if i == 1 && write && go_bypass || i != 1 && *hit {
                     go += 1;
-                    if !IGNORE_NAMESPACES.contains(&ns.as_str()) {
-                        agent.push((
-                            RULES[i].to_string(),
-                            s(&v["requestReceivedTimestamp"]),
-                            user.clone(),
-                        ));
-                    }
+                }
+                if *hit && !IGNORE_NAMESPACES.contains(&ns.as_str()) {
+                    agent.push((
+                        RULES[i].to_string(),
+                        s(&v["requestReceivedTimestamp"]),
+                        user.clone(),
+                    ));
                 }
             }
         }
