@@ -73,7 +73,7 @@ impl Queue {
     /// Producer side (the follower/detector thread), called once per processed line, in log
     /// order, even for lines with no events. `first_index`: index within the line of
     /// `events[0]` (non-zero only for the first line after a resume that skips already-accepted
-    /// events). Blocks while the queue is full (backpressure). Returns false once the queue is
+    /// events). Blocks while the queue is full and `events` is not empty (backpressure). Returns false once the queue is
     /// closed (shutdown): the caller stops reading.
     pub fn push_line(
         &self,
@@ -83,11 +83,15 @@ impl Queue {
         events: Vec<FrictionEvent>,
     ) -> bool {
         let mut g = self.lock();
-        while !g.closed && g.len >= self.capacity {
+        // Only events need room; moving the position past lines without events never waits.
+        while !events.is_empty() && !g.closed && g.len >= self.capacity {
             // Waiting on a full queue is backpressure, not a stall: keep the producer's
             // liveness tick fresh so /healthz does not restart a healthy, throttled agent.
             METRICS.tick_follower();
-            g = match self.space.wait_timeout(g, std::time::Duration::from_secs(1)) {
+            g = match self
+                .space
+                .wait_timeout(g, std::time::Duration::from_secs(1))
+            {
                 Ok((g, _)) => g,
                 Err(p) => p.into_inner().0,
             };
@@ -118,6 +122,12 @@ impl Queue {
             Some(l) => Some((l.start, l.next_index)),
             None => g.last_end.map(|e| (e, 0)),
         }
+    }
+
+    /// True while a `push_line` with events would block (backpressure).
+    pub fn is_full(&self) -> bool {
+        let g = self.lock();
+        !g.closed && g.len >= self.capacity
     }
 
     /// Events pending or in flight.
@@ -799,41 +809,6 @@ fn json_string_field(text: &str, key: &str) -> Option<String> {
         }
     }
     Some(out)
-}
-
-// MERGE NOTE (lead): this block is a stand-in so the delivery path can be built and tested on
-// its own branch. Drop it when src/event.rs (issue 3) provides `FrictionEvent::to_json`.
-impl FrictionEvent {
-    /// The `POST /events` payload: the seven fields the backend validates.
-    pub fn to_json(&self) -> String {
-        fn field(out: &mut String, key: &str, v: &str) {
-            if out.len() > 1 {
-                out.push(',');
-            }
-            out.push('"');
-            out.push_str(key);
-            out.push_str("\":\"");
-            for c in v.chars() {
-                match c {
-                    '"' => out.push_str("\\\""),
-                    '\\' => out.push_str("\\\\"),
-                    c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-                    c => out.push(c),
-                }
-            }
-            out.push('"');
-        }
-        let mut out = String::from("{");
-        field(&mut out, "entity_ref", &self.entity_ref);
-        field(&mut out, "type", &self.kind);
-        field(&mut out, "severity", self.severity.as_str());
-        field(&mut out, "actor", &self.actor);
-        field(&mut out, "workflow", &self.workflow);
-        field(&mut out, "description", &self.description);
-        field(&mut out, "timestamp", &self.timestamp);
-        out.push('}');
-        out
-    }
 }
 
 #[cfg(test)]

@@ -309,7 +309,7 @@ impl<'a> Parser<'a> {
         let root = self.block_node(indent, None, 1)?;
         if self.peek_content()?.is_some() {
             return Err(self.err(
-                self.line().len() - self.line().trim_start().len(),
+                self.line().len() - self.line().trim_start_matches([' ', '\t']).len(),
                 "unexpected content: this line does not fit the indentation of the lines above",
                 Some("align it with the keys it belongs with".into()),
             ));
@@ -460,7 +460,12 @@ impl<'a> Parser<'a> {
             Some(c) if !self.plain_can_start(pos, c) => return Ok(None),
             Some(_) => {
                 let end = self.plain_end(pos, false)?;
-                (self.line()[pos..end].trim_end().to_string(), end)
+                (
+                    self.line()[pos..end]
+                        .trim_end_matches([' ', '\t'])
+                        .to_string(),
+                    end,
+                )
             }
             None => return Ok(None),
         };
@@ -625,7 +630,9 @@ impl<'a> Parser<'a> {
             b'[' => self.flow_seq(pos, owner, depth),
             _ if self.plain_can_start(pos, c) => {
                 let end = self.plain_end(pos, false)?;
-                let text = self.line()[pos..end].trim_end().to_string();
+                let text = self.line()[pos..end]
+                    .trim_end_matches([' ', '\t'])
+                    .to_string();
                 Ok((
                     self.node(
                         pos,
@@ -871,7 +878,9 @@ impl<'a> Parser<'a> {
                 }
                 _ if self.plain_can_start(p, c) => {
                     let end = self.plain_end(p, true)?;
-                    let text = self.line()[p..end].trim_end().to_string();
+                    let text = self.line()[p..end]
+                        .trim_end_matches([' ', '\t'])
+                        .to_string();
                     items.push(self.node(
                         p,
                         Value::Scalar(Scalar {

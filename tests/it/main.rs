@@ -3,8 +3,11 @@
 //! process control) live in `support`.
 
 mod deliver;
+mod detect;
+mod follow;
 mod gen;
 mod ops;
+mod perf_replay;
 mod rules;
 mod script;
 mod sink;

@@ -694,3 +694,22 @@ proptest! {
         }
     }
 }
+
+/// Regression (found by `rendered_documents_round_trip`): YAML trims only spaces and tabs around
+/// a plain scalar; Unicode spaces such as U+2000 are content, as yaml-rust2 reads them.
+#[test]
+fn plain_scalars_keep_unicode_spaces() {
+    let text = "k:\n  -\n  - 0\u{2000}\n  - a\u{3000} # comment\n";
+    let node = yaml::parse(text.as_bytes()).unwrap();
+    let ours = ours_raw(&node);
+    let want = T::Map(vec![(
+        "k".into(),
+        T::Seq(vec![
+            T::Null,
+            T::Str("0\u{2000}".into(), 0, 0),
+            T::Str("a\u{3000}".into(), 0, 0),
+        ]),
+    )]);
+    assert_eq!(ours, want);
+    assert_eq!(Some(self::ours(&node, false)), theirs(text, false));
+}

@@ -1267,7 +1267,6 @@ fn exec_line(actor: &str, pod: &str) -> String {
 }
 
 #[test]
-#[ignore = "needs `healert-agent run` and `replay --send` wired (lead, after merging follow/detect): then delete this line"]
 fn end_to_end_validate_start_status_test_restart_stop() {
     use crate::sink::Sink;
     const KEY: &str = "e2e-key-0123456789abcdef0123456789";
