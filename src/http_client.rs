@@ -760,6 +760,14 @@ impl BackendUrl {
             let (h, after) = v6
                 .split_once(']')
                 .ok_or_else(|| "unterminated IPv6 literal: write http://[::1]:8000".to_string())?;
+            // Found by fuzzing (`http://[a[b]:1`): brackets hold an IPv6 address and nothing
+            // else, so that the URL prints back to itself.
+            if h.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(format!(
+                    "`[{}]` is not an IPv6 address: write http://[::1]:8000",
+                    crate::log::sanitize(h, 60)
+                ));
+            }
             let port = match after {
                 "" => None,
                 p => Some(p.strip_prefix(':').ok_or("expected `:PORT` after `]`")?),
@@ -773,6 +781,15 @@ impl BackendUrl {
         };
         if host.is_empty() {
             return Err("missing host: write http://HOST:PORT".into());
+        }
+        // Found by fuzzing (`http://:1:[]:01`): outside brackets a host never contains `:`,
+        // `[` or `]`, else the URL would not print back to itself.
+        if !authority.starts_with('[') && host.contains([':', '[', ']']) {
+            return Err(
+                "bad host: an IPv6 address goes in brackets (http://[::1]:8000), \
+                 and a host name contains no `:`, `[` or `]`"
+                    .into(),
+            );
         }
         if host.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err("the host contains spaces or control characters".into());
@@ -844,6 +861,17 @@ mod url_tests {
         assert!(BackendUrl::parse("http://:80")
             .unwrap_err()
             .contains("host"));
+        // Regression inputs found by fuzz/fuzz_targets/config_values.rs.
+        for bad in [
+            "http://:1:[]:01/api/",
+            "http://::1",
+            "http://a]:80",
+            "http://[::1]x",
+            "http://[a[b]:01",
+            "http://[example.com]:80",
+        ] {
+            assert!(BackendUrl::parse(bad).is_err(), "{bad} accepted");
+        }
     }
 }
 

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Fills fuzz/corpus/TARGET with seed inputs from the repository's real test material:
+#   json_audit     every line of ../shared/audit-samples/*.ndjson and tests/data/**/*.ndjson,
+#                  plus fuzz/seeds/json_audit (escapes, invalid UTF-8, deep nesting, duplicates)
+#   yaml_rules     ../shared/compat/*.yaml and tests/data/**/*.yaml
+#   http_response  fuzz/seeds/http_response (hand-written responses: length, chunked, 429...)
+#   checkpoint     tests/data/**/*checkpoint* files, fuzz/seeds/checkpoint (first byte: mode)
+#   config_values  fuzz/seeds/config_values
+# Idempotent: names are derived from the source file, so re-running overwrites, never piles up.
+# usage: fuzz/seed.sh TARGET
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(dirname "$here")
+shared="$root/../shared"
+target=${1:?usage: fuzz/seed.sh TARGET}
+out="$here/corpus/$target"
+mkdir -p "$out"
+data_files() { # data_files PATTERN...: files under tests/data matching any pattern
+  [ -d "$root/tests/data" ] || return 0
+  local args=() p
+  for p in "$@"; do args+=(-o -name "$p"); done
+  find "$root/tests/data" -type f \( "${args[@]:1}" \) -print
+}
+case "$target" in
+  json_audit)
+    for f in "$shared"/audit-samples/*.ndjson "$shared"/audit-samples/*.json $(data_files '*.ndjson' '*.jsonl' '*.log'); do
+      [ -f "$f" ] || continue
+      split -l 1 -a 5 -d "$f" "$out/$(basename "$f")-"
+    done ;;
+  yaml_rules)
+    for f in "$shared"/compat/*.yaml $(data_files '*.yaml' '*.yml'); do
+      cp "$f" "$out/$(basename "$(dirname "$f")")-$(basename "$f")"
+    done ;;
+  checkpoint)
+    for f in $(data_files '*checkpoint*'); do
+      cp "$f" "$out/$(basename "$(dirname "$f")")-$(basename "$f")"
+    done ;;
+  http_response|config_values) ;;
+  *) echo "seed.sh: unknown target '$target' (json_audit, yaml_rules, http_response, checkpoint, config_values)" >&2; exit 2 ;;
+esac
+if [ -d "$here/seeds/$target" ]; then cp "$here/seeds/$target"/* "$out/" 2>/dev/null || true; fi
+echo "seed.sh: $(find "$out" -type f | wc -l) inputs in fuzz/corpus/$target"

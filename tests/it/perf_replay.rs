@@ -1,0 +1,167 @@
+//! `healert-agent replay` against the generator's independent oracle (tests/it/gen.rs): a
+//! realistic log with every kind of friction, near misses, ignored namespaces, bodies, a long
+//! line and the odd lines must yield exactly the expected events, in log order, and a summary
+//! line that adds up. Also the 16 MiB boundary: a line just under MAX_LINE_BYTES is evaluated,
+//! one over it is skipped and counted, and the lines after both are still read.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use crate::gen::{self, GenOptions};
+use crate::support;
+
+const RULES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../shared/compat/healert-go-rules.yaml"
+);
+
+/// Runs `replay` over `input` on stdin; returns (events as JSON values, stderr).
+fn replay(input: &[u8]) -> (Vec<serde_json::Value>, String) {
+    let mut child = Command::new(support::bin())
+        .args(["replay", "--rules", RULES, "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let data = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&data);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "replay failed: {stderr}");
+    let events = out
+        .stdout
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap_or_else(|e| panic!("stdout line: {e}")))
+        .collect();
+    (events, stderr)
+}
+
+fn summary_field(stderr: &str, key: &str) -> Option<u64> {
+    let line = stderr.lines().rev().find(|l| l.starts_with("summary "))?;
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)?
+        .1
+        .parse()
+        .ok()
+}
+
+fn key(e: &serde_json::Value) -> [String; 7] {
+    let s = |k: &str| e[k].as_str().unwrap_or("").to_string();
+    [
+        s("type"),
+        s("timestamp"),
+        s("entity_ref"),
+        s("actor"),
+        s("severity"),
+        s("workflow"),
+        s("description"),
+    ]
+}
+
+#[test]
+fn replay_matches_the_generator_oracle() {
+    let mut log = Vec::new();
+    let g = gen::generate(
+        &GenOptions {
+            lines: 30_000,
+            seed: 42,
+            match_fraction: 0.03,
+            human_system_ns_fraction: 0.2,
+            ..GenOptions::default()
+        },
+        &mut log,
+    )
+    .unwrap();
+    let (events, stderr) = replay(&log);
+    let got: Vec<_> = events.iter().map(key).collect();
+    let want: Vec<_> = g
+        .expected
+        .iter()
+        .map(|e| {
+            [
+                e.rule.to_string(),
+                e.timestamp.clone(),
+                e.entity_ref.clone(),
+                e.actor.clone(),
+                e.severity.to_string(),
+                e.workflow.to_string(),
+                e.description.clone(),
+            ]
+        })
+        .collect();
+    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(a, b, "event {i} differs");
+    }
+    assert_eq!(got.len(), want.len(), "event count");
+    assert_eq!(summary_field(&stderr, "lines"), Some(30_000), "{stderr}");
+    assert_eq!(summary_field(&stderr, "bytes"), Some(g.bytes));
+    assert_eq!(summary_field(&stderr, "events"), Some(g.expected_events));
+    assert_eq!(summary_field(&stderr, "malformed"), Some(0));
+}
+
+#[test]
+fn odd_lines_are_counted_and_skipped() {
+    let mut log = Vec::new();
+    for l in gen::odd_lines() {
+        log.extend_from_slice(&l);
+    }
+    let tail = gen::long_line_with(2000, "2025-06-01T12:00:00.000009Z");
+    log.extend_from_slice(&tail);
+    let (events, stderr) = replay(&log);
+    let types: Vec<_> = events.iter().map(|e| key(e)[0].clone()).collect();
+    // The two valid odd lines (emergency-access) and the trailing exec line (kubectl-exec +
+    // config-drift) survive everything before them.
+    assert_eq!(
+        types,
+        [
+            "emergency-access",
+            "emergency-access",
+            "kubectl-exec",
+            "config-drift"
+        ],
+        "{stderr}"
+    );
+    assert_eq!(events[0]["actor"], "jürgen & zoë");
+    // At least: not JSON, truncated, trailing data after the object.
+    assert!(
+        summary_field(&stderr, "malformed").unwrap_or(0) >= 3,
+        "{stderr}"
+    );
+}
+
+/// Issue 8: "a line over MAX_LINE_BYTES costs no more than the cap", measured by the harness on
+/// `replay`. The follower (`run`) skips such lines; `replay` does not apply the cap yet.
+#[test]
+#[ignore = "replay does not apply MAX_LINE_BYTES yet (the follower does); un-ignore with the fix"]
+fn lines_around_max_line_bytes() {
+    let cap = 16 << 20; // MAX_LINE_BYTES default
+    let mut log = Vec::new();
+    log.extend_from_slice(&gen::long_line_with(
+        cap - 64,
+        "2025-06-01T12:00:00.000011Z",
+    ));
+    log.extend_from_slice(&gen::long_line_with(
+        cap + 4096,
+        "2025-06-01T12:00:00.000012Z",
+    ));
+    log.extend_from_slice(&gen::long_line_with(1500, "2025-06-01T12:00:00.000013Z"));
+    let (events, stderr) = replay(&log);
+    let stamps: Vec<_> = events.iter().map(|e| key(e)[1].clone()).collect();
+    assert_eq!(
+        stamps,
+        [
+            "2025-06-01T12:00:00.000011Z",
+            "2025-06-01T12:00:00.000011Z",
+            "2025-06-01T12:00:00.000013Z",
+            "2025-06-01T12:00:00.000013Z"
+        ],
+        "the over-long line is skipped, its neighbours are not: {stderr}"
+    );
+}
