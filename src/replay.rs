@@ -229,7 +229,13 @@ pub fn scan_capped<R: Read>(
             st.lines += 1;
             st.bytes += len as u64;
             events.clear();
-            let v = evaluate(det, body, &mut events, &mut st);
+            // A whole over-long line can arrive in one read once the buffer has grown.
+            let v = if body.len() > max_line {
+                st.oversized += 1;
+                LineVerdict::Oversized
+            } else {
+                evaluate(det, body, &mut events, &mut st)
+            };
             st.events += events.len() as u64;
             for e in &events {
                 *st.events_per_rule.entry(e.kind.clone()).or_insert(0) += 1;

@@ -137,9 +137,8 @@ fn odd_lines_are_counted_and_skipped() {
 }
 
 /// Issue 8: "a line over MAX_LINE_BYTES costs no more than the cap", measured by the harness on
-/// `replay`. The follower (`run`) skips such lines; `replay` does not apply the cap yet.
+/// `replay`, which skips such lines like the follower (`run`) does.
 #[test]
-#[ignore = "replay does not apply MAX_LINE_BYTES yet (the follower does); un-ignore with the fix"]
 fn lines_around_max_line_bytes() {
     let cap = 16 << 20; // MAX_LINE_BYTES default
     let mut log = Vec::new();
@@ -164,4 +163,5 @@ fn lines_around_max_line_bytes() {
         ],
         "the over-long line is skipped, its neighbours are not: {stderr}"
     );
+    assert!(stderr.contains(" oversized=1"), "{stderr}");
 }
