@@ -2,7 +2,6 @@
 //! under every fault the issue lists; the invariant checked everywhere is "all events arrive,
 //! in log order, exactly once" (or are dead-lettered when the backend refuses them for good).
 
-use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +14,7 @@ use healert_agent::http_client::{BackendUrl, Client};
 use healert_agent::rules::Severity;
 
 use crate::sink::{Action, Malformed, Sink};
+use crate::support::{free_port, TempDir};
 
 /// Hang guard for whole scenarios (never an expectation about speed).
 const GUARD: Duration = Duration::from_secs(60);
@@ -255,12 +255,6 @@ fn unauthorized_keeps_events_until_restarted_with_the_right_key() {
     assert_in_order_exactly_once(&sink, 50);
 }
 
-fn temp_path(name: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("healert-deliver-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_file(&p);
-    p
-}
-
 #[test]
 fn refused_events_are_dead_lettered_and_the_rest_delivered() {
     quiet_logs();
@@ -268,7 +262,8 @@ fn refused_events_are_dead_lettered_and_the_rest_delivered() {
         .reject_containing("seq-13 ", 422)
         .reject_containing("seq-50 ", 400)
         .start();
-    let dl = temp_path("dead-letter.jsonl");
+    let dir = TempDir::new("deliver", "dead-letter");
+    let dl = dir.join("dead-letter.jsonl");
     let opts = DeliveryOptions {
         dead_letter_path: Some(dl.clone()),
         ..fast_opts()
@@ -294,7 +289,6 @@ fn refused_events_are_dead_lettered_and_the_rest_delivered() {
     let m = &healert_agent::metrics::METRICS;
     assert!(m.dead_lettered.load(std::sync::atomic::Ordering::Relaxed) >= 2);
     assert!(m.events_rejected.lock().unwrap().get(&422) >= Some(&1));
-    let _ = std::fs::remove_file(&dl);
 }
 
 #[test]
@@ -435,12 +429,7 @@ fn backend_check_reports_version_and_auth() {
         "{e}"
     );
 
-    // A port nobody listens on (taken, then released).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let down = BackendUrl::parse(&format!("http://127.0.0.1:{port}")).unwrap();
     let e = check_backend(&mut Client::new(down, None, Duration::from_secs(2))).unwrap_err();
     assert!(e.contains("cannot connect"), "{e}");

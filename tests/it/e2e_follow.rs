@@ -16,71 +16,25 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use healert_agent::checkpoint;
 
 use crate::sink::Sink;
-use crate::support;
+use crate::support::{self, append, audit_id, diff, Multiset, Proc, TempDir};
 
 /// Hang guard for every wait (never a timing assertion).
 const HANG_GUARD: Duration = Duration::from_secs(60);
 const POLL: &str = "20ms";
-/// The events rules.yaml makes of one matching line.
-const TYPES: [&str; 2] = ["kubectl-exec", "config-drift"];
 
 // ---------------------------------------------------------------------------------------------
-// Temporary directory, audit lines, expected events.
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "healert-e2e-follow-{name}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-    fn log(&self) -> PathBuf {
-        self.join("audit.log")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-static AUDIT_ID: AtomicU64 = AtomicU64::new(0);
-
-fn audit_id() -> String {
-    let n = AUDIT_ID.fetch_add(1, Ordering::Relaxed);
-    format!("{:08x}-0000-4000-8000-{:012x}", std::process::id(), n)
-}
+// Audit lines, expected events.
 
 /// A `kubectl exec` by the human `token` (two events with rules.yaml), with its newline.
 fn exec_line(token: &str) -> String {
-    format!(
-        "{{\"kind\":\"Event\",\"apiVersion\":\"audit.k8s.io/v1\",\"level\":\"Metadata\",\
-         \"auditID\":\"{id}\",\"stage\":\"ResponseComplete\",\
-         \"requestURI\":\"/api/v1/namespaces/shop/pods/web-7d4b9c8f6-abcde/exec?command=sh\",\
-         \"verb\":\"create\",\"user\":{{\"username\":\"{token}\"}},\
-         \"objectRef\":{{\"resource\":\"pods\",\"namespace\":\"shop\",\"name\":\"web-7d4b9c8f6-abcde\",\
-         \"apiVersion\":\"v1\",\"subresource\":\"exec\"}},\"responseStatus\":{{\"code\":101}},\
-         \"requestReceivedTimestamp\":\"2026-11-25T10:00:00.000000Z\"}}\n",
-        id = audit_id()
-    )
+    support::exec_line(token) + "\n"
 }
 
 /// A line no rule matches: an exec by a service account, or a `list` of configmaps.
@@ -91,16 +45,7 @@ fn quiet_line(token: &str, variant: usize) -> String {
             &format!("quiet-{}", token.replace([':', '@', '.'], "-")),
         )
     } else {
-        format!(
-            "{{\"kind\":\"Event\",\"apiVersion\":\"audit.k8s.io/v1\",\"level\":\"Metadata\",\
-             \"auditID\":\"{id}\",\"stage\":\"ResponseComplete\",\
-             \"requestURI\":\"/api/v1/namespaces/shop/configmaps\",\"verb\":\"list\",\
-             \"user\":{{\"username\":\"{token}\"}},\
-             \"objectRef\":{{\"resource\":\"configmaps\",\"namespace\":\"shop\",\"apiVersion\":\"v1\"}},\
-             \"responseStatus\":{{\"code\":200}},\
-             \"requestReceivedTimestamp\":\"2026-11-25T10:00:00.000000Z\"}}\n",
-            id = audit_id()
-        )
+        support::list_configmaps_line(token) + "\n"
     }
 }
 
@@ -121,26 +66,13 @@ fn mixed(prefix: &str, range: std::ops::Range<usize>) -> (Vec<String>, Vec<Strin
     (lines, tokens)
 }
 
-type Multiset = BTreeMap<(String, String), usize>;
-
+/// The events of the matching lines by `tokens` (the actors).
 fn expected(tokens: &[String]) -> Multiset {
-    let mut m = Multiset::new();
-    for t in tokens {
-        for ty in TYPES {
-            *m.entry((t.clone(), ty.to_string())).or_default() += 1;
-        }
-    }
-    m
+    support::expected_exec(tokens)
 }
 
 fn received(sink: &Sink) -> Multiset {
-    let mut m = Multiset::new();
-    for ev in sink.events_json() {
-        let actor = ev["actor"].as_str().unwrap_or("<no actor>").to_string();
-        let ty = ev["type"].as_str().unwrap_or("<no type>").to_string();
-        *m.entry((actor, ty)).or_default() += 1;
-    }
-    m
+    support::multiset(&[sink])
 }
 
 /// Actors in arrival order, each line's two events folded into one entry.
@@ -155,49 +87,8 @@ fn actor_order(sink: &Sink) -> Vec<String> {
     out
 }
 
-/// What differs between two multisets, shortly.
-fn diff(want: &Multiset, got: &Multiset) -> String {
-    let mut missing = Vec::new();
-    let mut extra = Vec::new();
-    for (k, &n) in want {
-        let g = got.get(k).copied().unwrap_or(0);
-        if g < n {
-            missing.push(format!("{k:?} x{}", n - g));
-        } else if g > n {
-            extra.push(format!("{k:?} x{}", g - n));
-        }
-    }
-    for (k, &g) in got {
-        if !want.contains_key(k) {
-            extra.push(format!("{k:?} x{g}"));
-        }
-    }
-    format!(
-        "{} missing (first: {:?}), {} extra/duplicated (first: {:?})",
-        missing.len(),
-        &missing[..missing.len().min(5)],
-        extra.len(),
-        &extra[..extra.len().min(5)]
-    )
-}
-
 fn assert_exact(sink: &Sink, want: &Multiset, agent_log: &str) {
-    let got = received(sink);
-    assert!(
-        &got == want,
-        "events at the sink differ from the lines written: {}\n--- agent log (tail) ---\n{agent_log}",
-        diff(want, &got)
-    );
-}
-
-/// Appends `text` to `path` (created if missing), as a writer with its own descriptor would.
-fn append(path: &Path, text: &str) {
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
-    f.write_all(text.as_bytes()).unwrap();
+    support::assert_exactly_once(&[sink], want, agent_log);
 }
 
 /// kube-apiserver's rotation: rename aside with a timestamp, then a new empty file.
@@ -212,16 +103,10 @@ fn rotate(dir: &TempDir, n: usize) -> PathBuf {
     aside
 }
 
-fn wait_until(what: &str, agent: &Agent, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + HANG_GUARD;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "hang guard: {what}\n--- agent log (tail) ---\n{}",
-            agent.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+fn wait_until(what: &str, agent: &Agent, cond: impl FnMut() -> bool) {
+    support::wait_until(HANG_GUARD, what, cond, || {
+        format!("--- agent log (tail) ---\n{}", agent.log_tail())
+    });
 }
 
 /// Waits until the sink accepted at least `n` events.
@@ -239,8 +124,15 @@ fn wait_events(sink: &Sink, n: usize, agent: &Agent) {
 // The agent under test: a child process, killed and reaped on drop.
 
 struct Agent {
-    child: Option<Child>,
+    proc: Proc,
     log: PathBuf,
+}
+
+/// The last 30 lines of the agent's log at `path`.
+fn log_tail_at(path: &Path) -> String {
+    let t = support::read_lossy(path);
+    let lines: Vec<&str> = t.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
 impl Agent {
@@ -252,14 +144,13 @@ impl Agent {
             "agent-{}.stderr",
             N.fetch_add(1, Ordering::Relaxed)
         ));
-        let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules.yaml");
         let mut cmd = Command::new(support::bin());
         cmd.arg("run")
             .env_clear()
-            .current_dir(&dir.0)
+            .current_dir(dir.path())
             .env("HEALERT_BACKEND_URL", sink.url())
             .env("AUDIT_LOG_PATH", dir.log())
-            .env("RULES_PATH", &rules)
+            .env("RULES_PATH", support::repo_rules())
             .env("POLL_INTERVAL", POLL)
             .env("LOG_LEVEL", "info")
             .stdin(Stdio::null())
@@ -270,7 +161,7 @@ impl Agent {
         }
         let child = cmd.spawn().expect("cannot start healert-agent");
         let agent = Agent {
-            child: Some(child),
+            proc: Proc::new(child),
             log,
         };
         // The banner is logged once the follower has looked at the file: from here on, what is
@@ -282,52 +173,31 @@ impl Agent {
     }
 
     fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
+        self.proc.pid()
     }
 
     fn log_text(&self) -> String {
-        String::from_utf8_lossy(&fs::read(&self.log).unwrap_or_default()).into_owned()
+        support::read_lossy(&self.log)
     }
 
     fn log_tail(&self) -> String {
-        let t = self.log_text();
-        let lines: Vec<&str> = t.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        log_tail_at(&self.log)
     }
 
     /// Peak resident set size of the agent so far, in KiB (`VmHWM` of /proc/PID/status).
     fn vm_hwm_kib(&self) -> u64 {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM in /proc/PID/status")
+        support::peak_rss_kb(self.pid()).expect("VmHWM in /proc/PID/status")
     }
 
     fn signal(&self, sig: &str) {
-        let st = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("kill");
-        assert!(st.success(), "kill -{sig} failed");
+        self.proc.signal(sig);
     }
 
     fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + HANG_GUARD;
-        loop {
-            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                self.child = None;
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "hang guard: the agent did not exit\n--- agent log (tail) ---\n{}",
-                self.log_tail()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let log = &self.log;
+        self.proc.wait_exit(HANG_GUARD, || {
+            format!("--- agent log (tail) ---\n{}", log_tail_at(log))
+        })
     }
 
     /// SIGTERM, then waits for a clean exit; returns the agent's log.
@@ -343,15 +213,6 @@ impl Agent {
     fn kill9(mut self) {
         self.signal("KILL");
         self.wait_exit();
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 
@@ -374,7 +235,7 @@ fn ready(dir: &TempDir, sink: &Sink, agent: &Agent, tokens: &mut Vec<String>, na
 fn e2e_rename_rotation_every_k_lines_with_a_continuous_writer() {
     const N: usize = 1800;
     const K: usize = 250;
-    let dir = TempDir::new("rename");
+    let dir = TempDir::new("e2e-follow", "rename");
     let sink = Sink::start();
     File::create(dir.log()).unwrap();
     let agent = Agent::start(&dir, &sink, &env_start_beginning());
@@ -411,7 +272,7 @@ fn e2e_rename_rotation_every_k_lines_with_a_continuous_writer() {
 
 #[test]
 fn e2e_copytruncate_rotation_with_the_writer_paused_during_copy_and_truncate() {
-    let dir = TempDir::new("copytruncate");
+    let dir = TempDir::new("e2e-follow", "copytruncate");
     let sink = Sink::start();
     File::create(dir.log()).unwrap();
     let agent = Agent::start(&dir, &sink, &env_start_beginning());
@@ -461,7 +322,7 @@ fn e2e_copytruncate_rotation_with_the_writer_paused_during_copy_and_truncate() {
 
 #[test]
 fn e2e_a_matching_line_written_in_three_pieces() {
-    let dir = TempDir::new("pieces");
+    let dir = TempDir::new("e2e-follow", "pieces");
     let sink = Sink::start();
     File::create(dir.log()).unwrap();
     let agent = Agent::start(&dir, &sink, &env_start_beginning());
@@ -513,7 +374,7 @@ fn e2e_a_matching_line_written_in_three_pieces() {
 
 #[test]
 fn e2e_file_missing_at_start_then_created_deleted_and_recreated() {
-    let dir = TempDir::new("missing");
+    let dir = TempDir::new("e2e-follow", "missing");
     let sink = Sink::start();
     // START_AT=end (the default): a file that appears after the start is new, read from 0.
     let agent = Agent::start(&dir, &sink, &[("START_AT", "end")]);
@@ -572,7 +433,7 @@ fn assert_checkpoint_at_end(dir: &TempDir, cp_path: &Path) {
 
 #[test]
 fn e2e_clean_restart_resumes_from_the_checkpoint_without_loss_or_duplicate() {
-    let dir = TempDir::new("restart");
+    let dir = TempDir::new("e2e-follow", "restart");
     let sink = Sink::start();
     let cp_path = dir.join("checkpoint");
     let cp = cp_path.to_str().unwrap().to_string();
@@ -614,7 +475,7 @@ fn e2e_clean_restart_resumes_from_the_checkpoint_without_loss_or_duplicate() {
 /// accepted, so nothing is lost and nothing is sent twice.
 #[test]
 fn e2e_clean_stops_with_a_backlog_across_rotations_lose_and_repeat_nothing() {
-    let dir = TempDir::new("restart-backlog");
+    let dir = TempDir::new("e2e-follow", "restart-backlog");
     let sink = Sink::builder().delay(Duration::from_millis(15)).start();
     let cp_path = dir.join("checkpoint");
     let cp = cp_path.to_str().unwrap().to_string();
@@ -703,7 +564,7 @@ fn offsets(base: u64, lines: &[String]) -> Vec<u64> {
 
 #[test]
 fn e2e_kill_9_then_restart_loses_nothing() {
-    let dir = TempDir::new("kill9");
+    let dir = TempDir::new("e2e-follow", "kill9");
     let sink = Sink::builder().delay(Duration::from_millis(3)).start();
     let cp_path = dir.join("checkpoint");
     let cp = cp_path.to_str().unwrap().to_string();
@@ -780,7 +641,7 @@ fn e2e_kill_9_then_restart_loses_nothing() {
 /// event arrives; repeats are limited to what the last checkpoint had not acknowledged.
 #[test]
 fn e2e_kill_9_with_a_backlog_across_rotations_loses_nothing() {
-    let dir = TempDir::new("kill9-rot");
+    let dir = TempDir::new("e2e-follow", "kill9-rot");
     let sink = Sink::builder().delay(Duration::from_millis(3)).start();
     let cp_path = dir.join("checkpoint");
     let cp = cp_path.to_str().unwrap().to_string();
@@ -885,7 +746,7 @@ fn e2e_kill_9_with_a_backlog_across_rotations_loses_nothing() {
 
 #[test]
 fn e2e_rotations_while_down_are_drained_first_in_order() {
-    let dir = TempDir::new("rotated-down");
+    let dir = TempDir::new("e2e-follow", "rotated-down");
     let sink = Sink::start();
     let cp_path = dir.join("checkpoint");
     let cp = cp_path.to_str().unwrap().to_string();
@@ -931,7 +792,7 @@ fn e2e_rotations_while_down_are_drained_first_in_order() {
 
 #[test]
 fn e2e_a_64_mib_line_between_two_matching_lines_in_bounded_memory() {
-    let dir = TempDir::new("bigline");
+    let dir = TempDir::new("e2e-follow", "bigline");
     let sink = Sink::start();
     File::create(dir.log()).unwrap();
     let agent = Agent::start(&dir, &sink, &env_start_beginning());
@@ -972,7 +833,7 @@ fn e2e_a_64_mib_line_between_two_matching_lines_in_bounded_memory() {
 
 #[test]
 fn e2e_a_slow_sink_backpressures_without_loss_in_bounded_memory() {
-    let dir = TempDir::new("backpressure");
+    let dir = TempDir::new("e2e-follow", "backpressure");
     let sink = Sink::builder().delay(Duration::from_millis(5)).start();
     File::create(dir.log()).unwrap();
     let agent = Agent::start(
@@ -1030,7 +891,7 @@ fn agent_holds(agent: &Agent, path: &Path) -> bool {
 /// rotated file the agent has opened stays readable until drained, even once deleted.
 #[test]
 fn e2e_backpressure_with_rotations_and_old_backups_deleted() {
-    let dir = TempDir::new("maxbackup");
+    let dir = TempDir::new("e2e-follow", "maxbackup");
     let sink = Sink::builder().delay(Duration::from_millis(4)).start();
     File::create(dir.log()).unwrap();
     let agent = Agent::start(
@@ -1070,7 +931,7 @@ fn e2e_backpressure_with_rotations_and_old_backups_deleted() {
 /// A line half-written at a clean stop is read whole after the restart, once.
 #[test]
 fn e2e_a_line_completed_after_a_restart_is_delivered_once() {
-    let dir = TempDir::new("half-line");
+    let dir = TempDir::new("e2e-follow", "half-line");
     let sink = Sink::start();
     let cp_path = dir.join("checkpoint");
     let cp = cp_path.to_str().unwrap().to_string();
@@ -1112,7 +973,7 @@ fn e2e_a_line_completed_after_a_restart_is_delivered_once() {
 /// agents' memory bounded.
 #[test]
 fn e2e_a_restart_in_the_middle_of_a_64_mib_line() {
-    let dir = TempDir::new("bigline-restart");
+    let dir = TempDir::new("e2e-follow", "bigline-restart");
     let sink = Sink::start();
     let cp_path = dir.join("checkpoint");
     let cp = cp_path.to_str().unwrap().to_string();
@@ -1173,7 +1034,7 @@ fn e2e_a_restart_in_the_middle_of_a_64_mib_line() {
 /// 250 ms). The files renamed aside in between are found in the directory and read in order.
 #[test]
 fn e2e_many_rotations_between_two_looks_with_the_default_poll_interval() {
-    let dir = TempDir::new("rapid");
+    let dir = TempDir::new("e2e-follow", "rapid");
     let sink = Sink::start();
     File::create(dir.log()).unwrap();
     let agent = Agent::start(
@@ -1205,7 +1066,7 @@ fn e2e_many_rotations_between_two_looks_with_the_default_poll_interval() {
 /// the checkpoint offset before the truncated file is read from its start.
 #[test]
 fn e2e_copytruncate_while_down_reads_the_copy_from_the_checkpoint() {
-    let dir = TempDir::new("ct-down");
+    let dir = TempDir::new("e2e-follow", "ct-down");
     let sink = Sink::start();
     let cp_path = dir.join("checkpoint");
     let cp = cp_path.to_str().unwrap().to_string();
@@ -1251,7 +1112,7 @@ fn e2e_copytruncate_while_down_reads_the_copy_from_the_checkpoint() {
 /// mistaken for a copy of the empty one (an empty fingerprint matches anything).
 #[test]
 fn e2e_empty_checkpointed_file_replaced_while_down_repeats_no_old_file() {
-    let dir = TempDir::new("empty-cp");
+    let dir = TempDir::new("e2e-follow", "empty-cp");
     let sink = Sink::start();
     let cp_path = dir.join("checkpoint");
     let cp = cp_path.to_str().unwrap().to_string();
@@ -1299,7 +1160,7 @@ fn e2e_empty_checkpointed_file_replaced_while_down_repeats_no_old_file() {
 /// only the new lines are sent; the older backups, already delivered, are not read again.
 #[test]
 fn e2e_quick_rotations_then_one_while_down_repeat_no_backup() {
-    let dir = TempDir::new("quick-down");
+    let dir = TempDir::new("e2e-follow", "quick-down");
     let sink = Sink::start();
     let cp_path = dir.join("checkpoint");
     let cp = cp_path.to_str().unwrap().to_string();
@@ -1356,7 +1217,7 @@ fn e2e_quick_rotations_then_one_while_down_repeat_no_backup() {
 /// (START_AT=end) reads it from its start, since all of it was written after the checkpoint.
 #[test]
 fn e2e_file_created_while_down_after_a_checkpoint_without_file() {
-    let dir = TempDir::new("created-down");
+    let dir = TempDir::new("e2e-follow", "created-down");
     let sink = Sink::start();
     let cp_path = dir.join("checkpoint");
     let cp = cp_path.to_str().unwrap().to_string();
@@ -1379,7 +1240,7 @@ fn e2e_file_created_while_down_after_a_checkpoint_without_file() {
 /// checkpoint still covers them: the restart sends each exactly once.
 #[test]
 fn e2e_second_sigterm_stops_at_once_and_the_restart_repeats_nothing() {
-    let dir = TempDir::new("double-term");
+    let dir = TempDir::new("e2e-follow", "double-term");
     let sink = Sink::builder().delay(Duration::from_millis(15)).start();
     let cp_path = dir.join("checkpoint");
     let cp = cp_path.to_str().unwrap().to_string();

@@ -7,63 +7,30 @@
 //! `(actor, type)` at the sink can be checked: nothing lost, nothing repeated.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::ops::{parse_exposition, Exposition};
 use crate::sink::Sink;
-use crate::support::bin;
+use crate::support::{
+    self, assert_exactly_once, audit_id, bin, free_port, http_get, multiset, parse_reply,
+    peak_rss_kb, repo_rules, Proc, Reply, TempDir,
+};
 
 /// Hang guard for every wait on the agent (a loaded 2-core CI machine is slow, not stuck).
 const GUARD: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------------------------
-// Helpers: temp dirs, the agent child, audit lines, the health server.
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let p = std::env::temp_dir().join(format!(
-            "healert-e2e-ops-{name}-{}-{}-{nanos}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
+// Helpers: the agent child, audit lines, the health server.
 
 /// A running agent; killed (SIGKILL) and reaped on drop if still running.
 struct Agent {
-    child: Child,
+    proc: Proc,
     stderr_path: PathBuf,
-    status: Option<ExitStatus>,
-}
-
-/// The repository's rules file.
-fn repo_rules() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rules.yaml")
 }
 
 /// A command for the binary with none of the agent's variables inherited from the test's own
@@ -85,7 +52,7 @@ impl Agent {
     fn start(dir: &TempDir, label: &str, env: &[(&str, String)]) -> Agent {
         let stderr_path = dir.join(&format!("{label}.stderr"));
         let err = File::create(&stderr_path).unwrap();
-        let child = command(&dir.0, env)
+        let child = command(dir.path(), env)
             .arg("run")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -93,27 +60,21 @@ impl Agent {
             .spawn()
             .unwrap();
         Agent {
-            child,
+            proc: Proc::new(child),
             stderr_path,
-            status: None,
         }
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.proc.pid()
     }
 
     fn stderr(&self) -> String {
-        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+        support::read_lossy(&self.stderr_path)
     }
 
     fn signal(&self, sig: &str) {
-        let st = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string())
-            .status()
-            .unwrap();
-        assert!(st.success(), "kill -{sig} failed");
+        self.proc.signal(sig);
     }
 
     /// Waits until stderr contains `needle`; panics (with stderr) after the guard.
@@ -123,8 +84,7 @@ impl Agent {
             if self.stderr().contains(needle) {
                 return;
             }
-            if let Ok(Some(st)) = self.child.try_wait() {
-                self.status = Some(st);
+            if let Some(st) = self.proc.try_wait() {
                 // One last look: the line may have been written just before exiting.
                 if self.stderr().contains(needle) {
                     return;
@@ -145,22 +105,10 @@ impl Agent {
 
     /// Waits for the process to exit (hang guard: `guard`).
     fn wait_exit(&mut self, guard: Duration) -> ExitStatus {
-        if let Some(st) = self.status {
-            return st;
-        }
-        let deadline = Instant::now() + guard;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                self.status = Some(st);
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent did not exit within {guard:?}:\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let path = &self.stderr_path;
+        self.proc.wait_exit(guard, || {
+            format!("agent stderr:\n{}", support::read_lossy(path))
+        })
     }
 
     /// SIGTERM and wait for a clean exit (code 0).
@@ -173,18 +121,8 @@ impl Agent {
     }
 
     fn assert_running(&mut self) {
-        if let Ok(Some(st)) = self.child.try_wait() {
-            self.status = Some(st);
+        if let Some(st) = self.proc.try_wait() {
             panic!("agent exited ({st}):\n{}", self.stderr());
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if self.status.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
         }
     }
 }
@@ -196,33 +134,6 @@ fn run_to_exit(dir: &TempDir, env: &[(&str, String)]) -> (Option<i32>, String) {
     (st.code(), a.stderr())
 }
 
-/// The agent's peak resident set (VmHWM, kB), if /proc tells.
-fn peak_rss_kb(pid: u32) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// A loopback port nobody listens on (bound then released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-static AUDIT_SEQ: AtomicUsize = AtomicUsize::new(0);
-
-fn audit_id() -> String {
-    let n = AUDIT_SEQ.fetch_add(1, Ordering::SeqCst);
-    format!(
-        "{:08x}-0000-4000-8000-{:012x}",
-        std::process::id(),
-        n as u64
-    )
-}
-
 /// The actor name carrying `token`.
 fn actor(token: &str) -> String {
     format!("u-{token}@example.com")
@@ -231,11 +142,7 @@ fn actor(token: &str) -> String {
 /// A `kubectl exec` line by `u-<token>`: with the repo rules it yields kubectl-exec and
 /// config-drift (verb create on pods).
 fn exec_line(token: &str) -> String {
-    format!(
-        r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"{}","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/shop/pods/web-7d4b9c8f6-abcde/exec?command=sh","verb":"create","user":{{"username":"{}"}},"objectRef":{{"resource":"pods","namespace":"shop","name":"web-7d4b9c8f6-abcde","apiVersion":"v1","subresource":"exec"}},"responseStatus":{{"code":101}},"requestReceivedTimestamp":"2026-11-25T10:00:00.000000Z"}}"#,
-        audit_id(),
-        actor(token)
-    )
+    support::exec_line(&actor(token))
 }
 
 /// A person reading a Secret (`emergency-access` in the repo rules).
@@ -249,50 +156,22 @@ fn secret_line(token: &str) -> String {
 
 /// A line no rule matches (a controller listing configmaps).
 fn quiet_line() -> String {
-    format!(
-        r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"{}","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/shop/configmaps","verb":"list","user":{{"username":"system:serviceaccount:kube-system:foo"}},"objectRef":{{"resource":"configmaps","namespace":"shop","apiVersion":"v1"}},"responseStatus":{{"code":200}},"requestReceivedTimestamp":"2026-11-25T10:00:00.000000Z"}}"#,
-        audit_id()
-    )
+    support::list_configmaps_line("system:serviceaccount:kube-system:foo")
 }
 
+/// Appends `lines`, each with a newline.
 fn append(path: &Path, lines: &[String]) {
     let mut text = String::new();
     for l in lines {
         text.push_str(l);
         text.push('\n');
     }
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
-    f.write_all(text.as_bytes()).unwrap();
-}
-
-/// `(actor, type)` → how many times the sinks accepted it.
-fn multiset(sinks: &[&Sink]) -> BTreeMap<(String, String), usize> {
-    let mut m = BTreeMap::new();
-    for s in sinks {
-        for v in s.events_json() {
-            let key = (
-                v["actor"].as_str().unwrap_or("?").to_string(),
-                v["type"].as_str().unwrap_or("?").to_string(),
-            );
-            *m.entry(key).or_insert(0) += 1;
-        }
-    }
-    m
+    support::append(path, &text);
 }
 
 /// The multiset expected from `tokens` exec lines with the repo rules.
 fn expected_exec(tokens: &[String]) -> BTreeMap<(String, String), usize> {
-    let mut m = BTreeMap::new();
-    for t in tokens {
-        for ty in ["kubectl-exec", "config-drift"] {
-            *m.entry((actor(t), ty.to_string())).or_insert(0) += 1;
-        }
-    }
-    m
+    support::expected_exec(tokens.iter().map(|t| actor(t)))
 }
 
 /// Waits until the sinks together hold `n` events (hang guard).
@@ -335,38 +214,6 @@ fn base_env(backend: &str, log: &Path, rules: &Path, extra: &[(&str, &str)]) -> 
         env.push((k, v.to_string()));
     }
     env
-}
-
-struct Reply {
-    status: u16,
-    body: String,
-}
-
-/// One GET to the agent's health server (hang guard 10 s); Err if it cannot be reached.
-fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<Reply> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.set_write_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    parse_reply(&buf)
-}
-
-fn parse_reply(buf: &[u8]) -> std::io::Result<Reply> {
-    let text = String::from_utf8_lossy(buf).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other(format!("no head in {text:?}")))?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("no status in {head:?}")))?;
-    Ok(Reply {
-        status,
-        body: body.to_string(),
-    })
 }
 
 /// Polls `GET path` until `cond` holds (hang guard); returns the matching reply.
@@ -414,8 +261,7 @@ fn start_with_health(dir: &TempDir, label: &str, env: &[(&str, String)]) -> (Age
         let mut a = Agent::start(dir, label, &env);
         let deadline = Instant::now() + GUARD;
         loop {
-            if let Ok(Some(st)) = a.child.try_wait() {
-                a.status = Some(st);
+            if let Some(st) = a.proc.try_wait() {
                 let err = a.stderr();
                 assert!(
                     err.contains("cannot serve health"),
@@ -441,29 +287,6 @@ fn tokens(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i:04}")).collect()
 }
 
-fn assert_exactly_once(sinks: &[&Sink], want: &BTreeMap<(String, String), usize>, stderr: &str) {
-    let got = multiset(sinks);
-    if &got != want {
-        let missing: Vec<_> = want
-            .keys()
-            .filter(|k| !got.contains_key(*k))
-            .take(5)
-            .collect();
-        let repeated: Vec<_> = got.iter().filter(|(_, n)| **n > 1).take(5).collect();
-        let extra: Vec<_> = got
-            .keys()
-            .filter(|k| !want.contains_key(*k))
-            .take(5)
-            .collect();
-        panic!(
-            "sink multiset differs: got {} distinct ({} total), want {}; missing {missing:?}; repeated {repeated:?}; unexpected {extra:?}\n{stderr}",
-            got.len(),
-            got.values().sum::<usize>(),
-            want.len()
-        );
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Shutdown and restarts.
 
@@ -471,7 +294,7 @@ fn assert_exactly_once(sinks: &[&Sink], want: &BTreeMap<(String, String), usize>
 /// deliver stays behind the checkpoint and a restart delivers it; nothing lost, nothing twice.
 #[test]
 fn sigterm_with_500_queued_events_and_a_slow_sink_loses_nothing_across_a_restart() {
-    let dir = TempDir::new("sigterm500");
+    let dir = TempDir::new("e2e-ops", "sigterm500");
     let log = dir.join("audit.log");
     let cp = dir.join("checkpoint");
     let toks = tokens("t500-", 250); // 250 exec lines → 500 events
@@ -527,7 +350,7 @@ fn sigterm_with_500_queued_events_and_a_slow_sink_loses_nothing_across_a_restart
 /// checkpoint saved; a restart with a working backend delivers everything, once.
 #[test]
 fn second_sigterm_during_a_long_grace_exits_at_once_and_a_restart_delivers_the_rest() {
-    let dir = TempDir::new("second-term");
+    let dir = TempDir::new("e2e-ops", "second-term");
     let log = dir.join("audit.log");
     let cp = dir.join("checkpoint");
     let cp_s = cp.display().to_string();
@@ -572,7 +395,7 @@ fn second_sigterm_during_a_long_grace_exits_at_once_and_a_restart_delivers_the_r
 /// once the backend comes up on the address it was given.
 #[test]
 fn backend_unreachable_at_start_is_a_warning_and_delivery_starts_when_it_comes_up() {
-    let dir = TempDir::new("late-backend");
+    let dir = TempDir::new("e2e-ops", "late-backend");
     let log = dir.join("audit.log");
     append(&log, &[quiet_line()]);
     let port = free_port();
@@ -617,7 +440,7 @@ fn backend_unreachable_at_start_is_a_warning_and_delivery_starts_when_it_comes_u
 fn rejected_key_then_the_right_key_loses_nothing_and_never_logs_the_key() {
     const RIGHT: &str = "right-key-Zq8vT3xP0wLm";
     const WRONG: &str = "wrong-key-Kd7sU2nQ5yHb";
-    let dir = TempDir::new("api-key");
+    let dir = TempDir::new("e2e-ops", "api-key");
     let log = dir.join("audit.log");
     let cp = dir.join("checkpoint");
     let cp_s = cp.display().to_string();
@@ -706,7 +529,7 @@ fn rejected_key_then_the_right_key_loses_nothing_and_never_logs_the_key() {
 
 #[test]
 fn https_backend_url_exits_1_with_the_tls_explanation() {
-    let dir = TempDir::new("https");
+    let dir = TempDir::new("e2e-ops", "https");
     let log = dir.join("audit.log");
     let env = base_env("https://healert.example.com", &log, &repo_rules(), &[]);
     let (code, err) = run_to_exit(&dir, &env);
@@ -719,7 +542,7 @@ fn https_backend_url_exits_1_with_the_tls_explanation() {
 
 #[test]
 fn bad_environment_values_exit_1_naming_variable_value_and_example() {
-    let dir = TempDir::new("bad-env");
+    let dir = TempDir::new("e2e-ops", "bad-env");
     let log = dir.join("audit.log");
     let env = base_env(
         "http://127.0.0.1:9",
@@ -754,7 +577,7 @@ fn bad_environment_values_exit_1_naming_variable_value_and_example() {
 
 #[test]
 fn health_addr_in_use_exits_1_naming_the_address() {
-    let dir = TempDir::new("health-busy");
+    let dir = TempDir::new("e2e-ops", "health-busy");
     let log = dir.join("audit.log");
     let busy = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = busy.local_addr().unwrap().to_string();
@@ -772,7 +595,7 @@ fn health_addr_in_use_exits_1_naming_the_address() {
 
 #[test]
 fn missing_rules_file_exits_1_saying_how_to_set_rules_path() {
-    let dir = TempDir::new("no-rules");
+    let dir = TempDir::new("e2e-ops", "no-rules");
     let log = dir.join("audit.log");
     let missing = dir.join("nope/rules.yaml");
     let env = base_env("http://127.0.0.1:9", &log, &missing, &[]);
@@ -794,7 +617,7 @@ fn missing_rules_file_exits_1_saying_how_to_set_rules_path() {
 
 #[test]
 fn invalid_rules_exit_1_with_validate_path_line_col_errors() {
-    let dir = TempDir::new("bad-rules");
+    let dir = TempDir::new("e2e-ops", "bad-rules");
     let log = dir.join("audit.log");
     let rules = dir.join("rules.yaml");
     fs::write(
@@ -826,7 +649,7 @@ fn invalid_rules_exit_1_with_validate_path_line_col_errors() {
         "{err}"
     );
     // The same lines as `validate` prints.
-    let out = command(&dir.0, &[])
+    let out = command(dir.path(), &[])
         .arg("validate")
         .arg(&rules)
         .output()
@@ -843,7 +666,7 @@ fn invalid_rules_exit_1_with_validate_path_line_col_errors() {
 
 #[test]
 fn banner_shows_version_backend_log_rules_namespaces_auth_and_start() {
-    let dir = TempDir::new("banner");
+    let dir = TempDir::new("e2e-ops", "banner");
     let log = dir.join("audit.log");
     append(&log, &[quiet_line()]);
     let sink = Sink::start();
@@ -923,7 +746,7 @@ fn banner_shows_version_backend_log_rules_namespaces_auth_and_start() {
 
 #[test]
 fn json_logs_every_stderr_line_parses_with_ts_level_msg() {
-    let dir = TempDir::new("json-logs");
+    let dir = TempDir::new("e2e-ops", "json-logs");
     let log = dir.join("audit.log");
     let toks = tokens("json-", 3);
     append(&log, &toks.iter().map(|t| exec_line(t)).collect::<Vec<_>>());
@@ -1006,7 +829,7 @@ fn write_rules(path: &Path, text: &str) {
 
 #[test]
 fn sighup_reloads_valid_rules_and_keeps_the_old_ones_on_an_invalid_file() {
-    let dir = TempDir::new("sighup");
+    let dir = TempDir::new("e2e-ops", "sighup");
     let log = dir.join("audit.log");
     let rules = dir.join("rules.yaml");
     write_rules(&rules, RULES_EXEC_ONLY);
@@ -1076,12 +899,12 @@ fn sighup_reloads_valid_rules_and_keeps_the_old_ones_on_an_invalid_file() {
 /// Issue 6: /metrics values equal the counts of a known replay of the same file.
 #[test]
 fn metrics_equal_the_counts_of_a_replay_of_the_same_log() {
-    let dir = TempDir::new("replay-metrics");
+    let dir = TempDir::new("e2e-ops", "replay-metrics");
     let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/sample/audit.ndjson");
     let log = dir.join("audit.log");
     fs::copy(&sample, &log).unwrap();
 
-    let out = command(&dir.0, &[])
+    let out = command(dir.path(), &[])
         .arg("replay")
         .arg("--rules")
         .arg(repo_rules())
@@ -1213,7 +1036,7 @@ fn metrics_equal_the_counts_of_a_replay_of_the_same_log() {
 /// flip is covered in-process by `ops::probes_flip_on_rejected_key_backend_outage_and_stalled_follower`.
 #[test]
 fn readyz_flips_to_503_while_the_backend_fails_and_back_when_it_recovers() {
-    let dir = TempDir::new("probes");
+    let dir = TempDir::new("e2e-ops", "probes");
     let log = dir.join("audit.log");
     append(&log, &[quiet_line()]);
     let sink = Sink::builder()
@@ -1245,7 +1068,7 @@ fn readyz_flips_to_503_while_the_backend_fails_and_back_when_it_recovers() {
 /// serving and delivering.
 #[test]
 fn a_1mb_request_to_metrics_is_refused_without_harm() {
-    let dir = TempDir::new("big-request");
+    let dir = TempDir::new("e2e-ops", "big-request");
     let log = dir.join("audit.log");
     append(&log, &[quiet_line()]);
     let sink = Sink::start();
@@ -1291,7 +1114,7 @@ fn a_1mb_request_to_metrics_is_refused_without_harm() {
 /// flight keeps its event behind the checkpoint, and a restart delivers everything once.
 #[test]
 fn a_request_hanging_past_the_grace_period_does_not_hold_the_stop() {
-    let dir = TempDir::new("hung-grace");
+    let dir = TempDir::new("e2e-ops", "hung-grace");
     let log = dir.join("audit.log");
     let cp = dir.join("checkpoint");
     let cp_s = cp.display().to_string();
@@ -1336,7 +1159,7 @@ fn a_request_hanging_past_the_grace_period_does_not_hold_the_stop() {
 /// Issue 5: the second SIGTERM stops at once even while a request hangs (HTTP_TIMEOUT=5m).
 #[test]
 fn second_sigterm_stops_at_once_while_a_request_hangs() {
-    let dir = TempDir::new("hung-second");
+    let dir = TempDir::new("e2e-ops", "hung-second");
     let log = dir.join("audit.log");
     let cp = dir.join("checkpoint");
     let cp_s = cp.display().to_string();
@@ -1405,7 +1228,7 @@ fn wait_hung_request(sink: &Sink, n: usize, agent: &Agent) {
 /// `PATH:LINE:COL: error:` text kept in the messages.
 #[test]
 fn json_logs_startup_refusals_are_json_lines_too() {
-    let dir = TempDir::new("json-refusals");
+    let dir = TempDir::new("e2e-ops", "json-refusals");
     let log = dir.join("audit.log");
     let bad_rules = dir.join("rules.yaml");
     fs::write(&bad_rules, "rules:\n  - name: x\n    severity: hgih\n").unwrap();
@@ -1460,7 +1283,7 @@ fn json_logs_startup_refusals_are_json_lines_too() {
 /// (at-least-once: what was accepted after the last checkpoint may arrive twice, nothing else).
 #[test]
 fn sigkill_mid_delivery_then_restart_loses_nothing() {
-    let dir = TempDir::new("sigkill");
+    let dir = TempDir::new("e2e-ops", "sigkill");
     let log = dir.join("audit.log");
     let cp = dir.join("checkpoint");
     let cp_s = cp.display().to_string();
@@ -1530,7 +1353,7 @@ fn sigkill_mid_delivery_then_restart_loses_nothing() {
 /// appears (whose lines are all read: a file created after start is new).
 #[test]
 fn readyz_waits_for_the_audit_log_to_appear() {
-    let dir = TempDir::new("log-appears");
+    let dir = TempDir::new("e2e-ops", "log-appears");
     let log = dir.join("audit.log");
     let sink = Sink::start();
     let env = base_env(&sink.url(), &log, &repo_rules(), &[("START_AT", "end")]);
@@ -1552,7 +1375,7 @@ fn readyz_waits_for_the_audit_log_to_appear() {
 /// and the last start sends nothing again.
 #[test]
 fn sigterm_with_a_full_queue_then_two_restarts_deliver_exactly_once() {
-    let dir = TempDir::new("full-queue");
+    let dir = TempDir::new("e2e-ops", "full-queue");
     let log = dir.join("audit.log");
     let cp = dir.join("checkpoint");
     let cp_s = cp.display().to_string();

@@ -5,43 +5,18 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use healert_agent::checkpoint::{self, Checkpoint, CheckpointErrorKind, Position};
 use healert_agent::config::StartAt;
 use healert_agent::tail::{FollowOptions, Follower, Poll};
 
+use crate::support::{append, TempDir};
+
 /// Hang guard for every wait below (never a timing assertion).
 const HANG_GUARD: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(5);
-
-/// A unique temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "healert-follow-{name}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 fn opts(path: &Path, start_at: StartAt) -> FollowOptions {
     FollowOptions {
@@ -50,15 +25,6 @@ fn opts(path: &Path, start_at: StartAt) -> FollowOptions {
         max_line_bytes: 16 << 20,
         start_at,
     }
-}
-
-fn append(path: &Path, text: &str) {
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
-    f.write_all(text.as_bytes()).unwrap();
 }
 
 fn lines(prefix: &str, range: std::ops::Range<usize>) -> String {
@@ -138,14 +104,14 @@ fn checkpoint_at(f: &Follower, pos: Position) -> Checkpoint {
 fn rename_rotation_with_concurrent_writer_loses_and_repeats_nothing() {
     const N: usize = 3000;
     const K: usize = 400;
-    let dir = TempDir::new("rename");
+    let dir = TempDir::new("follow", "rename");
     let path = dir.join("audit.log");
     File::create(&path).unwrap();
     let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
     assert_eq!(f.start_description(), "from beginning");
 
     let wpath = path.clone();
-    let wdir = dir.0.clone();
+    let wdir = dir.path().to_path_buf();
     let writer = std::thread::spawn(move || {
         let mut out = OpenOptions::new().append(true).open(&wpath).unwrap();
         let mut i = 0;
@@ -185,7 +151,7 @@ fn rename_rotation_with_concurrent_writer_loses_and_repeats_nothing() {
 
 #[test]
 fn unterminated_last_line_of_a_rotated_file_is_delivered_once_drained() {
-    let dir = TempDir::new("unterminated");
+    let dir = TempDir::new("follow", "unterminated");
     let path = dir.join("audit.log");
     append(&path, "a\nb\npartial");
     let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
@@ -200,7 +166,7 @@ fn unterminated_last_line_of_a_rotated_file_is_delivered_once_drained() {
 
 #[test]
 fn copytruncate_restarts_at_zero() {
-    let dir = TempDir::new("copytruncate");
+    let dir = TempDir::new("follow", "copytruncate");
     let path = dir.join("audit.log");
     append(&path, &lines("old", 0..100));
     let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
@@ -232,7 +198,7 @@ fn copytruncate_restarts_at_zero() {
 
 #[test]
 fn a_line_written_in_three_pieces_is_read_once_complete() {
-    let dir = TempDir::new("pieces");
+    let dir = TempDir::new("follow", "pieces");
     let path = dir.join("audit.log");
     File::create(&path).unwrap();
     let mut f = Follower::new(opts(&path, StartAt::End), None);
@@ -251,7 +217,7 @@ fn a_line_written_in_three_pieces_is_read_once_complete() {
 
 #[test]
 fn start_at_end_skips_the_rest_of_a_line_being_written() {
-    let dir = TempDir::new("midline");
+    let dir = TempDir::new("follow", "midline");
     let path = dir.join("audit.log");
     append(&path, "a\nb\nhalf-wri");
     let mut f = Follower::new(opts(&path, StartAt::End), None);
@@ -264,7 +230,7 @@ fn start_at_end_skips_the_rest_of_a_line_being_written() {
 
 #[test]
 fn missing_at_start_then_deleted_and_recreated() {
-    let dir = TempDir::new("missing");
+    let dir = TempDir::new("follow", "missing");
     let path = dir.join("audit.log");
     // START_AT=end does not apply to a file that appears later: all of it is new.
     let mut f = Follower::new(opts(&path, StartAt::End), None);
@@ -289,7 +255,7 @@ fn missing_at_start_then_deleted_and_recreated() {
 
 #[test]
 fn resume_from_checkpoint_on_the_same_file() {
-    let dir = TempDir::new("resume");
+    let dir = TempDir::new("follow", "resume");
     let path = dir.join("audit.log");
     append(&path, &lines("l", 0..10));
     let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
@@ -317,7 +283,7 @@ fn resume_from_checkpoint_on_the_same_file() {
 
 #[test]
 fn resume_after_rotation_while_down_drains_the_rotated_file_first() {
-    let dir = TempDir::new("rotated-down");
+    let dir = TempDir::new("follow", "rotated-down");
     let path = dir.join("audit.log");
     append(&path, &lines("l", 0..10));
     let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
@@ -356,7 +322,7 @@ fn resume_after_rotation_while_down_drains_the_rotated_file_first() {
 
 #[test]
 fn resume_when_the_rotated_file_is_gone_reads_the_live_file_from_zero() {
-    let dir = TempDir::new("rotated-gone");
+    let dir = TempDir::new("follow", "rotated-gone");
     let path = dir.join("audit.log");
     append(&path, &lines("l", 0..10));
     let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
@@ -380,7 +346,7 @@ fn resume_when_the_rotated_file_is_gone_reads_the_live_file_from_zero() {
 
 #[test]
 fn reused_inode_is_recognised_by_its_fingerprint() {
-    let dir = TempDir::new("reused");
+    let dir = TempDir::new("follow", "reused");
     let path = dir.join("audit.log");
     append(&path, &lines("old", 0..50));
     let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
@@ -404,7 +370,7 @@ fn reused_inode_is_recognised_by_its_fingerprint() {
 
 #[test]
 fn checkpoint_for_another_path_or_past_the_end_falls_back() {
-    let dir = TempDir::new("foreign-cp");
+    let dir = TempDir::new("follow", "foreign-cp");
     let path = dir.join("audit.log");
     append(&path, &lines("l", 0..5));
     let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
@@ -432,7 +398,7 @@ fn checkpoint_for_another_path_or_past_the_end_falls_back() {
 
 #[test]
 fn a_64_mib_line_is_skipped_in_bounded_memory() {
-    let dir = TempDir::new("long");
+    let dir = TempDir::new("follow", "long");
     let path = dir.join("audit.log");
     {
         let mut out = File::create(&path).unwrap();
@@ -484,7 +450,7 @@ fn a_64_mib_line_is_skipped_in_bounded_memory() {
 
 #[test]
 fn backpressure_holds_a_rotated_and_deleted_file_until_drained() {
-    let dir = TempDir::new("backpressure");
+    let dir = TempDir::new("follow", "backpressure");
     let path = dir.join("audit.log");
     append(&path, &lines("l", 0..1000));
     let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
@@ -503,7 +469,7 @@ fn backpressure_holds_a_rotated_and_deleted_file_until_drained() {
 
 #[test]
 fn corrupt_checkpoint_files_are_reported_not_fatal() {
-    let dir = TempDir::new("corrupt-cp");
+    let dir = TempDir::new("follow", "corrupt-cp");
     let p = dir.join("checkpoint");
     assert_eq!(
         checkpoint::load(&p).unwrap(),
@@ -550,7 +516,7 @@ fn corrupt_checkpoint_files_are_reported_not_fatal() {
 
 #[test]
 fn watch_during_a_stall_holds_every_rotated_file() {
-    let dir = TempDir::new("watch");
+    let dir = TempDir::new("follow", "watch");
     let path = dir.join("audit.log");
     append(&path, &lines("a", 0..100));
     let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
@@ -579,7 +545,7 @@ fn watch_during_a_stall_holds_every_rotated_file() {
 
 #[test]
 fn position_moves_to_the_new_file_once_the_rotated_one_is_done() {
-    let dir = TempDir::new("position");
+    let dir = TempDir::new("follow", "position");
     let path = dir.join("audit.log");
     append(&path, &lines("a", 0..3));
     let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
@@ -606,7 +572,7 @@ fn position_moves_to_the_new_file_once_the_rotated_one_is_done() {
 
 #[test]
 fn max_line_bytes_boundary_and_long_lines_across_reads_and_rotation() {
-    let dir = TempDir::new("boundary");
+    let dir = TempDir::new("follow", "boundary");
     let path = dir.join("audit.log");
     let long = "y".repeat(300_000);
     append(
@@ -704,7 +670,7 @@ fn follower_throughput() {
         "/../shared/audit-samples/openshift-cluster-logging-operator__ocp4.12-apiaudit-audit_in.ndjson"
     ))
     .unwrap();
-    let dir = TempDir::new("bench");
+    let dir = TempDir::new("follow", "bench");
     let path = dir.join("audit.log");
     let per_copy = sample.iter().filter(|&&b| b == b'\n').count();
     let copies = (256 << 20) / sample.len();
@@ -757,7 +723,7 @@ proptest::proptest! {
         spec in proptest::collection::vec((0usize..3000, proptest::bool::weighted(0.15)), 1..60),
         piece in 1usize..7000,
     ) {
-        let dir = TempDir::new("prop");
+        let dir = TempDir::new("follow", "prop");
         let path = dir.join("audit.log");
         File::create(&path).unwrap();
         let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
@@ -787,7 +753,7 @@ proptest::proptest! {
 
 #[test]
 fn a_directory_at_the_path_is_waited_out() {
-    let dir = TempDir::new("isdir");
+    let dir = TempDir::new("follow", "isdir");
     let path = dir.join("audit.log");
     fs::create_dir(&path).unwrap();
     let mut f = Follower::new(opts(&path, StartAt::End), None);
@@ -803,7 +769,7 @@ fn a_directory_at_the_path_is_waited_out() {
 
 #[test]
 fn two_rotations_between_polls_are_both_read() {
-    let dir = TempDir::new("double");
+    let dir = TempDir::new("follow", "double");
     let path = dir.join("audit.log");
     append(&path, &lines("a", 0..50));
     // Older backups and our own checkpoint beside the log are never picked up.
@@ -831,7 +797,7 @@ fn two_rotations_between_polls_are_both_read() {
 
 #[test]
 fn two_rotations_while_down_are_both_read_after_the_checkpoint() {
-    let dir = TempDir::new("double-down");
+    let dir = TempDir::new("follow", "double-down");
     let path = dir.join("audit.log");
     append(&dir.join("audit-0.log"), &lines("older", 0..5));
     std::thread::sleep(Duration::from_millis(20)); // distinct mtimes on coarse clocks

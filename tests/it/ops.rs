@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use healert_agent::http_server::{self, Limits};
 use healert_agent::metrics::{self, BackendState, Metrics};
 
+use crate::support::{self, exchange, http_get, parse_reply, Reply};
+
 // ---------------------------------------------------------------------------------------------
 // A strict parser of the Prometheus text format 0.0.4, stricter than Prometheus itself where our
 // renderer has no reason to use the format's leniency (blank lines, free comments, untyped
@@ -418,46 +420,9 @@ fn rendered_metrics_parse_strictly_and_round_trip_weird_rule_names() {
 // ---------------------------------------------------------------------------------------------
 // The HTTP server, in-process on loopback with port 0.
 
-struct Reply {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-/// Sends `raw` and reads the whole answer (the server always closes). Hang guard: 10 s.
-fn exchange(addr: SocketAddr, raw: &[u8]) -> std::io::Result<Reply> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.set_write_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(raw)?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    parse_reply(&buf)
-}
-
-fn parse_reply(buf: &[u8]) -> std::io::Result<Reply> {
-    let text = String::from_utf8_lossy(buf).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other(format!("no head in {text:?}")))?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("no status in {head:?}")))?;
-    Ok(Reply {
-        status,
-        head: head.to_string(),
-        body: body.to_string(),
-    })
-}
-
+/// `GET path`; the server must answer.
 fn get(addr: SocketAddr, path: &str) -> Reply {
-    exchange(
-        addr,
-        format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
-    )
-    .unwrap()
+    http_get(addr, path).unwrap()
 }
 
 fn start(m: &'static Metrics, limits: Limits) -> http_server::HealthServer {
@@ -730,11 +695,7 @@ fn the_global_server_serves_the_global_metrics() {
 const SIGNAL_CHILD_ENV: &str = "HEALERT_OPS_SIGNAL_CHILD";
 
 fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    support::wait_until(Duration::from_secs(10), what, cond, String::new);
 }
 
 fn kill(sig: &str) {

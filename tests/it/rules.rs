@@ -5,7 +5,7 @@
 //! agrees with yaml-rust2 (a well-kept YAML parser, dev-dependency only) on every valid file
 //! and on generated documents.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use healert_agent::rules::{parse_rules, Level, Loaded, Rule};
@@ -14,7 +14,7 @@ use proptest::prelude::*;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
-use crate::support::{bin, shared};
+use crate::support::{bin, shared, TempDir};
 
 const GO_RULES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -27,11 +27,9 @@ const GO_RULES_ALL: &str = concat!(
 const OUR_RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/rules.yaml");
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/rules");
 
-/// A scratch directory of this test process.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("healert-rules-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A scratch directory of this test, removed on drop.
+fn scratch(name: &str) -> TempDir {
+    TempDir::new("rules", name)
 }
 
 /// Runs `healert-agent validate [arg]` in `cwd`; returns exit code and stdout+stderr.
@@ -160,7 +158,7 @@ fn our_rules_yaml_means_what_the_go_file_means() {
     // And through the binary, as a user would check it.
     let dir = scratch("enabled");
     std::fs::write(dir.join("rules.yaml"), enabled).unwrap();
-    let (code, out) = validate_in(&dir, None, None);
+    let (code, out) = validate_in(dir.path(), None, None);
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("OK: 16 rules, 8 ignored namespaces, 0 warnings"),
@@ -261,21 +259,21 @@ fn several_errors_are_all_reported_at_their_lines() {
 #[test]
 fn unreadable_file_exits_2_and_says_how_to_set_rules_path() {
     let dir = scratch("missing");
-    let (code, out) = validate_in(&dir, None, None);
+    let (code, out) = validate_in(dir.path(), None, None);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("RULES_PATH is not set"), "{out}");
     assert!(out.contains("set RULES_PATH="), "{out}");
-    let (code, out) = validate_in(&dir, None, Some("/nonexistent/healert/rules.yaml"));
+    let (code, out) = validate_in(dir.path(), None, Some("/nonexistent/healert/rules.yaml"));
     assert_eq!(code, 2, "{out}");
     assert!(
         out.contains("RULES_PATH is set to `/nonexistent/healert/rules.yaml`"),
         "{out}"
     );
     // RULES_PATH is used when no argument is given.
-    let (code, out) = validate_in(&dir, None, Some(GO_RULES));
+    let (code, out) = validate_in(dir.path(), None, Some(GO_RULES));
     assert_eq!(code, 0, "{out}");
     // A directory is unreadable as a file.
-    let (code, out) = validate_in(&dir, Some("."), None);
+    let (code, out) = validate_in(dir.path(), Some("."), None);
     assert_eq!(code, 2, "{out}");
 }
 
@@ -289,7 +287,7 @@ fn ten_megabyte_file_is_a_clear_error() {
         body.push_str(item);
     }
     std::fs::write(&path, &body).unwrap();
-    let (code, out) = validate_in(&dir, Some("big.yaml"), None);
+    let (code, out) = validate_in(dir.path(), Some("big.yaml"), None);
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains(

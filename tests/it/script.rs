@@ -8,13 +8,13 @@
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use healert_agent::config::{self, VARS};
 use yaml_rust2::{Yaml, YamlLoader};
 
-use crate::support::{bin, shared};
+use crate::support::{bin, free_port, shared, Proc, TempDir};
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -33,28 +33,26 @@ fn rules_source() -> PathBuf {
 // A scratch HOME with an agent and a backend directory, and healert.sh run inside it.
 // ---------------------------------------------------------------------------------------------
 
+/// Removed on drop.
 pub struct Scratch {
-    pub root: PathBuf,
+    dir: TempDir,
 }
 
 impl Scratch {
     pub fn new(tag: &str) -> Scratch {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let root = std::env::temp_dir().join(format!(
-            "healert-script-{tag}-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(root.join("agent")).unwrap();
-        Scratch { root }
+        let dir = TempDir::new("script", tag);
+        std::fs::create_dir_all(dir.join("agent")).unwrap();
+        Scratch { dir }
+    }
+    /// The scratch HOME.
+    pub fn root(&self) -> &Path {
+        self.dir.path()
     }
     pub fn agent_dir(&self) -> PathBuf {
-        self.root.join("agent")
+        self.root().join("agent")
     }
     pub fn backend_dir(&self) -> PathBuf {
-        self.root.join("backend")
+        self.root().join("backend")
     }
     pub fn run_dir(&self) -> PathBuf {
         self.agent_dir().join("run")
@@ -65,8 +63,8 @@ impl Scratch {
     pub fn command(&self, script: &Path, args: &[&str]) -> Command {
         let mut c = Command::new(script);
         c.args(args)
-            .current_dir(&self.root)
-            .env("HOME", &self.root)
+            .current_dir(self.root())
+            .env("HOME", self.root())
             .env("HEALERT_AGENT_DIR", self.agent_dir())
             .env("HEALERT_BACKEND_DIR", self.backend_dir())
             .env("HEALERT_AGENT_BIN", bin())
@@ -91,12 +89,6 @@ impl Scratch {
 
     pub fn sh(&self, args: &[&str]) -> Output {
         run_bounded(self.command(&repo().join("healert.sh"), args))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.root);
     }
 }
 
@@ -143,7 +135,7 @@ pub fn text(o: &Output) -> String {
 }
 
 /// A process that is alive but is not the agent, killed on drop.
-struct Bystander(Child);
+struct Bystander(Proc);
 
 impl Bystander {
     /// `argv0` becomes the process's command line, as a pid-file check sees it.
@@ -167,17 +159,10 @@ impl Bystander {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Bystander(c)
+        Bystander(Proc::new(c))
     }
     fn alive(&mut self) -> bool {
-        matches!(self.0.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for Bystander {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        self.0.try_wait().is_none()
     }
 }
 
@@ -258,9 +243,9 @@ fn validate_is_the_agents_own_validate() {
     // Whatever the agent's validator says about a file (valid, invalid, unreadable), the
     // script says the same, with the same exit code: there is one parser.
     let s = Scratch::new("validate");
-    let broken = s.root.join("broken.yaml");
+    let broken = s.root().join("broken.yaml");
     std::fs::write(&broken, "rules:\n  - name: [unclosed\n").unwrap();
-    let missing = s.root.join("missing.yaml");
+    let missing = s.root().join("missing.yaml");
     let compat = shared().join("compat/healert-go-rules-all-enabled.yaml");
     for path in [compat.as_path(), broken.as_path(), missing.as_path()] {
         let p = path.to_str().unwrap();
@@ -299,7 +284,7 @@ fn status_without_agent_says_stopped_and_removes_stale_pid_files() {
     std::fs::create_dir_all(s.run_dir()).unwrap();
     let pidfile = s.run_dir().join("agent.pid");
     let mut other = Bystander::start("not-the-agent");
-    std::fs::write(&pidfile, format!("{}\n", other.0.id())).unwrap();
+    std::fs::write(&pidfile, format!("{}\n", other.0.pid())).unwrap();
     let o = s.sh(&["status"]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
@@ -420,7 +405,7 @@ fn setup_writes_the_key_mode_600_and_never_prints_it() {
 fn env_file_is_data_not_code() {
     // healert.sh parses .env; a line that would run a command when `source`d must not.
     let s = Scratch::new("envdata");
-    let marker = s.root.join("pwned");
+    let marker = s.root().join("pwned");
     let env = s.agent_dir().join(".env");
     std::fs::write(
         &env,
@@ -446,13 +431,13 @@ fn env_file_is_data_not_code() {
 #[test]
 fn restart_with_invalid_rules_leaves_the_running_agent_alone() {
     let s = Scratch::new("restart");
-    let rules = s.root.join("rules.yaml");
+    let rules = s.root().join("rules.yaml");
     std::fs::write(&rules, "rules:\n  - name: [this is not valid\n").unwrap();
     std::fs::create_dir_all(s.run_dir()).unwrap();
     // Stands in for a running agent: its command line names healert-agent.
     let mut agent = Bystander::start("healert-agent");
     let pidfile = s.run_dir().join("agent.pid");
-    std::fs::write(&pidfile, format!("{}\n", agent.0.id())).unwrap();
+    std::fs::write(&pidfile, format!("{}\n", agent.0.pid())).unwrap();
     let mut c = s.command(&repo().join("healert.sh"), &["restart"]);
     c.env("RULES_PATH", &rules);
     let o = run_bounded(c);
@@ -465,7 +450,7 @@ fn restart_with_invalid_rules_leaves_the_running_agent_alone() {
     );
     assert_eq!(
         read(&pidfile).trim(),
-        agent.0.id().to_string(),
+        agent.0.pid().to_string(),
         "pid file changed"
     );
 }
@@ -474,7 +459,7 @@ fn restart_with_invalid_rules_leaves_the_running_agent_alone() {
 fn start_agent_refuses_unreadable_rules_and_logs() {
     let s = Scratch::new("startbad");
     let mut c = s.command(&repo().join("healert.sh"), &["start", "agent"]);
-    c.env("RULES_PATH", s.root.join("nope.yaml"));
+    c.env("RULES_PATH", s.root().join("nope.yaml"));
     let o = run_bounded(c);
     assert!(!o.status.success());
     assert!(text(&o).contains("rules file not found"), "{}", text(&o));
@@ -616,13 +601,13 @@ fn configmap_carries_rules_yaml_exactly_with_its_checksum() {
 fn update_manifest_round_trips_any_rules_file_and_check_detects_drift() {
     // A private copy of the script and manifest, so the repository's file is not touched.
     let s = Scratch::new("manifest");
-    let dir = s.root.join("repo");
+    let dir = s.root().join("repo");
     std::fs::create_dir_all(&dir).unwrap();
     for f in ["healert.sh", "daemonset.yaml"] {
         std::fs::copy(repo().join(f), dir.join(f)).unwrap();
     }
     let script = dir.join("healert.sh");
-    let rules = s.root.join("edited.yaml");
+    let rules = s.root().join("edited.yaml");
     let content = "# edited rules: quotes \"x\" 'y', colons: a: b, unicode Ø, a tab\there\n\nrules:\n  - name: kubectl-exec   # trailing comment\n    description: \"exec on {name} by {actor}\"\n\n\n    severity: high\n";
     std::fs::write(&rules, content).unwrap();
     let run = |args: &[&str]| {
@@ -1272,13 +1257,9 @@ fn end_to_end_validate_start_status_test_restart_stop() {
     const KEY: &str = "e2e-key-0123456789abcdef0123456789";
     let sink = Sink::builder().api_key(KEY).start();
     let s = Scratch::new("e2e");
-    let audit = s.root.join("audit.log");
+    let audit = s.root().join("audit.log");
     std::fs::write(&audit, "").unwrap();
-    let health_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let health_port = free_port();
     let sh = |args: &[&str]| {
         let mut c = s.command(&repo().join("healert.sh"), args);
         c.env("HEALERT_BACKEND_URL", sink.url())
@@ -1401,8 +1382,8 @@ fn kubernetes_mode_pipes_the_key_and_refuses_the_placeholder_url() {
     use std::os::unix::fs::PermissionsExt;
     const KEY: &str = "k8s-key-abcdefghijklmnopqrstuvwxyz012345";
     let s = Scratch::new("kube");
-    let dir = s.root.join("repo");
-    let fake = s.root.join("kube");
+    let dir = s.root().join("repo");
+    let fake = s.root().join("kube");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::create_dir_all(&fake).unwrap();
     for f in ["healert.sh", "daemonset.yaml", "rules.yaml"] {
@@ -1507,12 +1488,7 @@ fn backend_start_status_reset_stop() {
     let uvicorn = venv.join("uvicorn");
     std::fs::write(&uvicorn, FAKE_UVICORN).unwrap();
     std::fs::set_permissions(&uvicorn, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .to_string();
+    let port = free_port().to_string();
     let run = |args: &[&str]| {
         let mut c = s.command(&repo().join("healert.sh"), args);
         c.env("HEALERT_HOST", "127.0.0.1")
@@ -1579,8 +1555,8 @@ fn backend_start_status_reset_stop() {
 #[test]
 fn init_saves_directories_that_later_commands_use() {
     let s = Scratch::new("init");
-    let agent = s.root.join("elsewhere/agent");
-    let backend = s.root.join("elsewhere/backend");
+    let agent = s.root().join("elsewhere/agent");
+    let backend = s.root().join("elsewhere/backend");
     let o = s.sh(&[
         "init",
         "--backend-dir",
@@ -1589,7 +1565,7 @@ fn init_saves_directories_that_later_commands_use() {
         agent.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", text(&o));
-    let cfg = s.root.join(".healert-config");
+    let cfg = s.root().join(".healert-config");
     assert_eq!(mode(&cfg), 0o600);
     assert!(agent.is_dir());
     let mut c = s.command(&repo().join("healert.sh"), &["status"]);
