@@ -136,9 +136,20 @@ pub fn report(path: &Path, origin: Origin, result: &Result<Loaded, LoadError>) -
     out
 }
 
+/// Most diagnostics printed one by one; a hostile or badly broken file (thousands of errors)
+/// gets a count for the rest instead of megabytes of output.
+pub const MAX_SHOWN_DIAGNOSTICS: usize = 100;
+
 fn diagnostics_into(out: &mut String, shown_path: &str, diags: &[Diagnostic]) {
-    for d in diags {
+    for d in diags.iter().take(MAX_SHOWN_DIAGNOSTICS) {
         // Diagnostic's Display is `LINE:COL: level: message` + `\n  hint: ...`.
         let _ = writeln!(out, "{shown_path}:{d}");
+    }
+    if diags.len() > MAX_SHOWN_DIAGNOSTICS {
+        let _ = writeln!(
+            out,
+            "{shown_path}: ... and {} more (fix the first ones and run validate again)",
+            diags.len() - MAX_SHOWN_DIAGNOSTICS
+        );
     }
 }

@@ -256,6 +256,30 @@ fn several_errors_are_all_reported_at_their_lines() {
     assert_eq!(diags[2].hint.as_deref(), Some("did you mean `verbs`?"));
 }
 
+/// A file with thousands of errors: `validate` prints the first ones and a count, not megabytes.
+#[test]
+fn thousands_of_errors_are_summarised_after_the_first_hundred() {
+    let dir = scratch("many-errors");
+    let mut src = String::from("rules:\n");
+    for i in 0..3_000 {
+        src.push_str(&format!(
+            "  - name: R{i}\n    description: d\n    severity: high\n    workflow: deploy\n    match:\n      resource: pods\n"
+        ));
+    }
+    let path = dir.join("rules.yaml");
+    std::fs::write(&path, src).unwrap();
+    let (code, out) = validate_in(dir.path(), path.to_str(), None);
+    assert_eq!(code, 1, "{out}");
+    let shown = out.lines().filter(|l| l.contains(": error: ")).count();
+    assert_eq!(
+        shown,
+        healert_agent::validate::MAX_SHOWN_DIAGNOSTICS,
+        "{out}"
+    );
+    assert!(out.contains("... and "), "{out}");
+    assert!(out.contains("INVALID: 3000 errors"), "{out}");
+}
+
 #[test]
 fn unreadable_file_exits_2_and_says_how_to_set_rules_path() {
     let dir = scratch("missing");
