@@ -337,7 +337,8 @@ fn follow_loop(
         let mut first = 0u32;
         if let Some((pos, skip)) = resume_skip.take() {
             // Clean stop mid-line: the first `skip` events of this line were accepted.
-            if pos == start && skip > 0 {
+            // Same file (the fingerprint may have grown since) and same line.
+            if pos.file.same_file(&start.file) && pos.offset == start.offset && skip > 0 {
                 let n = (skip as usize).min(events.len());
                 events.drain(..n);
                 first = n as u32;
