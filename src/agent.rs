@@ -31,6 +31,8 @@ use crate::{error, info, signal, validate, warn};
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// How often lines without events move the acknowledged position forward.
 const ADVANCE_EVERY_LINES: u32 = 4096;
+/// After new lines, the follower looks again at a quarter of POLL_INTERVAL for this long.
+const BURST_WINDOW: Duration = Duration::from_secs(1);
 
 pub fn run() -> ExitCode {
     let cfg = match Config::from_env() {
@@ -299,6 +301,10 @@ fn follow_loop(
     let mut events = Vec::new();
     // Lines without events since the position was last handed to the queue.
     let mut quiet_lines = 0u32;
+    // Audit lines come in bursts: for a second after new lines, look again four times as often
+    // (lower latency while busy); a quiet log costs one look per POLL_INTERVAL.
+    let mut saw_lines = false;
+    let mut last_activity = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         if reload.pending.swap(false, Ordering::Acquire) {
             if let Some(d) = reload
@@ -312,6 +318,7 @@ fn follow_loop(
         }
         let (start, end) = match follower.poll() {
             Poll::Line(line) => {
+                saw_lines = true;
                 events.clear();
                 detector.detect(line.bytes, &mut events);
                 (line.start, line.end)
@@ -330,7 +337,15 @@ fn follow_loop(
                 if !queue.push_line(pos, pos, 0, Vec::new()) {
                     return;
                 }
-                sleep_unless(stop, poll_interval);
+                if std::mem::take(&mut saw_lines) {
+                    last_activity = Instant::now();
+                }
+                let wait = if last_activity.elapsed() < BURST_WINDOW {
+                    poll_interval / 4
+                } else {
+                    poll_interval
+                };
+                sleep_unless(stop, wait);
                 continue;
             }
         };

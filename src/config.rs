@@ -51,7 +51,7 @@ pub const VARS: &[(&str, &str, &str)] = &[
     (
         "POLL_INTERVAL",
         "250ms",
-        "wait at end of file before looking again",
+        "wait at end of file before looking again (a quarter of it for 1 s after new lines)",
     ),
     (
         "MAX_LINE_BYTES",
