@@ -407,14 +407,15 @@ impl<'a> Scanner<'a> {
         self.expect(b'[')
     }
 
-    /// The next member's key (the scanner is then at its value), or `None` after the closing
-    /// `}`. `first` is true for the first call after [`Scanner::begin_object`].
-    pub fn next_key(&mut self, first: bool) -> Result<Option<Cow<'a, str>>, JsonError> {
+    /// Moves past `,` (or nothing, for the first member) to the next member's key and returns
+    /// true, or past the closing `}` and returns false.
+    #[inline(always)]
+    fn member_follows(&mut self, first: bool) -> Result<bool, JsonError> {
         self.skip_ws();
         match self.buf.get(self.pos) {
             Some(b'}') => {
                 self.pos += 1;
-                return Ok(None);
+                return Ok(false);
             }
             Some(b',') if !first => {
                 self.pos += 1;
@@ -425,6 +426,15 @@ impl<'a> Scanner<'a> {
         }
         if self.buf.get(self.pos) != Some(&b'"') {
             return Err(self.unexpected());
+        }
+        Ok(true)
+    }
+
+    /// The next member's key (the scanner is then at its value), or `None` after the closing
+    /// `}`. `first` is true for the first call after [`Scanner::begin_object`].
+    pub fn next_key(&mut self, first: bool) -> Result<Option<Cow<'a, str>>, JsonError> {
+        if !self.member_follows(first)? {
+            return Ok(None);
         }
         let k = self.string()?;
         self.expect(b':')?;
@@ -436,21 +446,8 @@ impl<'a> Scanner<'a> {
     /// invalid UTF-8 can never equal either way), decoded otherwise. This keeps the hot path
     /// of walking an audit event free of per-key validation.
     pub fn next_key_bytes(&mut self, first: bool) -> Result<Option<Cow<'a, [u8]>>, JsonError> {
-        self.skip_ws();
-        match self.buf.get(self.pos) {
-            Some(b'}') => {
-                self.pos += 1;
-                return Ok(None);
-            }
-            Some(b',') if !first => {
-                self.pos += 1;
-                self.skip_ws();
-            }
-            _ if first => {}
-            _ => return Err(self.unexpected()),
-        }
-        if self.buf.get(self.pos) != Some(&b'"') {
-            return Err(self.unexpected());
+        if !self.member_follows(first)? {
+            return Ok(None);
         }
         let start = self.pos + 1;
         let stop = find_string_stop(self.buf, start);
