@@ -882,12 +882,11 @@ fn write_log_lines(
 /// The sender thread of `deliver` driven through the library (what `run` and `replay --send`
 /// use), so the delivery rate is measured even before the binary wires it.
 fn delivery_library(_bin: &Path, s: &Settings, t: &mut Table) {
-    use healert_agent::checkpoint::Position;
-    use healert_agent::config::ApiKey;
+    use healert_agent::deliver::http_client::{ApiKey, BackendUrl, Client};
     use healert_agent::deliver::{spawn_sender, DeliveryOptions, Queue};
-    use healert_agent::event::FrictionEvent;
-    use healert_agent::http_client::{BackendUrl, Client};
-    use healert_agent::rules::Severity;
+    use healert_agent::detect::event::FrictionEvent;
+    use healert_agent::detect::rules::Severity;
+    use healert_agent::operate::metrics::Metrics;
 
     let label = "delivery (deliver::spawn_sender, library)";
     let target = "≥ 5 000 events/s, 1 connection";
@@ -904,19 +903,17 @@ fn delivery_library(_bin: &Path, s: &Settings, t: &mut Table) {
         Some(ApiKey::new("bench-key-0123456789".into())),
         Duration::from_secs(10),
     );
-    let queue = Queue::new(10_000);
+    let metrics = Arc::new(Metrics::new());
+    let queue: Arc<Queue<u64>> = Queue::new(10_000, Arc::clone(&metrics));
     let opts = DeliveryOptions {
         log_each_event: false,
         ..DeliveryOptions::default()
     };
     let t0 = Instant::now();
-    let sender = spawn_sender(queue.clone(), client, opts);
+    let sender = spawn_sender(queue.clone(), client, opts, metrics);
     let n = s.send_events.max(1);
     for i in 0..n as u64 {
-        let at = |offset| Position {
-            offset,
-            ..Position::default()
-        };
+        let at = |offset| offset;
         let ev = FrictionEvent {
             entity_ref: "component:production/payments-api".into(),
             kind: "emergency-access".into(),

@@ -1,14 +1,14 @@
-//! `healert-agent run`: wires the pipeline and owns its lifecycle.
+//! `healert-agent run`: wires the pipeline's threads and owns their lifecycle; nothing else.
 //!
 //! Threads, data flowing one way:
-//! - **follower** (`tail::Follower` + `detect::Detector`): reads complete lines, turns each into
-//!   friction events and pushes them, in log order, into the bounded `deliver::Queue` (blocking
-//!   when it is full: the log on disk is the buffer);
-//! - **sender** (`deliver::spawn_sender`): POSTs the queue's front event until the backend
+//! - **follow** (`pipeline::Stage` over `source::follow::Follower`, then `pipeline::Feeder`):
+//!   reads complete lines, turns each into friction events and queues them in log order,
+//!   waiting while the queue is full (the log on disk is the buffer);
+//! - **deliver** (`deliver::spawn_sender`): POSTs the queue's front event until the backend
 //!   acknowledges it, then pops it;
 //! - **main** (this function): signals, the once-a-second checkpoint (`Queue::ack_position` →
-//!   `checkpoint::save`), SIGHUP rule reloads, and the shutdown sequence;
-//! - **health server** (`http_server`, optional): reads `metrics::METRICS` only.
+//!   `checkpoint::save`), SIGHUP rule reloads, and the shutdown (`SenderHandle::drain`);
+//! - **health server** (`operate::health`, optional): reads the shared `Metrics` only.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -17,59 +17,58 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::checkpoint::{self, Checkpoint, Position};
-use crate::config::{Config, StartAt};
-use crate::deliver::{self, DeliveryOptions, Queue};
-use crate::detect::{DetectOptions, Detector};
-use crate::http_client::Client;
-use crate::metrics::METRICS;
-use crate::rules::{self, RuleSet};
-use crate::tail::{FollowOptions, Follower, Poll};
-use crate::{error, info, signal, validate, warn};
+use crate::config::Config;
+use crate::deliver::{self, Queue};
+use crate::detect::rules::{self, RuleSet};
+use crate::detect::Detector;
+use crate::operate::log::{self as oplog, Redacted, Throttle};
+use crate::operate::metrics::{now_unix_ms, Metrics};
+use crate::operate::signal;
+use crate::pipeline::{self, Feeder, ResumePoint, Stage, Step};
+use crate::source::checkpoint::{self, Checkpoint};
+use crate::source::follow::{Follower, StartAt};
+use crate::source::position::Position;
+use crate::source::Source;
+use crate::{error, info, validate, warn};
 
 /// How often the checkpoint is written (when it changed).
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
-/// How often lines without events move the acknowledged position forward.
-const ADVANCE_EVERY_LINES: u32 = 4096;
+/// The follow thread beats its heartbeat at least once per this many records while busy.
+const BEAT_EVERY_RECORDS: u32 = 1024;
 /// After new lines, the follower looks again at a quarter of POLL_INTERVAL for this long.
 const BURST_WINDOW: Duration = Duration::from_secs(1);
 
 pub fn run() -> ExitCode {
-    let cfg = match Config::from_env() {
-        Ok(c) => c,
-        Err(errs) => {
-            // LOG_FORMAT=json (when that one is valid) holds for this refusal too: a JSON log
-            // pipeline must be able to read why the agent did not start.
-            let json = std::env::var("LOG_FORMAT")
-                .ok()
-                .and_then(|v| crate::log::Format::parse(&v))
-                == Some(crate::log::Format::Json);
-            if json {
-                crate::log::init(crate::log::Level::Info, crate::log::Format::Json);
-                for e in &errs {
-                    error!(format!("invalid configuration: {e}"));
-                }
-                error!(format!(
-                    "not started ({} invalid variable(s)); see `healert-agent --help`",
-                    errs.len()
-                ));
-            } else {
-                for e in &errs {
-                    eprintln!("healert-agent: invalid configuration: {e}");
-                }
-                eprintln!(
-                    "healert-agent: not started ({} invalid variable(s)); see `healert-agent --help`",
-                    errs.len()
-                );
+    let (cfg, errs) = Config::load();
+    if !errs.is_empty() {
+        // LOG_FORMAT=json (when that one is valid) holds for this refusal too: a JSON log
+        // pipeline must be able to read why the agent did not start.
+        if cfg.log_format == oplog::Format::Json {
+            oplog::init(oplog::Level::Info, oplog::Format::Json);
+            for e in &errs {
+                error!(format!("invalid configuration: {e}"));
             }
-            return ExitCode::from(1);
+            error!(format!(
+                "not started ({} invalid variable(s)); see `healert-agent --help`",
+                errs.len()
+            ));
+        } else {
+            for e in &errs {
+                eprintln!("healert-agent: invalid configuration: {e}");
+            }
+            eprintln!(
+                "healert-agent: not started ({} invalid variable(s)); see `healert-agent --help`",
+                errs.len()
+            );
         }
-    };
-    crate::log::init(cfg.log_level, cfg.log_format);
+        return ExitCode::from(1);
+    }
+    oplog::init(cfg.log_level, cfg.log_format);
+    let metrics = Arc::new(Metrics::new());
 
     // RULES_PATH, else ./rules.yaml; a missing file is reported with how to set RULES_PATH.
     let rules_path = cfg.rules_path_or_default();
-    let rules = match load_rules(&rules_path, rules_origin(&cfg), cfg.log_format) {
+    let rules = match load_rules(&rules_path, rules_origin(&cfg), cfg.log_format, &metrics) {
         Ok(r) => r,
         Err(()) => return ExitCode::from(1),
     };
@@ -81,7 +80,7 @@ pub fn run() -> ExitCode {
 
     let _health = match &cfg.health_addr {
         None => None,
-        Some(addr) => match crate::http_server::spawn(addr) {
+        Some(addr) => match crate::operate::health::spawn(addr, Arc::clone(&metrics)) {
             Ok(s) => Some(s),
             Err(e) => {
                 error!("cannot serve health and metrics", "HEALTH_ADDR" => addr, "error" => e);
@@ -89,28 +88,20 @@ pub fn run() -> ExitCode {
             }
         },
     };
+    metrics.mark_started(now_unix_ms());
 
-    let mut client = Client::new(
-        cfg.backend_url.clone(),
-        cfg.api_key.clone(),
-        cfg.http_timeout,
-    );
+    let mut client = cfg.client();
     let backend_line = match deliver::log_backend_check(&mut client) {
         Some(h) => format!("OK -- {h}"),
         None => "UNREACHABLE at start: events are kept and retried".to_string(),
     };
 
     let resume = load_checkpoint(cfg.checkpoint_path.as_deref());
-    let resume_skip = resume.as_ref().map(|c| (c.position, c.skip_events));
-    let follower = Follower::new(
-        FollowOptions {
-            path: cfg.audit_log_path.clone(),
-            poll_interval: cfg.poll_interval,
-            max_line_bytes: cfg.max_line_bytes,
-            start_at: cfg.start_at,
-        },
-        resume,
-    );
+    let resume_point = resume.as_ref().map(|c| ResumePoint {
+        position: c.position,
+        skip: c.skip_events,
+    });
+    let follower = Follower::new(cfg.follow_options(), resume, Arc::clone(&metrics));
 
     banner(
         &cfg,
@@ -120,30 +111,32 @@ pub fn run() -> ExitCode {
         &follower.start_description(),
     );
 
-    let detector = Detector::new(rules, detect_options(&cfg));
-    let queue = Queue::new(cfg.queue_capacity);
+    let stage = Stage::new(
+        follower,
+        Detector::new(rules, cfg.detect_options()),
+        resume_point,
+    );
+    let queue = Queue::new(cfg.queue_capacity, Arc::clone(&metrics));
     let sender = deliver::spawn_sender(
         Arc::clone(&queue),
         client,
-        DeliveryOptions::from_config(&cfg),
+        cfg.delivery_options(),
+        Arc::clone(&metrics),
     );
 
     let stop = Arc::new(AtomicBool::new(false));
     let reload = Arc::new(ReloadSlot::default());
     let follow_thread = {
-        let (queue, stop, reload) = (Arc::clone(&queue), Arc::clone(&stop), Arc::clone(&reload));
+        let (queue, stop, reload, metrics) = (
+            Arc::clone(&queue),
+            Arc::clone(&stop),
+            Arc::clone(&reload),
+            Arc::clone(&metrics),
+        );
         let poll = cfg.poll_interval;
-        thread::Builder::new().name("follow".into()).spawn(move || {
-            follow_loop(
-                follower,
-                detector,
-                &queue,
-                &stop,
-                &reload,
-                poll,
-                resume_skip,
-            )
-        })
+        thread::Builder::new()
+            .name("follow".into())
+            .spawn(move || follow_loop(stage, &queue, &metrics, &stop, &reload, poll))
     };
     let follow_thread = match follow_thread {
         Ok(t) => t,
@@ -154,7 +147,11 @@ pub fn run() -> ExitCode {
     };
 
     // Main loop: signals, reloads, checkpoints.
-    let mut saver = CheckpointSaver::new(cfg.checkpoint_path.clone(), cfg.audit_log_path.clone());
+    let mut saver = CheckpointSaver::new(
+        cfg.checkpoint_path.clone(),
+        cfg.audit_log_path.clone(),
+        Arc::clone(&metrics),
+    );
     let mut last_save = Instant::now();
     loop {
         if signal::terminate_requests() > 0 {
@@ -165,12 +162,9 @@ pub fn run() -> ExitCode {
             break;
         }
         if signal::take_reload() {
-            reload_rules(&rules_path, &cfg, &reload);
+            reload_rules(&rules_path, &cfg, &reload, &metrics);
         }
-        if last_save.elapsed() >= CHECKPOINT_EVERY {
-            saver.save(&queue);
-            last_save = Instant::now();
-        }
+        saver.save_if_due(&queue, &mut last_save);
         thread::sleep(Duration::from_millis(50));
     }
 
@@ -179,22 +173,12 @@ pub fn run() -> ExitCode {
     info!("stopping: no more reading; delivering queued events", "pending" => queue.len(), "grace" => format!("{:?}", cfg.shutdown_grace));
     stop.store(true, Ordering::SeqCst);
     queue.close();
-    let deadline = Instant::now() + cfg.shutdown_grace;
-    let mut forced = false;
-    while !queue.is_empty() && Instant::now() < deadline {
-        if signal::terminate_requests() > 1 {
-            forced = true;
-            break;
-        }
-        saver.save_if_due(&queue, &mut last_save);
-        thread::sleep(Duration::from_millis(20));
-    }
-    let stats = if forced {
-        warn!("second signal: stopping at once");
-        sender.abort()
-    } else {
-        sender.finish(Instant::now())
-    };
+    // A follower that died is a stop request too: the drain's grace starts at once.
+    let drained = sender.drain(
+        cfg.shutdown_grace,
+        || signal::terminate_requests().max(1),
+        || saver.save_if_due(&queue, &mut last_save),
+    );
     if follow_thread.join().is_err() {
         error!("the follower thread panicked");
     }
@@ -202,8 +186,8 @@ pub fn run() -> ExitCode {
     let left = queue.len();
     info!(
         "stopped",
-        "sent" => stats.sent,
-        "dead_lettered" => stats.dead_lettered,
+        "sent" => drained.stats.sent,
+        "dead_lettered" => drained.stats.dead_lettered,
         "pending_left_in_log" => left,
         "checkpoint" => saver.describe()
     );
@@ -223,12 +207,13 @@ fn rules_origin(cfg: &Config) -> validate::Origin {
 fn load_rules(
     path: &Path,
     origin: validate::Origin,
-    format: crate::log::Format,
+    format: oplog::Format,
+    metrics: &Metrics,
 ) -> Result<RuleSet, ()> {
     let result = rules::load_file(path);
     if result.is_err() {
         let report = validate::report(path, origin, &result);
-        if format == crate::log::Format::Json {
+        if format == oplog::Format::Json {
             for line in report.lines().map(str::trim).filter(|l| !l.is_empty()) {
                 error!(line);
             }
@@ -241,7 +226,7 @@ fn load_rules(
             for w in &loaded.warnings {
                 warn!("rules warning", "at" => format!("{}:{}:{}", path.display(), w.line, w.col), "warning" => w.message);
             }
-            METRICS
+            metrics
                 .rules_loaded
                 .store(loaded.rules.rules.len() as u64, Ordering::Relaxed);
             Ok(loaded.rules)
@@ -253,13 +238,6 @@ fn load_rules(
     }
 }
 
-fn detect_options(cfg: &Config) -> DetectOptions {
-    DetectOptions {
-        entity_namespace: cfg.entity_namespace.clone(),
-        own_namespace: cfg.k8s_namespace.clone(),
-    }
-}
-
 /// A new detector handed from the main thread (SIGHUP) to the follower thread.
 #[derive(Default)]
 struct ReloadSlot {
@@ -267,7 +245,7 @@ struct ReloadSlot {
     detector: Mutex<Option<Detector>>,
 }
 
-fn reload_rules(path: &Path, cfg: &Config, slot: &ReloadSlot) {
+fn reload_rules(path: &Path, cfg: &Config, slot: &ReloadSlot, metrics: &Metrics) {
     match rules::load_file(path) {
         Ok(loaded) => {
             let n = loaded.rules.rules.len();
@@ -275,36 +253,37 @@ fn reload_rules(path: &Path, cfg: &Config, slot: &ReloadSlot) {
                 warn!("rules warning", "at" => format!("{}:{}:{}", path.display(), w.line, w.col), "warning" => w.message);
             }
             *slot.detector.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some(Detector::new(loaded.rules, detect_options(cfg)));
+                Some(Detector::new(loaded.rules, cfg.detect_options()));
             slot.pending.store(true, Ordering::Release);
-            METRICS.rules_loaded.store(n as u64, Ordering::Relaxed);
-            METRICS.rule_reloads.fetch_add(1, Ordering::Relaxed);
+            metrics.rules_loaded.store(n as u64, Ordering::Relaxed);
+            metrics.rule_reloads.fetch_add(1, Ordering::Relaxed);
             info!("SIGHUP: rules reloaded", "path" => path.display(), "rules" => n);
         }
         Err(e) => {
-            METRICS.rule_reload_failures.fetch_add(1, Ordering::Relaxed);
+            metrics.rule_reload_failures.fetch_add(1, Ordering::Relaxed);
             let report = validate::report(path, rules_origin(cfg), &Err(e));
             error!("SIGHUP: the new rules file is invalid; keeping the previous rules", "path" => path.display(), "problems" => report.trim_end().replace('\n', " | "));
         }
     }
 }
 
+/// The follow thread: the pipeline stage over the follower, fed into the queue, until `stop`
+/// or the queue closes. Owns the follower heartbeat.
 fn follow_loop(
-    mut follower: Follower,
-    mut detector: Detector,
-    queue: &Queue,
+    mut stage: Stage<Follower>,
+    queue: &Queue<Position>,
+    metrics: &Metrics,
     stop: &AtomicBool,
     reload: &ReloadSlot,
     poll_interval: Duration,
-    mut resume_skip: Option<(Position, u32)>,
 ) {
-    let mut events = Vec::new();
-    // Lines without events since the position was last handed to the queue.
-    let mut quiet_lines = 0u32;
+    let mut feeder = Feeder::new(queue, poll_interval);
     // Audit lines come in bursts: for a second after new lines, look again four times as often
     // (lower latency while busy); a quiet log costs one look per POLL_INTERVAL.
-    let mut saw_lines = false;
+    let mut saw_records = false;
     let mut last_activity = Instant::now();
+    let mut since_beat = 0u32;
+    metrics.follower.beat();
     while !stop.load(Ordering::Relaxed) {
         if reload.pending.swap(false, Ordering::Acquire) {
             if let Some(d) = reload
@@ -313,31 +292,42 @@ fn follow_loop(
                 .unwrap_or_else(|p| p.into_inner())
                 .take()
             {
-                detector = d;
+                stage.set_detector(d);
             }
         }
-        let (start, end) = match follower.poll() {
-            Poll::Line(line) => {
-                saw_lines = true;
-                events.clear();
-                detector.detect(line.bytes, &mut events);
-                (line.start, line.end)
+        since_beat += 1;
+        if since_beat >= BEAT_EVERY_RECORDS {
+            since_beat = 0;
+            metrics.follower.beat();
+        }
+        // While delivery is behind: stop reading but keep watching the path, so rotated files
+        // are held open and cannot be deleted under us; waiting is progress, not a stall.
+        let wait = |stage: &mut Stage<Follower>| {
+            metrics.follower.beat();
+            stage.source_mut().hold();
+            !stop.load(Ordering::Relaxed)
+        };
+        let go_on = match stage.step() {
+            Step::Record {
+                start,
+                end,
+                first_index,
+                verdict,
+                events,
+            } => {
+                saw_records = true;
+                pipeline::count(metrics, &verdict, &events);
+                feeder.record(start, end, first_index, events, || wait(&mut stage))
             }
-            Poll::Skipped { .. } => {
-                events.clear();
-                quiet_lines += 1;
-                continue;
+            Step::Skipped { start, end } => {
+                feeder.record(start, end, 0, Vec::new(), || wait(&mut stage))
             }
-            Poll::Idle => {
-                METRICS.tick_follower();
+            Step::Idle => {
+                metrics.follower.beat();
                 // Nothing of ours is unqueued: acknowledge up to the next unread byte (which
                 // moves to the new file as soon as a rotated one is finished).
-                quiet_lines = 0;
-                let pos = follower.position();
-                if !queue.push_line(pos, pos, 0, Vec::new()) {
-                    return;
-                }
-                if std::mem::take(&mut saw_lines) {
+                let ok = feeder.caught_up(stage.position());
+                if std::mem::take(&mut saw_records) {
                     last_activity = Instant::now();
                 }
                 let wait = if last_activity.elapsed() < BURST_WINDOW {
@@ -346,42 +336,11 @@ fn follow_loop(
                     poll_interval
                 };
                 sleep_unless(stop, wait);
-                continue;
+                ok
             }
+            Step::End => false,
         };
-        let mut first = 0u32;
-        if let Some((pos, skip)) = resume_skip.take() {
-            // Clean stop mid-line: the first `skip` events of this line were accepted.
-            // Same file (the fingerprint may have grown since) and same line.
-            if pos.file.same_file(&start.file) && pos.offset == start.offset && skip > 0 {
-                let n = (skip as usize).min(events.len());
-                events.drain(..n);
-                first = n as u32;
-            }
-        }
-        if events.is_empty() {
-            // Lines without events need no delivery; their end is acknowledged in batches
-            // (re-reading them after a crash emits nothing), keeping the hot path lock-free.
-            quiet_lines += 1;
-            if quiet_lines >= ADVANCE_EVERY_LINES {
-                quiet_lines = 0;
-                METRICS.tick_follower();
-                if !queue.push_line(end, end, 0, Vec::new()) {
-                    return;
-                }
-            }
-            continue;
-        }
-        quiet_lines = 0;
-        // Backpressure: while delivery is behind, stop reading but keep watching the path,
-        // so rotated files are held open and cannot be deleted under us.
-        while queue.is_full() && !stop.load(Ordering::Relaxed) {
-            METRICS.tick_follower();
-            follower.watch();
-            sleep_unless(stop, poll_interval);
-        }
-        METRICS.tick_follower();
-        if !queue.push_line(start, end, first, std::mem::take(&mut events)) {
+        if !go_on {
             return;
         }
     }
@@ -419,27 +378,29 @@ struct CheckpointSaver {
     path: Option<PathBuf>,
     log_path: PathBuf,
     last: Option<(Position, u32)>,
-    throttle: crate::log::Throttle,
+    throttle: Throttle,
+    metrics: Arc<Metrics>,
 }
 
 impl CheckpointSaver {
-    fn new(path: Option<PathBuf>, log_path: PathBuf) -> CheckpointSaver {
+    fn new(path: Option<PathBuf>, log_path: PathBuf, metrics: Arc<Metrics>) -> CheckpointSaver {
         CheckpointSaver {
             path,
             log_path,
             last: None,
-            throttle: crate::log::Throttle::new(Duration::from_secs(60)),
+            throttle: Throttle::new(Duration::from_secs(60)),
+            metrics,
         }
     }
 
-    fn save_if_due(&mut self, queue: &Queue, last_save: &mut Instant) {
+    fn save_if_due(&mut self, queue: &Queue<Position>, last_save: &mut Instant) {
         if last_save.elapsed() >= CHECKPOINT_EVERY {
             self.save(queue);
             *last_save = Instant::now();
         }
     }
 
-    fn save(&mut self, queue: &Queue) {
+    fn save(&mut self, queue: &Queue<Position>) {
         let Some(path) = &self.path else { return };
         let Some(ack) = queue.ack_position() else {
             return;
@@ -456,10 +417,12 @@ impl CheckpointSaver {
             Ok(()) => {
                 self.last = Some(ack);
                 self.throttle.reset();
-                METRICS
+                self.metrics
                     .checkpoint_offset
                     .store(ack.0.offset, Ordering::Relaxed);
-                METRICS.checkpoint_writes.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .checkpoint_writes
+                    .fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
                 if let Some(n) = self.throttle.hit("save") {
@@ -484,7 +447,7 @@ fn banner(cfg: &Config, rules_path: &Path, rules: &RuleSet, backend: &str, start
     b.push_str(&format!("  backend     {}  ({backend})\n", cfg.backend_url));
     b.push_str(&format!(
         "  auth        {}\n",
-        crate::log::Redacted(cfg.api_key.as_ref().map(|k| k.expose()).unwrap_or(""))
+        Redacted(cfg.api_key.as_ref().map(|k| k.expose()).unwrap_or(""))
     ));
     b.push_str(&format!(
         "  audit log   {}  ({start})\n",

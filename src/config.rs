@@ -1,14 +1,22 @@
-//! Environment → typed [`Config`]. Every variable the agent reads is listed once in [`VARS`]
-//! (name, default, meaning): `--help`, the README table and `.env.example` are checked against
-//! it. A bad value stops the agent at start with the variable's name, the value and an example;
-//! all bad values are reported together.
+//! Environment → typed [`Config`]: the only module that reads the environment. Every variable
+//! the agent reads is listed once in [`VARS`] (name, default, meaning): `--help`, the README
+//! table and `.env.example` are checked against it, and the defaults the code uses are parsed
+//! from it, so the table cannot drift from the behaviour. A bad value stops the agent at start
+//! with the variable's name, the value and an example; all bad values are reported together.
+//!
+//! `run` refuses to start on any bad value; `replay` and `validate` get a view of the same
+//! parsed [`Config`] and refuse only on the variables they use ([`Config::load`] returns the
+//! configuration with defaults in place of bad values, and the errors).
 
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::http_client::BackendUrl;
-use crate::log;
+use crate::deliver::http_client::{ApiKey, BackendUrl, Client};
+use crate::deliver::DeliveryOptions;
+use crate::detect::DetectOptions;
+use crate::operate::log;
+use crate::source::follow::{FollowOptions, StartAt};
 
 /// (name, default, meaning) of every environment variable the agent reads.
 pub const VARS: &[(&str, &str, &str)] = &[
@@ -92,44 +100,6 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ("LOG_LEVEL", "info", "debug | info | warn | error"),
 ];
 
-/// Where to begin reading when no checkpoint applies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StartAt {
-    End,
-    Beginning,
-}
-
-/// The API key; its `Debug` and `Display` show only its length.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct ApiKey(String);
-
-impl ApiKey {
-    pub fn new(s: String) -> ApiKey {
-        ApiKey(s)
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-}
-
-impl fmt::Debug for ApiKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", log::Redacted(&self.0))
-    }
-}
-
-impl fmt::Display for ApiKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", log::Redacted(&self.0))
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct Config {
     pub backend_url: BackendUrl,
@@ -177,14 +147,43 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// The default of `var` as [`VARS`] gives it (the one place defaults are written).
+fn default_of(var: &str) -> &'static str {
+    VARS.iter()
+        .find(|v| v.0 == var)
+        .map(|v| v.1)
+        .unwrap_or_default()
+}
+
 impl Config {
-    /// Reads the process environment.
+    /// Reads the process environment; every bad value is an error.
     pub fn from_env() -> Result<Config, Vec<ConfigError>> {
-        Config::from_lookup(|k| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned()))
+        let (cfg, errs) = Config::load();
+        if errs.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(errs)
+        }
     }
 
-    /// Reads variables through `get` (tests pass a map). Empty values count as unset.
+    /// Reads the process environment: the configuration, with the default in place of each bad
+    /// value, and the errors (a command refuses to start on those that concern it).
+    pub fn load() -> (Config, Vec<ConfigError>) {
+        Config::parse(|k| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned()))
+    }
+
+    /// Reads variables through `get` (tests pass a map); every bad value is an error.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, Vec<ConfigError>> {
+        let (cfg, errs) = Config::parse(get);
+        if errs.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(errs)
+        }
+    }
+
+    /// Reads variables through `get`. Empty values count as unset.
+    pub fn parse(get: impl Fn(&str) -> Option<String>) -> (Config, Vec<ConfigError>) {
         let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
         let errs = std::cell::RefCell::new(Vec::new());
         let err = |var: &'static str, value: &str, problem: String, example: &str| {
@@ -196,17 +195,32 @@ impl Config {
             })
         };
 
-        let url_text = get("HEALERT_BACKEND_URL").unwrap_or_else(|| "http://localhost:8000".into());
-        let backend_url = match BackendUrl::parse(url_text.trim()) {
-            Ok(u) => Some(u),
-            Err(problem) => {
+        let default_url = || BackendUrl::parse(default_of("HEALERT_BACKEND_URL"));
+        let url_text = get("HEALERT_BACKEND_URL");
+        let backend_url = match url_text.as_deref().map(|u| BackendUrl::parse(u.trim())) {
+            None => default_url(),
+            Some(Ok(u)) => Ok(u),
+            Some(Err(problem)) => {
                 err(
                     "HEALERT_BACKEND_URL",
-                    &url_text,
+                    url_text.as_deref().unwrap_or_default(),
                     problem,
                     "http://healert-backend.healert-system:8000",
                 );
-                None
+                default_url()
+            }
+        };
+        // The default is a constant URL that parses; a failure here is a bug in VARS.
+        let backend_url = match backend_url {
+            Ok(u) => u,
+            Err(problem) => {
+                err(
+                    "HEALERT_BACKEND_URL",
+                    default_of("HEALERT_BACKEND_URL"),
+                    format!("the built-in default does not parse: {problem}"),
+                    "http://healert-backend.healert-system:8000",
+                );
+                BackendUrl::localhost()
             }
         };
 
@@ -223,16 +237,18 @@ impl Config {
                     });
                     None
                 } else {
-                    Some(ApiKey(k))
+                    Some(ApiKey::new(k))
                 }
             }
         };
 
         let audit_log_path = PathBuf::from(
-            get("AUDIT_LOG_PATH").unwrap_or_else(|| "/var/log/kubernetes/audit/audit.log".into()),
+            get("AUDIT_LOG_PATH").unwrap_or_else(|| default_of("AUDIT_LOG_PATH").into()),
         );
         let rules_path = get("RULES_PATH").map(PathBuf::from);
-        let entity_namespace = get("ENTITY_NAMESPACE").unwrap_or_else(|| "default".into());
+        let mut entity_namespace = get("ENTITY_NAMESPACE")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|| default_of("ENTITY_NAMESPACE").into());
         if !is_entity_safe(&entity_namespace) {
             err(
                 "ENTITY_NAMESPACE",
@@ -240,73 +256,80 @@ impl Config {
                 "must be letters, digits, '-' or '_' (it becomes part of entity refs)".into(),
                 "default",
             );
+            entity_namespace = default_of("ENTITY_NAMESPACE").into();
         }
         let k8s_namespace = get("K8S_NAMESPACE").map(|s| s.trim().to_string());
         let checkpoint_path = get("CHECKPOINT_PATH").map(PathBuf::from);
 
-        let start_at = match get("START_AT").map(|s| s.trim().to_ascii_lowercase()) {
-            None => StartAt::End,
-            Some(s) if s == "end" => StartAt::End,
-            Some(s) if s == "beginning" || s == "start" => StartAt::Beginning,
-            Some(s) => {
+        let start_at = match get("START_AT")
+            .unwrap_or_else(|| default_of("START_AT").into())
+            .trim()
+            .to_ascii_lowercase()
+        {
+            s if s == "end" => StartAt::End,
+            s if s == "beginning" || s == "start" => StartAt::Beginning,
+            s => {
                 err("START_AT", &s, "must be `end` or `beginning`".into(), "end");
                 StartAt::End
             }
         };
 
-        let duration = |var: &'static str, default: Duration, example: &str| match get(var) {
-            None => default,
-            Some(v) => match parse_duration(&v) {
-                Ok(d) => d,
-                Err(p) => {
-                    err(var, &v, p, example);
-                    default
-                }
-            },
+        // Defaults come from VARS and parse with the same functions; a failure is a bug there.
+        let duration = |var: &'static str, min: Duration, example: &str| {
+            let fallback = parse_duration(default_of(var)).unwrap_or(min);
+            match get(var) {
+                None => fallback,
+                Some(v) => match parse_duration(&v) {
+                    Ok(d) if d >= min => d,
+                    Ok(_) => {
+                        let what = if min.is_zero() {
+                            "must be greater than zero".to_string()
+                        } else {
+                            format!("must be at least {}", human_duration(min))
+                        };
+                        err(var, &v, what, example);
+                        fallback
+                    }
+                    Err(p) => {
+                        err(var, &v, p, example);
+                        fallback
+                    }
+                },
+            }
         };
-        let poll_interval = duration("POLL_INTERVAL", Duration::from_millis(250), "250ms");
-        let http_timeout = duration("HTTP_TIMEOUT", Duration::from_secs(10), "10s");
-        let shutdown_grace = duration("SHUTDOWN_GRACE", Duration::from_secs(20), "20s");
-        if poll_interval.is_zero() {
-            err(
-                "POLL_INTERVAL",
-                "0",
-                "must be greater than zero".into(),
-                "250ms",
-            );
-        }
-        if http_timeout < Duration::from_millis(100) {
-            err(
-                "HTTP_TIMEOUT",
-                &format!("{http_timeout:?}"),
-                "must be at least 100ms".into(),
-                "10s",
-            );
-        }
+        let poll_interval = duration("POLL_INTERVAL", Duration::from_millis(1), "250ms");
+        let http_timeout = duration("HTTP_TIMEOUT", Duration::from_millis(100), "10s");
+        let shutdown_grace = duration("SHUTDOWN_GRACE", Duration::ZERO, "20s");
 
-        let max_line_bytes = match get("MAX_LINE_BYTES") {
-            None => 16 << 20,
-            Some(v) => match parse_size(&v) {
-                Ok(n) if (1024..=(1 << 30)).contains(&n) => n as usize,
-                Ok(_) => {
-                    err(
-                        "MAX_LINE_BYTES",
-                        &v,
-                        "must be between 1KiB and 1GiB".into(),
-                        "16MiB",
-                    );
-                    16 << 20
-                }
-                Err(p) => {
-                    err("MAX_LINE_BYTES", &v, p, "16MiB");
-                    16 << 20
-                }
-            },
+        let max_line_bytes = {
+            let fallback = parse_size(default_of("MAX_LINE_BYTES"))
+                .map(|n| n as usize)
+                .unwrap_or(crate::source::lines::DEFAULT_MAX_LINE_BYTES);
+            match get("MAX_LINE_BYTES") {
+                None => fallback,
+                Some(v) => match parse_size(&v) {
+                    Ok(n) if (1024..=(1 << 30)).contains(&n) => n as usize,
+                    Ok(_) => {
+                        err(
+                            "MAX_LINE_BYTES",
+                            &v,
+                            "must be between 1KiB and 1GiB".into(),
+                            "16MiB",
+                        );
+                        fallback
+                    }
+                    Err(p) => {
+                        err("MAX_LINE_BYTES", &v, p, "16MiB");
+                        fallback
+                    }
+                },
+            }
         };
 
-        let number =
-            |var: &'static str, default: u64, min: u64, max: u64, example: &str| match get(var) {
-                None => default,
+        let number = |var: &'static str, min: u64, max: u64, example: &str| {
+            let fallback = default_of(var).parse::<u64>().unwrap_or(min);
+            match get(var) {
+                None => fallback,
                 Some(v) => match v.trim().parse::<u64>() {
                     Ok(n) if (min..=max).contains(&n) => n,
                     _ => {
@@ -316,33 +339,35 @@ impl Config {
                             format!("must be a whole number from {min} to {max}"),
                             example,
                         );
-                        default
+                        fallback
                     }
                 },
-            };
-        let queue_capacity = number("QUEUE_CAPACITY", 10_000, 1, 10_000_000, "10000") as usize;
-        let max_events_per_minute = number("MAX_EVENTS_PER_MINUTE", 0, 0, 1_000_000, "50") as u32;
+            }
+        };
+        let queue_capacity = number("QUEUE_CAPACITY", 1, 10_000_000, "10000") as usize;
+        let max_events_per_minute = number("MAX_EVENTS_PER_MINUTE", 0, 1_000_000, "50") as u32;
 
         let dead_letter_path = get("DEAD_LETTER_PATH").map(PathBuf::from);
-        let health_addr = get("HEALTH_ADDR").map(|s| s.trim().to_string());
+        let mut health_addr = get("HEALTH_ADDR").map(|s| s.trim().to_string());
         if let Some(a) = &health_addr {
             if a.rsplit_once(':')
                 .and_then(|(_, p)| p.parse::<u16>().ok())
                 .is_none()
             {
                 err("HEALTH_ADDR", a, "must be HOST:PORT".into(), "0.0.0.0:8080");
+                health_addr = None;
             }
         }
 
         let log_format = match get("LOG_FORMAT") {
-            None => log::Format::Text,
+            None => log::Format::parse(default_of("LOG_FORMAT")).unwrap_or(log::Format::Text),
             Some(v) => log::Format::parse(&v).unwrap_or_else(|| {
                 err("LOG_FORMAT", &v, "must be `text` or `json`".into(), "json");
                 log::Format::Text
             }),
         };
         let log_level = match get("LOG_LEVEL") {
-            None => log::Level::Info,
+            None => log::Level::parse(default_of("LOG_LEVEL")).unwrap_or(log::Level::Info),
             Some(v) => log::Level::parse(&v).unwrap_or_else(|| {
                 err(
                     "LOG_LEVEL",
@@ -354,37 +379,115 @@ impl Config {
             }),
         };
 
-        let errs = errs.into_inner();
-        match backend_url {
-            Some(backend_url) if errs.is_empty() => Ok(Config {
-                backend_url,
-                api_key,
-                audit_log_path,
-                rules_path,
-                entity_namespace,
-                k8s_namespace,
-                checkpoint_path,
-                start_at,
-                poll_interval,
-                max_line_bytes,
-                queue_capacity,
-                http_timeout,
-                dead_letter_path,
-                max_events_per_minute,
-                shutdown_grace,
-                health_addr,
-                log_format,
-                log_level,
-            }),
-            _ => Err(errs),
-        }
+        let cfg = Config {
+            backend_url,
+            api_key,
+            audit_log_path,
+            rules_path,
+            entity_namespace,
+            k8s_namespace,
+            checkpoint_path,
+            start_at,
+            poll_interval,
+            max_line_bytes,
+            queue_capacity,
+            http_timeout,
+            dead_letter_path,
+            max_events_per_minute,
+            shutdown_grace,
+            health_addr,
+            log_format,
+            log_level,
+        };
+        (cfg, errs.into_inner())
     }
 
     /// The rules file to load: RULES_PATH, else ./rules.yaml.
     pub fn rules_path_or_default(&self) -> PathBuf {
         self.rules_path
             .clone()
-            .unwrap_or_else(|| PathBuf::from("rules.yaml"))
+            .unwrap_or_else(|| PathBuf::from(default_of("RULES_PATH")))
+    }
+
+    /// The engine's environment-dependent choices (ENTITY_NAMESPACE, K8S_NAMESPACE).
+    pub fn detect_options(&self) -> DetectOptions {
+        DetectOptions {
+            entity_namespace: self.entity_namespace.clone(),
+            own_namespace: self.k8s_namespace.clone(),
+        }
+    }
+
+    /// What the follower follows (AUDIT_LOG_PATH, POLL_INTERVAL, MAX_LINE_BYTES, START_AT).
+    pub fn follow_options(&self) -> FollowOptions {
+        FollowOptions {
+            path: self.audit_log_path.clone(),
+            poll_interval: self.poll_interval,
+            max_line_bytes: self.max_line_bytes,
+            start_at: self.start_at,
+        }
+    }
+
+    /// The production delivery policy with the operator's knobs (MAX_EVENTS_PER_MINUTE,
+    /// DEAD_LETTER_PATH).
+    pub fn delivery_options(&self) -> DeliveryOptions {
+        DeliveryOptions {
+            max_events_per_minute: self.max_events_per_minute,
+            dead_letter_path: self.dead_letter_path.clone(),
+            ..DeliveryOptions::default()
+        }
+    }
+
+    /// The backend client (HEALERT_BACKEND_URL, HEALERT_API_KEY, HTTP_TIMEOUT).
+    pub fn client(&self) -> Client {
+        Client::new(
+            self.backend_url.clone(),
+            self.api_key.clone(),
+            self.http_timeout,
+        )
+    }
+}
+
+/// The variables `replay` reads (with `--send`, also the delivery ones): it refuses to start
+/// on a bad value of these, exactly as `run` would, and ignores the others.
+pub fn replay_vars(send: bool) -> &'static [&'static str] {
+    const SCAN: &[&str] = &[
+        "RULES_PATH",
+        "ENTITY_NAMESPACE",
+        "K8S_NAMESPACE",
+        "MAX_LINE_BYTES",
+    ];
+    const SEND: &[&str] = &[
+        "RULES_PATH",
+        "ENTITY_NAMESPACE",
+        "K8S_NAMESPACE",
+        "MAX_LINE_BYTES",
+        "HEALERT_BACKEND_URL",
+        "HEALERT_API_KEY",
+        "QUEUE_CAPACITY",
+        "HTTP_TIMEOUT",
+        "DEAD_LETTER_PATH",
+        "MAX_EVENTS_PER_MINUTE",
+        "SHUTDOWN_GRACE",
+        "LOG_FORMAT",
+        "LOG_LEVEL",
+    ];
+    if send {
+        SEND
+    } else {
+        SCAN
+    }
+}
+
+/// `250ms`, `1.5s`, `2m`: a duration as `parse_duration` reads it back.
+pub fn human_duration(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else if d.subsec_millis() == 0 && d.as_secs() % 60 == 0 {
+        format!("{}m", d.as_secs() / 60)
+    } else if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
     }
 }
 
@@ -505,5 +608,54 @@ mod tests {
         assert!(!format!("{c:?}").contains("s3cr3t"));
         let e = cfg(&[("HEALERT_API_KEY", "two words")]).unwrap_err();
         assert!(!e[0].to_string().contains("two"));
+    }
+
+    #[test]
+    fn defaults_are_those_vars_shows() {
+        let c = cfg(&[]).unwrap();
+        for (name, default, _) in VARS {
+            let shown = match *name {
+                "HEALERT_BACKEND_URL" => c.backend_url.to_string(),
+                "AUDIT_LOG_PATH" => c.audit_log_path.display().to_string(),
+                "RULES_PATH" => c.rules_path_or_default().display().to_string(),
+                "ENTITY_NAMESPACE" => c.entity_namespace.clone(),
+                "START_AT" => "end".into(),
+                "POLL_INTERVAL" => human_duration(c.poll_interval),
+                "HTTP_TIMEOUT" => human_duration(c.http_timeout),
+                "SHUTDOWN_GRACE" => human_duration(c.shutdown_grace),
+                "MAX_LINE_BYTES" => format!("{}MiB", c.max_line_bytes >> 20),
+                "QUEUE_CAPACITY" => c.queue_capacity.to_string(),
+                "MAX_EVENTS_PER_MINUTE" => c.max_events_per_minute.to_string(),
+                "LOG_FORMAT" => "text".into(),
+                "LOG_LEVEL" => c.log_level.as_str().into(),
+                // No default value: off or unset.
+                _ => {
+                    assert!(default.starts_with("(none"), "{name}: {default}");
+                    continue;
+                }
+            };
+            let want = default.trim_start_matches("./");
+            assert_eq!(shown.trim_start_matches("./"), want, "{name}");
+        }
+        assert_eq!(c.start_at, StartAt::End);
+        assert_eq!(c.log_format, log::Format::Text);
+        assert_eq!(
+            c.max_line_bytes,
+            crate::source::lines::DEFAULT_MAX_LINE_BYTES
+        );
+    }
+
+    #[test]
+    fn a_bad_value_still_leaves_a_usable_configuration() {
+        let (c, errs) = Config::parse(|k| match k {
+            "ENTITY_NAMESPACE" => Some("a/b".into()),
+            "LOG_FORMAT" => Some("json".into()),
+            _ => None,
+        });
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].var, "ENTITY_NAMESPACE");
+        assert_eq!(c.entity_namespace, "default");
+        assert_eq!(c.log_format, log::Format::Json);
+        assert!(replay_vars(false).contains(&"ENTITY_NAMESPACE"));
     }
 }

@@ -42,7 +42,7 @@ fn parse(args: &[String]) -> Result<Command, String> {
         return Ok(Command::Run);
     };
     let rest = &args[1..];
-    let shown = |s: &str| healert_agent::log::sanitize(s, 80);
+    let shown = |s: &str| healert_agent::operate::log::sanitize(s, 80);
     match first.as_str() {
         "-h" | "--help" | "help" => Ok(Command::Help),
         "-V" | "--version" | "version" => match rest.first() {

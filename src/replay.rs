@@ -1,30 +1,34 @@
-//! `healert-agent replay`: evaluate a whole audit log offline with the agent's own engine
-//! (issue 3); `--send` delivers through the agent's own delivery path (issue 5).
+//! `healert-agent replay`: evaluate a whole audit log offline with the agent's own pipeline
+//! stage; `--send` delivers through the agent's own queue and sender.
 //!
 //! [`scan`] streams the input (NDJSON, or one `EventList` document, possibly pretty-printed)
-//! through a [`Detector`] and hands every line's events to a closure, in log order, with the
-//! line's byte span — the same shape the follower uses, so a delivery queue can be plugged in.
-//! [`run`] prints each event's payload on stdout and a summary (human and machine-readable) on
-//! stderr, including the process's own peak RSS and CPU time for the benchmark harness.
+//! through a [`Stage`] over a [`StreamSource`] and hands every record's events to a closure, in
+//! input order, with the record's byte span. [`run`] prints each event's payload on stdout and a
+//! summary (human and machine-readable) on stderr, including the process's own peak RSS and
+//! CPU time for the benchmark harness. Configuration comes from [`Config`], as for `run`:
+//! replay refuses exactly the bad values `run` would refuse, for the variables it reads.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{self, Read, Write};
+use std::io::{self, Chain, Cursor, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
-
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::audit::{extract, items};
-use crate::checkpoint::{FileId, Position};
-use crate::config::Config;
-use crate::deliver::{self, DeliveryOptions, Queue, SenderHandle};
-use crate::detect::{DetectOptions, Detector, LineVerdict};
-use crate::event::FrictionEvent;
-use crate::http_client::Client;
-use crate::rules::{self, Diagnostic, Level, LoadError};
+use crate::config::{self, Config};
+use crate::deliver::{self, Queue, SenderHandle};
+use crate::detect::audit::extract;
+use crate::detect::json::ErrorKind;
+use crate::detect::rules::{self, Diagnostic, Level, LoadError};
+use crate::detect::{Detector, FrictionEvent, LineVerdict, Verdict};
+use crate::operate::log::{self as oplog, sanitize};
+use crate::operate::metrics::Metrics;
+use crate::operate::signal;
+use crate::pipeline::{Feeder, Stage, Step};
+use crate::source::lines::find_byte;
+use crate::source::stream::StreamSource;
+use crate::source::{Next, Record as SourceRecord, Source};
 
 /// Arguments of `healert-agent replay`.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -35,14 +39,15 @@ pub struct ReplayArgs {
     pub input: String,
 }
 
-/// One line of input (or the whole document, for a multi-line EventList) and its events.
+/// One record of input (a line, or the whole document for a multi-line EventList) and its
+/// events.
 #[derive(Debug)]
 pub struct Record<'a> {
-    /// Byte offsets of the line in the input: `[start, end)`, newline included.
+    /// Byte offsets of the record in the input: `[start, end)`, line ending included.
     pub start: u64,
     pub end: u64,
-    /// What became of the line (for an EventList: `Evaluated`).
-    pub verdict: LineVerdict,
+    /// What became of it; `None` for a line over MAX_LINE_BYTES, skipped unread.
+    pub verdict: Option<&'a Verdict>,
     pub events: &'a [FrictionEvent],
 }
 
@@ -56,9 +61,9 @@ pub struct Stats {
     pub skipped_stages: u64,
     /// ResponseComplete events that went through the rules.
     pub evaluated: u64,
-    /// EventList documents and the items they held.
     /// Lines longer than the cap, skipped unread.
     pub oversized: u64,
+    /// EventList documents and the items they held.
     pub event_lists: u64,
     pub list_items: u64,
     pub events: u64,
@@ -71,22 +76,35 @@ pub struct Stats {
 pub const SHOWN_MALFORMED: usize = 5;
 
 impl Stats {
-    fn count(&mut self, v: LineVerdict) {
-        match v {
-            LineVerdict::Blank => self.blank += 1,
-            LineVerdict::Malformed => self.malformed += 1,
-            LineVerdict::SkippedStage => self.skipped_stages += 1,
-            LineVerdict::Evaluated => self.evaluated += 1,
-            LineVerdict::Oversized => self.oversized += 1,
+    fn count(&mut self, verdict: Option<&Verdict>, events: &[FrictionEvent]) {
+        match verdict {
+            None => self.oversized += 1,
+            Some(Verdict::Event(v)) => match v {
+                LineVerdict::Blank => self.blank += 1,
+                LineVerdict::Malformed => self.malformed += 1,
+                LineVerdict::SkippedStage => self.skipped_stages += 1,
+                LineVerdict::Evaluated => self.evaluated += 1,
+            },
+            Some(Verdict::Malformed(e)) => {
+                self.malformed += 1;
+                if self.first_malformed.len() < SHOWN_MALFORMED {
+                    self.first_malformed
+                        .push((self.lines.max(1), e.to_string()));
+                }
+            }
+            Some(Verdict::List(t)) => {
+                self.event_lists += 1;
+                self.list_items += t.items;
+                self.malformed += t.malformed;
+                self.skipped_stages += t.skipped_stages;
+                self.evaluated += t.evaluated;
+            }
+        }
+        self.events += events.len() as u64;
+        for e in events {
+            *self.events_per_rule.entry(e.kind.clone()).or_insert(0) += 1;
         }
     }
-}
-
-fn trim_newline(mut b: &[u8]) -> &[u8] {
-    while let [rest @ .., b'\n' | b'\r'] = b {
-        b = rest;
-    }
-    b
 }
 
 fn is_blank(b: &[u8]) -> bool {
@@ -102,232 +120,174 @@ fn starts_document(first: &[u8]) -> bool {
     }
     t.first() == Some(&b'{')
         && t.windows(11).any(|w| w == b"\"EventList\"")
-        && extract(t).is_err_and(|e| e.kind == crate::json::ErrorKind::UnexpectedEnd)
+        && extract(t).is_err_and(|e| e.kind == ErrorKind::UnexpectedEnd)
 }
 
-/// Evaluates one line (or document); an `EventList` has each of its items evaluated.
-fn evaluate(
-    det: &Detector,
-    body: &[u8],
-    out: &mut Vec<FrictionEvent>,
-    st: &mut Stats,
-) -> LineVerdict {
-    if is_blank(body) {
-        // Counted into METRICS by the detector, like every other verdict.
-        let v = det.detect(body, out);
-        st.count(v);
-        return v;
-    }
-    let parsed = extract(body);
-    if let Ok(f) = &parsed {
-        if f.kind == "EventList" {
-            if let Some(list) = f.items {
-                st.event_lists += 1;
-                // `items` were validated by `extract`, so this only fails on a bug.
-                for item in items(list).unwrap_or_default() {
-                    st.list_items += 1;
-                    let v = det.detect(item, out);
-                    st.count(v);
+/// What replay reads: lines, or — when the first non-blank line opens a multi-line JSON
+/// document (a pretty-printed EventList) — that whole document as one record.
+pub enum Input<R> {
+    Lines(StreamSource<Chain<Cursor<Vec<u8>>, R>>),
+    Document { bytes: Vec<u8>, given: bool },
+}
+
+impl<R: Read> Input<R> {
+    /// Looks at the first non-blank line (reading at most about `max_line` bytes ahead) to
+    /// tell NDJSON from a pretty-printed document. A document is read whole into memory.
+    pub fn open(mut input: R, max_line: usize) -> io::Result<Input<R>> {
+        const STEP: usize = 64 * 1024;
+        let mut prefix = Vec::new();
+        let mut at = 0usize;
+        let document = loop {
+            while let Some(i) = find_byte(&prefix[at..], b'\n') {
+                let line = &prefix[at..at + i];
+                if !is_blank(line) {
+                    break;
                 }
-                return LineVerdict::Evaluated;
+                at += i + 1;
+            }
+            if let Some(i) = find_byte(&prefix[at..], b'\n') {
+                break starts_document(&prefix[at..at + i]);
+            }
+            if prefix.len() > max_line.saturating_add(STEP) {
+                break false;
+            }
+            let old = prefix.len();
+            prefix.resize(old + STEP, 0);
+            let n = loop {
+                match input.read(&mut prefix[old..]) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            prefix.truncate(old + n);
+            if n == 0 {
+                let rest = &prefix[at..];
+                break !is_blank(rest) && starts_document(rest);
+            }
+        };
+        if !document {
+            return Ok(Input::Lines(StreamSource::new(
+                Cursor::new(prefix).chain(input),
+                max_line,
+            )));
+        }
+        let mut bytes = prefix;
+        input.read_to_end(&mut bytes)?;
+        if crate::detect::json::validate(&bytes).is_ok() {
+            return Ok(Input::Document {
+                bytes,
+                given: false,
+            });
+        }
+        // Not one valid document after all: its lines, each judged on its own.
+        Ok(Input::Lines(StreamSource::new(
+            Cursor::new(bytes).chain(input),
+            max_line,
+        )))
+    }
+
+    /// The read error that ended the input early, if any.
+    pub fn take_error(&mut self) -> Option<io::Error> {
+        match self {
+            Input::Lines(s) => s.take_error(),
+            Input::Document { .. } => None,
+        }
+    }
+}
+
+impl<R: Read> Source for Input<R> {
+    type Pos = u64;
+
+    fn next(&mut self) -> Next<'_, u64> {
+        match self {
+            Input::Lines(s) => s.next(),
+            Input::Document { given: true, .. } => Next::End,
+            Input::Document { bytes, given } => {
+                *given = true;
+                Next::Record(SourceRecord {
+                    bytes,
+                    start: 0,
+                    end: bytes.len() as u64,
+                })
             }
         }
     }
-    if let Err(e) = &parsed {
-        if st.first_malformed.len() < SHOWN_MALFORMED {
-            st.first_malformed.push((st.lines.max(1), e.to_string()));
+
+    fn position(&self) -> u64 {
+        match self {
+            Input::Lines(s) => s.position(),
+            Input::Document { bytes, given } => {
+                if *given {
+                    bytes.len() as u64
+                } else {
+                    0
+                }
+            }
         }
     }
-    let v = det.detect_extracted(&parsed, out);
-    st.count(v);
-    v
 }
 
-/// Streams `input` through `det`, calling `sink` once per line (in order) with its events.
+/// Streams `input` through `det`, calling `sink` once per record (in order) with its events.
 /// Errors: reading the input, or whatever `sink` returns (which stops the scan).
-///
-/// Lines are evaluated in place in a chunk buffer (no per-line copy); only the partial line
-/// at the end of a chunk moves, and the buffer grows for a line longer than itself.
 pub fn scan<R: Read>(
     input: R,
     det: &Detector,
     sink: impl FnMut(Record<'_>) -> io::Result<()>,
 ) -> io::Result<Stats> {
-    scan_capped(input, det, DEFAULT_MAX_LINE_BYTES, sink)
+    scan_capped(
+        input,
+        det,
+        crate::source::lines::DEFAULT_MAX_LINE_BYTES,
+        sink,
+    )
 }
-
-/// `MAX_LINE_BYTES`' default, as for the agent.
-pub const DEFAULT_MAX_LINE_BYTES: usize = 16 << 20;
 
 /// [`scan`] with a cap on line length: a longer line is discarded while it is read (never held
 /// whole), counted as oversized and handed to `sink` with no events, like the follower does.
 pub fn scan_capped<R: Read>(
-    mut input: R,
+    input: R,
     det: &Detector,
     max_line: usize,
     mut sink: impl FnMut(Record<'_>) -> io::Result<()>,
 ) -> io::Result<Stats> {
-    const CHUNK: usize = 1 << 20;
+    let input = Input::open(input, max_line)?;
+    let mut stage = Stage::new(input, det.clone(), None);
     let mut st = Stats::default();
-    let mut buf = vec![0u8; CHUNK];
-    let (mut begin, mut filled) = (0usize, 0usize);
-    let mut events = Vec::new();
-    let mut seen_content = false;
-    let mut eof = false;
-    // How much of the partial line at `begin` is known to hold no newline: short reads must
-    // not make a long line cost quadratic time.
-    let mut searched = 0usize;
-    // Start offset of an over-long line being discarded.
-    let mut skipping: Option<u64> = None;
     loop {
-        if let Some(start) = skipping {
-            let rest = &buf[begin..filled];
-            let (len, done) = match crate::json::find_byte(rest, b'\n') {
-                Some(p) => (p + 1, true),
-                None => (rest.len(), eof),
-            };
-            st.bytes += len as u64;
-            begin += len;
-            if done {
-                skipping = None;
-                st.lines += 1;
-                st.oversized += 1;
-                sink(Record {
-                    start,
-                    end: st.bytes,
-                    verdict: LineVerdict::Oversized,
-                    events: &[],
-                })?;
-            }
-        }
-        while skipping.is_none() {
-            let rest = &buf[begin..filled];
-            let len = match crate::json::find_byte(&rest[searched..], b'\n') {
-                Some(p) => searched + p + 1,
-                None if eof && !rest.is_empty() => rest.len(),
-                None => {
-                    searched = rest.len();
-                    break;
-                }
-            };
-            searched = 0;
-            let raw = &rest[..len];
-            let body = trim_newline(raw);
-            let start = st.bytes;
-            if !seen_content && !is_blank(body) {
-                seen_content = true;
-                // The first line of a pretty-printed document (`{` alone, or an unfinished
-                // object naming EventList): read everything and look at it whole. Only then:
-                // a log whose first line is merely truncated must keep streaming, not be read
-                // into memory.
-                if starts_document(body) {
-                    let mut all = rest.to_vec();
-                    input.read_to_end(&mut all)?;
-                    return scan_buffer(&all, start, det, st, &mut sink);
-                }
-            }
-            st.lines += 1;
-            st.bytes += len as u64;
-            events.clear();
-            // A whole over-long line can arrive in one read once the buffer has grown.
-            let v = if body.len() > max_line {
-                st.oversized += 1;
-                LineVerdict::Oversized
-            } else {
-                evaluate(det, body, &mut events, &mut st)
-            };
-            st.events += events.len() as u64;
-            for e in &events {
-                *st.events_per_rule.entry(e.kind.clone()).or_insert(0) += 1;
-            }
-            sink(Record {
-                start,
-                end: st.bytes,
-                verdict: v,
-                events: &events,
-            })?;
-            begin += len;
-        }
-        if skipping.is_none() && filled - begin > max_line {
-            // No newline within the cap: drop what is buffered and discard up to the newline.
-            skipping = Some(st.bytes);
-            st.bytes += (filled - begin) as u64;
-            begin = filled;
-            searched = 0;
-        }
-        if eof && skipping.is_none() {
-            return Ok(st);
-        }
-        if begin > 0 {
-            buf.copy_within(begin..filled, 0);
-            filled -= begin;
-            begin = 0;
-        }
-        if filled == buf.len() {
-            // Linear growth: only the bytes of the longest line (≤ the cap) are ever touched.
-            buf.resize(buf.len() + CHUNK, 0);
-        }
-        match input.read(&mut buf[filled..]) {
-            Ok(0) => eof = true,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// The rest of the input, in memory from offset `base`: one JSON document if it is one,
-/// NDJSON lines otherwise.
-fn scan_buffer(
-    buf: &[u8],
-    base: u64,
-    det: &Detector,
-    mut st: Stats,
-    sink: &mut impl FnMut(Record<'_>) -> io::Result<()>,
-) -> io::Result<Stats> {
-    let mut events = Vec::new();
-    let mut emit =
-        |st: &mut Stats, start: u64, end: u64, body: &[u8], events: &mut Vec<FrictionEvent>| {
-            events.clear();
-            let v = evaluate(det, body, events, st);
-            st.events += events.len() as u64;
-            for e in events.iter() {
-                *st.events_per_rule.entry(e.kind.clone()).or_insert(0) += 1;
-            }
-            sink(Record {
+        let (start, end, verdict, events) = match stage.step() {
+            Step::Record {
                 start,
                 end,
-                verdict: v,
+                verdict,
                 events,
-            })
+                ..
+            } => (start, end, Some(verdict), events),
+            Step::Skipped { start, end } => (start, end, None, Vec::new()),
+            Step::Idle => continue,
+            Step::End => break,
         };
-    if crate::json::validate(buf).is_ok() {
-        st.lines += buf.iter().filter(|&&b| b == b'\n').count() as u64
-            + u64::from(buf.last().is_some_and(|&b| b != b'\n'));
-        st.bytes += buf.len() as u64;
-        let end = base + buf.len() as u64;
-        emit(&mut st, base, end, buf, &mut events)?;
-        return Ok(st);
-    }
-    let mut at = 0usize;
-    while at < buf.len() {
-        let end = buf[at..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(buf.len(), |p| at + p + 1);
-        let start = base + at as u64;
-        st.lines += 1;
-        st.bytes += (end - at) as u64;
-        emit(
-            &mut st,
+        st.lines += match (&verdict, stage.source()) {
+            // A document counts its lines.
+            (Some(_), Input::Document { bytes, .. }) => {
+                bytes.iter().filter(|&&b| b == b'\n').count() as u64
+                    + u64::from(bytes.last().is_some_and(|&b| b != b'\n'))
+            }
+            _ => 1,
+        };
+        st.bytes = end;
+        st.count(verdict.as_ref(), &events);
+        sink(Record {
             start,
-            base + end as u64,
-            trim_newline(&buf[at..end]),
-            &mut events,
-        )?;
-        at = end;
+            end,
+            verdict: verdict.as_ref(),
+            events: &events,
+        })?;
     }
-    Ok(st)
+    match stage.source_mut().take_error() {
+        Some(e) => Err(e),
+        None => Ok(st),
+    }
 }
 
 /// Resident-set high-water mark (`VmHWM`, kB) and CPU time (user + system, seconds) of this
@@ -396,7 +356,7 @@ pub fn summary(st: &Stats, elapsed_s: f64, cpu_s: Option<f64>, rss_kb: Option<u6
     }
     let _ = writeln!(s, "  friction events: {}", st.events);
     for (rule, n) in &st.events_per_rule {
-        let _ = writeln!(s, "    {:<28} {n}", crate::log::sanitize(rule, 64));
+        let _ = writeln!(s, "    {:<28} {n}", crate::operate::log::sanitize(rule, 64));
     }
     let cpu = cpu_s.map_or("n/a".to_string(), |c| format!("{c:.2}"));
     let rss = rss_kb.map_or("n/a".to_string(), |r| r.to_string());
@@ -424,40 +384,52 @@ pub fn print_diagnostics(path: &str, diags: &[Diagnostic]) {
             "{path}:{}:{}: {level}: {}",
             d.line,
             d.col,
-            crate::log::sanitize(&d.message, 400)
+            sanitize(&d.message, 400)
         );
         if let Some(h) = &d.hint {
-            eprintln!("  hint: {}", crate::log::sanitize(h, 400));
+            eprintln!("  hint: {}", sanitize(h, 400));
         }
     }
 }
 
-fn rules_path(args: &ReplayArgs) -> PathBuf {
+fn rules_path(args: &ReplayArgs, cfg: &Config) -> PathBuf {
     args.rules
         .clone()
-        .or_else(|| std::env::var_os("RULES_PATH").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("rules.yaml"))
+        .unwrap_or_else(|| cfg.rules_path_or_default())
 }
 
 pub fn run(args: ReplayArgs) -> ExitCode {
-    let path = rules_path(&args);
+    let (cfg, errs) = Config::load();
+    let used = config::replay_vars(args.send);
+    let bad: Vec<_> = errs.iter().filter(|e| used.contains(&e.var)).collect();
+    if !bad.is_empty() {
+        for e in &bad {
+            eprintln!("replay: invalid configuration: {e}");
+        }
+        eprintln!(
+            "replay: not started ({} invalid variable(s)); see `healert-agent --help`",
+            bad.len()
+        );
+        return ExitCode::from(1);
+    }
+    let path = rules_path(&args, &cfg);
     let loaded = match rules::load_file(&path) {
         Ok(l) => l,
         Err(LoadError::Io { path, error }) => {
             eprintln!(
                 "replay: cannot read rules file {}: {error} (pass --rules PATH or set RULES_PATH)",
-                crate::log::sanitize(&path, 400)
+                sanitize(&path, 400)
             );
             return ExitCode::from(2);
         }
         Err(LoadError::Invalid { path, diagnostics }) => {
-            print_diagnostics(&crate::log::sanitize(&path, 400), &diagnostics);
+            print_diagnostics(&sanitize(&path, 400), &diagnostics);
             eprintln!("replay: the rules file is invalid; fix the errors above");
             return ExitCode::from(1);
         }
     };
     print_diagnostics(&path.display().to_string(), &loaded.warnings);
-    let det = Detector::new(loaded.rules, DetectOptions::from_env());
+    let det = Detector::new(loaded.rules, cfg.detect_options());
 
     let input: Box<dyn Read> = if args.input == "-" {
         Box::new(io::stdin().lock())
@@ -467,34 +439,33 @@ pub fn run(args: ReplayArgs) -> ExitCode {
             Err(e) => {
                 eprintln!(
                     "replay: cannot open {}: {e} (give an audit log path, or - for stdin)",
-                    crate::log::sanitize(&args.input, 400)
+                    sanitize(&args.input, 400)
                 );
                 return ExitCode::from(2);
             }
         }
     };
-    let mut send = if args.send {
-        match Backfill::start() {
+    let send = if args.send {
+        match Backfill::start(&cfg) {
             Ok(b) => Some(b),
             Err(code) => return code,
         }
     } else {
         None
     };
+    let mut feeder = send.as_ref().map(|b| Feeder::new(&*b.queue, SEND_WAIT));
     let started = Instant::now();
     let stdout = io::stdout();
     let mut out = io::BufWriter::with_capacity(1 << 16, stdout.lock());
     let mut closed = false;
-    let max_line = match max_line_bytes() {
-        Ok(n) => n,
-        Err(msg) => {
-            eprintln!("replay: {msg}");
-            return ExitCode::from(1);
-        }
-    };
-    let result = scan_capped(input, &det, max_line, |rec| {
-        if let Some(b) = send.as_mut() {
-            if !rec.events.is_empty() && !b.push(rec.start, rec.end, rec.events) {
+    let result = scan_capped(input, &det, cfg.max_line_bytes, |rec| {
+        if let Some(f) = feeder.as_mut() {
+            if signal::terminate_requests() > 0
+                || !rec.events.is_empty()
+                    && !f.record(rec.start, rec.end, 0, rec.events.to_vec(), || {
+                        signal::terminate_requests() == 0
+                    })
+            {
                 return Err(io::Error::new(io::ErrorKind::Interrupted, "interrupted"));
             }
         }
@@ -535,63 +506,36 @@ pub fn run(args: ReplayArgs) -> ExitCode {
             }
         }
         Err(e) => {
-            eprintln!(
-                "replay: reading {} failed: {e}",
-                crate::log::sanitize(&args.input, 400)
-            );
+            eprintln!("replay: reading {} failed: {e}", sanitize(&args.input, 400));
             ExitCode::from(2)
         }
     }
 }
 
-/// MAX_LINE_BYTES from the environment, read as the agent reads it.
-fn max_line_bytes() -> Result<usize, String> {
-    match std::env::var("MAX_LINE_BYTES") {
-        Ok(v) if !v.trim().is_empty() => match crate::config::parse_size(&v) {
-            Ok(n) if (1024..=(1 << 30)).contains(&n) => Ok(n as usize),
-            Ok(_) => Err(format!(
-                "MAX_LINE_BYTES={v:?}: must be between 1KiB and 1GiB (example: MAX_LINE_BYTES=16MiB)"
-            )),
-            Err(p) => Err(format!(
-                "MAX_LINE_BYTES={v:?}: {p} (example: MAX_LINE_BYTES=16MiB)"
-            )),
-        },
-        _ => Ok(DEFAULT_MAX_LINE_BYTES),
-    }
-}
+/// How long `replay --send` waits on a full queue before looking at signals again.
+const SEND_WAIT: Duration = Duration::from_millis(50);
 
 /// `replay --send`: the agent's own delivery path (queue, sender, retry policy, dead letters)
 /// fed by the replay scan. Configured from the same environment variables as `run`.
 struct Backfill {
-    queue: Arc<Queue>,
-    sender: SenderHandle,
+    queue: Arc<Queue<u64>>,
+    sender: SenderHandle<u64>,
     grace: Duration,
 }
 
 impl Backfill {
-    fn start() -> Result<Backfill, ExitCode> {
-        let cfg = match Config::from_env() {
-            Ok(c) => c,
-            Err(errs) => {
-                for e in &errs {
-                    eprintln!("replay: invalid configuration: {e}");
-                }
-                return Err(ExitCode::from(1));
-            }
-        };
-        crate::log::init(cfg.log_level, cfg.log_format);
-        if let Err(e) = crate::signal::install() {
+    fn start(cfg: &Config) -> Result<Backfill, ExitCode> {
+        oplog::init(cfg.log_level, cfg.log_format);
+        if let Err(e) = signal::install() {
             eprintln!("replay: cannot install signal handlers: {e}");
             return Err(ExitCode::from(1));
         }
-        let mut client = Client::from_config(&cfg);
+        let metrics = Arc::new(Metrics::new());
+        let mut client = cfg.client();
         deliver::log_backend_check(&mut client);
-        let queue = Queue::new(cfg.queue_capacity);
-        let sender = deliver::spawn_sender(
-            Arc::clone(&queue),
-            client,
-            DeliveryOptions::from_config(&cfg),
-        );
+        let queue = Queue::new(cfg.queue_capacity, Arc::clone(&metrics));
+        let sender =
+            deliver::spawn_sender(Arc::clone(&queue), client, cfg.delivery_options(), metrics);
         Ok(Backfill {
             queue,
             sender,
@@ -599,47 +543,19 @@ impl Backfill {
         })
     }
 
-    /// Queues one line's events (blocking while the queue is full); false once interrupted.
-    fn push(&mut self, start: u64, end: u64, events: &[FrictionEvent]) -> bool {
-        if crate::signal::terminate_requests() > 0 {
-            return false;
-        }
-        while self.queue.is_full() {
-            if crate::signal::terminate_requests() > 0 {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let at = |offset| Position {
-            file: FileId::default(),
-            offset,
-        };
-        self.queue.push_line(at(start), at(end), 0, events.to_vec())
-    }
-
     /// Waits until every queued event was accepted or dead-lettered; a signal ends the wait
     /// (after SHUTDOWN_GRACE, or at once on a second one) and reports where to resume.
     fn finish(self, input: &str) -> Result<(), ExitCode> {
-        let mut deadline: Option<Instant> = None;
-        while !self.queue.is_empty() {
-            let signals = crate::signal::terminate_requests();
-            if signals > 1 {
-                break;
+        let grace = self.grace;
+        let mut announced = false;
+        let queue = Arc::clone(&self.queue);
+        let drained = self.sender.drain(grace, signal::terminate_requests, || {
+            if !announced && signal::terminate_requests() == 1 {
+                announced = true;
+                eprintln!("replay: stopping; delivering queued events for up to {grace:?}");
             }
-            if signals == 1 && deadline.is_none() {
-                deadline = Some(Instant::now() + self.grace);
-                eprintln!(
-                    "replay: stopping; delivering queued events for up to {:?}",
-                    self.grace
-                );
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let resume = self.queue.ack_position();
-        let stats = self.sender.finish(Instant::now());
+        });
+        let stats = drained.stats;
         eprintln!(
             "replay --send: {} events accepted, {} refused (dead-lettered), {} not delivered, {} retries",
             stats.sent, stats.dead_lettered, stats.pending, stats.retries
@@ -647,12 +563,12 @@ impl Backfill {
         if stats.pending == 0 {
             return Ok(());
         }
-        let offset = resume.map(|(p, _)| p.offset).unwrap_or(0);
+        let offset = queue.ack_position().map(|(p, _)| p).unwrap_or(0);
         eprintln!(
             "replay --send: stopped before everything was delivered; to resume without duplicates: \
              tail -c +{} {} | healert-agent replay --send -",
             offset + 1,
-            crate::log::sanitize(input, 400)
+            sanitize(input, 400)
         );
         Err(ExitCode::from(1))
     }
@@ -661,7 +577,17 @@ impl Backfill {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::{Match, Rule, RuleSet, Severity, Template};
+    use crate::detect::rules::{Match, Rule, RuleSet, Severity, Template};
+    use crate::detect::DetectOptions;
+
+    /// A record's verdict as a short label: `oversized`, or the verdict.
+    fn label(v: Option<&Verdict>) -> &'static str {
+        match v {
+            None => "oversized",
+            Some(Verdict::Event(LineVerdict::Evaluated)) => "evaluated",
+            Some(_) => "other",
+        }
+    }
 
     fn det() -> Detector {
         let rule = Rule {
@@ -712,7 +638,7 @@ mod tests {
         for trickle in [false, true] {
             let mut recs = Vec::new();
             let mut sink = |r: Record<'_>| {
-                recs.push((r.start, r.end, r.events.len(), r.verdict));
+                recs.push((r.start, r.end, r.events.len(), label(r.verdict)));
                 Ok(())
             };
             let st = if trickle {
@@ -726,15 +652,10 @@ mod tests {
             assert_eq!(
                 recs,
                 vec![
-                    (0, l, 1, LineVerdict::Evaluated),
-                    (l, l + ll + 1, 0, LineVerdict::Oversized),
-                    (l + ll + 1, 2 * l + ll + 1, 1, LineVerdict::Evaluated),
-                    (
-                        2 * l + ll + 1,
-                        2 * l + 2 * ll + 1,
-                        0,
-                        LineVerdict::Oversized
-                    ),
+                    (0, l, 1, "evaluated"),
+                    (l, l + ll + 1, 0, "oversized"),
+                    (l + ll + 1, 2 * l + ll + 1, 1, "evaluated"),
+                    (2 * l + ll + 1, 2 * l + 2 * ll + 1, 0, "oversized"),
                 ]
             );
         }

@@ -12,8 +12,9 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::log::sanitize;
-use crate::rules::{self, Diagnostic, Level, LoadError, Loaded};
+use crate::config::Config;
+use crate::detect::rules::{self, Diagnostic, Level, LoadError, Loaded};
+use crate::operate::log::sanitize;
 
 /// Where the rules path came from; the "cannot read" hint depends on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,19 +27,22 @@ pub enum Origin {
     Default,
 }
 
-/// PATH argument, else `$RULES_PATH` (when set and non-empty), else `./rules.yaml`.
-pub fn resolve(arg: Option<PathBuf>) -> (PathBuf, Origin) {
+/// PATH argument, else `RULES_PATH` (when set and non-empty), else `./rules.yaml`.
+pub fn resolve(arg: Option<PathBuf>, cfg: &Config) -> (PathBuf, Origin) {
     if let Some(p) = arg {
         return (p, Origin::Argument);
     }
-    match std::env::var_os("RULES_PATH") {
-        Some(p) if !p.is_empty() => (PathBuf::from(p), Origin::RulesPath),
-        _ => (PathBuf::from("rules.yaml"), Origin::Default),
+    match &cfg.rules_path {
+        Some(p) => (p.clone(), Origin::RulesPath),
+        None => (cfg.rules_path_or_default(), Origin::Default),
     }
 }
 
 pub fn run(path: Option<PathBuf>) -> ExitCode {
-    let (path, origin) = resolve(path);
+    // Only RULES_PATH matters here, and it cannot be invalid: other variables' errors are
+    // for the commands that use them.
+    let (cfg, _) = Config::load();
+    let (path, origin) = resolve(path, &cfg);
     let result = rules::load_file(&path);
     // A listing goes to stdout; a failure to stderr, like a compiler's diagnostics.
     let text = report(&path, origin, &result);

@@ -7,7 +7,7 @@
 //! fuzzer reach the key=value parser behind the checksum gate.
 #![no_main]
 
-use healert_agent::checkpoint;
+use healert_agent::source::checkpoint;
 use libfuzzer_sys::fuzz_target;
 
 fn fnv1a64(bytes: &[u8]) -> u64 {

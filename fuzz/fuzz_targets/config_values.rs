@@ -3,7 +3,9 @@
 //! so it also proves the fuzzing toolchain works before the other targets' APIs are merged.
 #![no_main]
 
-use healert_agent::{config, http_client::BackendUrl, log};
+use healert_agent::config;
+use healert_agent::deliver::http_client::BackendUrl;
+use healert_agent::operate::log;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,7 +3,7 @@
 //! must only ever produce an error.
 #![no_main]
 
-use healert_agent::http_client::{read_response, Limits};
+use healert_agent::deliver::http_client::{read_response, Limits};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -6,7 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Err(e) = healert_agent::audit::extract(data) {
+    if let Err(e) = healert_agent::detect::audit::extract(data) {
         // The message is built from untrusted bytes: rendering it must not panic either.
         let _ = e.to_string();
     }

@@ -5,8 +5,8 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = healert_agent::yaml::parse(data);
-    match healert_agent::rules::parse_rules(data) {
+    let _ = healert_agent::detect::yaml::parse(data);
+    match healert_agent::detect::rules::parse_rules(data) {
         Ok(loaded) => {
             for w in &loaded.warnings {
                 let _ = format!("{w:?}");

@@ -6,12 +6,24 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use healert_agent::checkpoint::{FileId, Position};
-use healert_agent::config::ApiKey;
-use healert_agent::deliver::{check_backend, spawn_sender, DeliveryOptions, DeliveryStats, Queue};
-use healert_agent::event::FrictionEvent;
-use healert_agent::http_client::{BackendUrl, Client};
-use healert_agent::rules::Severity;
+use healert_agent::deliver::http_client::{ApiKey, BackendUrl, Client};
+use healert_agent::deliver::{self, check_backend, DeliveryOptions, DeliveryStats, SenderHandle};
+use healert_agent::detect::event::FrictionEvent;
+use healert_agent::detect::rules::Severity;
+use healert_agent::operate::metrics::Metrics;
+use healert_agent::source::position::{FileId, Position};
+
+type Queue = healert_agent::deliver::Queue<Position>;
+
+/// A queue with counters of its own.
+fn new_queue(capacity: usize) -> Arc<Queue> {
+    Queue::new(capacity, Arc::new(Metrics::new()))
+}
+
+/// A sender with counters of its own.
+fn spawn_sender(q: Arc<Queue>, client: Client, opts: DeliveryOptions) -> SenderHandle<Position> {
+    deliver::spawn_sender(q, client, opts, Arc::new(Metrics::new()))
+}
 
 use crate::sink::{Action, Malformed, Sink};
 use crate::support::{free_port, TempDir};
@@ -21,9 +33,9 @@ const GUARD: Duration = Duration::from_secs(60);
 
 fn quiet_logs() {
     // 1 000-event runs would print a line per event; warnings and errors stay visible.
-    healert_agent::log::init(
-        healert_agent::log::Level::Warn,
-        healert_agent::log::Format::Text,
+    healert_agent::operate::log::init(
+        healert_agent::operate::log::Level::Warn,
+        healert_agent::operate::log::Format::Text,
     );
 }
 
@@ -103,7 +115,7 @@ fn seqs(sink: &Sink) -> Vec<usize> {
 
 /// Runs the sender over `n` queued events until the queue drains (hang guard: `GUARD`).
 fn deliver_all(sink: &Sink, n: usize, client: Client, opts: DeliveryOptions) -> DeliveryStats {
-    let q = Queue::new(10_000);
+    let q = new_queue(10_000);
     push_all(&q, n);
     let h = spawn_sender(q.clone(), client, opts);
     assert!(
@@ -230,7 +242,7 @@ fn thousand_events_reuse_one_connection_and_measure_throughput() {
 fn unauthorized_keeps_events_until_restarted_with_the_right_key() {
     quiet_logs();
     let sink = Sink::builder().api_key("right-key").start();
-    let q = Queue::new(100);
+    let q = new_queue(100);
     push_all(&q, 50);
     let wrong = client(&sink, Some("wrong-key"), Duration::from_secs(5));
     assert!(!format!("{wrong:?}").contains("wrong-key"));
@@ -268,9 +280,15 @@ fn refused_events_are_dead_lettered_and_the_rest_delivered() {
         dead_letter_path: Some(dl.clone()),
         ..fast_opts()
     };
-    let q = Queue::new(1000);
+    let m = Arc::new(Metrics::new());
+    let q = Queue::new(1000, Arc::clone(&m));
     push_all(&q, 100);
-    let h = spawn_sender(q.clone(), client(&sink, None, Duration::from_secs(5)), opts);
+    let h = deliver::spawn_sender(
+        q.clone(),
+        client(&sink, None, Duration::from_secs(5)),
+        opts,
+        Arc::clone(&m),
+    );
     assert!(sink.wait_for_events(98, GUARD));
     let stats = h.finish(Instant::now() + Duration::from_secs(5));
     assert_eq!((stats.sent, stats.dead_lettered, stats.pending), (98, 2, 0));
@@ -285,10 +303,14 @@ fn refused_events_are_dead_lettered_and_the_rest_delivered() {
     assert_eq!(lines[0]["description"], "seq-13 exec into pod");
     assert_eq!(lines[1]["description"], "seq-50 exec into pod");
     assert_eq!(q.ack_position(), Some((pos(end_offset(100)), 0)));
-    // Global counters (other tests run in parallel, so at least ours).
-    let m = &healert_agent::metrics::METRICS;
-    assert!(m.dead_lettered.load(std::sync::atomic::Ordering::Relaxed) >= 2);
-    assert!(m.events_rejected.lock().unwrap().get(&422) >= Some(&1));
+    // This sender's own counters: exact.
+    assert_eq!(
+        m.dead_lettered.load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+    let rejected = m.events_rejected.lock().unwrap().clone();
+    assert_eq!(rejected, [(400, 1), (422, 1)].into_iter().collect());
+    assert_eq!(m.events_sent.lock().unwrap().get("kubectl-exec"), Some(&98));
 }
 
 #[test]
@@ -361,7 +383,7 @@ fn pacing_spaces_requests() {
 fn full_queue_pauses_the_producer_and_loses_nothing() {
     quiet_logs();
     let sink = Sink::builder().delay(Duration::from_millis(1)).start();
-    let q = Queue::new(8);
+    let q = new_queue(8);
     let h = spawn_sender(
         q.clone(),
         client(&sink, None, Duration::from_secs(5)),
@@ -390,7 +412,7 @@ fn finish_deadline_interrupts_backoff_and_keeps_events() {
     let sink = Sink::builder()
         .script(vec![Action::Status(503); 100])
         .start();
-    let q = Queue::new(10);
+    let q = new_queue(10);
     push_all(&q, 5);
     // Production backoff (0.5 s .. 30 s): finish must not wait for it.
     let opts = DeliveryOptions {
@@ -458,7 +480,7 @@ fn connection_closed_while_idle_is_resent_without_a_retry() {
     let sink = Sink::builder()
         .idle_close(Duration::from_millis(30))
         .start();
-    let q = Queue::new(10);
+    let q = new_queue(10);
     let h = spawn_sender(
         q.clone(),
         client(&sink, None, Duration::from_secs(5)),

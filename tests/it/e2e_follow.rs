@@ -20,7 +20,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use healert_agent::checkpoint;
+use healert_agent::source::checkpoint;
 
 use crate::sink::Sink;
 use crate::support::{self, append, audit_id, diff, Multiset, Proc, TempDir};
@@ -424,7 +424,7 @@ fn assert_checkpoint_at_end(dir: &TempDir, cp_path: &Path) {
     );
     assert_eq!(cp.skip_events, 0, "{cp:?}");
     let f = File::open(dir.log()).unwrap();
-    let id = checkpoint::file_id(&f).unwrap();
+    let id = healert_agent::source::position::file_id(&f).unwrap();
     assert!(
         cp.position.file.same_file(&id),
         "checkpoint names another file: {cp:?} vs {id:?}"
@@ -653,7 +653,8 @@ fn e2e_kill_9_with_a_backlog_across_rotations_loses_nothing() {
         .map(|(i, off)| (format!("k9r-a-{i}@example.com"), off))
         .collect();
     append(&dir.log(), &lines.concat());
-    let first_id = checkpoint::file_id(&File::open(dir.log()).unwrap()).unwrap();
+    let first_id =
+        healert_agent::source::position::file_id(&File::open(dir.log()).unwrap()).unwrap();
     let env = [
         ("START_AT", "beginning"),
         ("CHECKPOINT_PATH", cp.as_str()),
@@ -1122,7 +1123,7 @@ fn e2e_empty_checkpointed_file_replaced_while_down_repeats_no_old_file() {
     let agent = Agent::start(&dir, &sink, &env);
     wait_events(&sink, 2 * tokens.len(), &agent);
     rotate(&dir, 1);
-    let new_id = checkpoint::file_id(&File::open(dir.log()).unwrap()).unwrap();
+    let new_id = healert_agent::source::position::file_id(&File::open(dir.log()).unwrap()).unwrap();
     wait_until(
         "the checkpoint moves to the new empty file",
         &agent,
@@ -1177,7 +1178,7 @@ fn e2e_quick_rotations_then_one_while_down_repeat_no_backup() {
         tokens.extend(toks);
     }
     wait_events(&sink, 2 * tokens.len(), &agent);
-    let live = checkpoint::file_id(&File::open(dir.log()).unwrap()).unwrap();
+    let live = healert_agent::source::position::file_id(&File::open(dir.log()).unwrap()).unwrap();
     wait_until(
         "the checkpoint reaches the end of the live file",
         &agent,

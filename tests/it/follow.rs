@@ -8,9 +8,13 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use healert_agent::checkpoint::{self, Checkpoint, CheckpointErrorKind, Position};
-use healert_agent::config::StartAt;
-use healert_agent::tail::{FollowOptions, Follower, Poll};
+use std::sync::Arc;
+
+use healert_agent::operate::metrics::Metrics;
+use healert_agent::source::checkpoint::{self, Checkpoint, CheckpointErrorKind};
+use healert_agent::source::follow::{FollowOptions, Follower, StartAt};
+use healert_agent::source::position::{self, Position};
+use healert_agent::source::{Next, Source};
 
 use crate::support::{append, TempDir};
 
@@ -25,6 +29,11 @@ fn opts(path: &Path, start_at: StartAt) -> FollowOptions {
         max_line_bytes: 16 << 20,
         start_at,
     }
+}
+
+/// A follower with counters of its own.
+fn follower(o: FollowOptions, resume: Option<Checkpoint>) -> Follower {
+    Follower::new(o, resume, Arc::new(Metrics::new()))
 }
 
 fn lines(prefix: &str, range: std::ops::Range<usize>) -> String {
@@ -54,8 +63,8 @@ fn read_n(f: &mut Follower, seen: &mut Seen, n: usize) {
             seen.lines.len(),
             &seen.lines[seen.lines.len().saturating_sub(3)..]
         );
-        match f.poll() {
-            Poll::Line(l) => {
+        match f.next() {
+            Next::Record(l) => {
                 if let Some(prev) = seen.last_end {
                     let same_inode =
                         prev.file.dev == l.start.file.dev && prev.file.ino == l.start.file.ino;
@@ -72,11 +81,12 @@ fn read_n(f: &mut Follower, seen: &mut Seen, n: usize) {
                 seen.lines
                     .push(String::from_utf8(l.bytes.to_vec()).unwrap());
             }
-            Poll::Skipped { start, end } => {
+            Next::Skipped { start, end } => {
                 seen.last_end = Some(end);
                 seen.skipped.push((start, end));
             }
-            Poll::Idle => std::thread::sleep(POLL),
+            Next::End => unreachable!("a followed file never ends"),
+            Next::Idle => std::thread::sleep(POLL),
         }
     }
 }
@@ -84,10 +94,11 @@ fn read_n(f: &mut Follower, seen: &mut Seen, n: usize) {
 /// Polls `times` times and asserts that nothing is returned (no line arrives).
 fn assert_idle(f: &mut Follower, times: usize) {
     for _ in 0..times {
-        match f.poll() {
-            Poll::Idle => std::thread::sleep(Duration::from_millis(1)),
-            Poll::Line(l) => panic!("unexpected line {:?}", String::from_utf8_lossy(l.bytes)),
-            Poll::Skipped { start, end } => panic!("unexpected skip {start:?}..{end:?}"),
+        match f.next() {
+            Next::End => unreachable!("a followed file never ends"),
+            Next::Idle => std::thread::sleep(Duration::from_millis(1)),
+            Next::Record(l) => panic!("unexpected line {:?}", String::from_utf8_lossy(l.bytes)),
+            Next::Skipped { start, end } => panic!("unexpected skip {start:?}..{end:?}"),
         }
     }
 }
@@ -107,7 +118,7 @@ fn rename_rotation_with_concurrent_writer_loses_and_repeats_nothing() {
     let dir = TempDir::new("follow", "rename");
     let path = dir.join("audit.log");
     File::create(&path).unwrap();
-    let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
+    let mut f = follower(opts(&path, StartAt::Beginning), None);
     assert_eq!(f.start_description(), "from beginning");
 
     let wpath = path.clone();
@@ -154,7 +165,7 @@ fn unterminated_last_line_of_a_rotated_file_is_delivered_once_drained() {
     let dir = TempDir::new("follow", "unterminated");
     let path = dir.join("audit.log");
     append(&path, "a\nb\npartial");
-    let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
+    let mut f = follower(opts(&path, StartAt::Beginning), None);
     let mut seen = Seen::default();
     read_n(&mut f, &mut seen, 2);
     assert_idle(&mut f, 3); // "partial" waits for its newline
@@ -169,7 +180,7 @@ fn copytruncate_restarts_at_zero() {
     let dir = TempDir::new("follow", "copytruncate");
     let path = dir.join("audit.log");
     append(&path, &lines("old", 0..100));
-    let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
+    let mut f = follower(opts(&path, StartAt::Beginning), None);
     let mut seen = Seen::default();
     read_n(&mut f, &mut seen, 100);
     assert_idle(&mut f, 2);
@@ -201,7 +212,7 @@ fn a_line_written_in_three_pieces_is_read_once_complete() {
     let dir = TempDir::new("follow", "pieces");
     let path = dir.join("audit.log");
     File::create(&path).unwrap();
-    let mut f = Follower::new(opts(&path, StartAt::End), None);
+    let mut f = follower(opts(&path, StartAt::End), None);
     assert_eq!(f.start_description(), "from end-of-file (offset 0)");
     append(&path, "{\"verb\":");
     assert_idle(&mut f, 3);
@@ -220,7 +231,7 @@ fn start_at_end_skips_the_rest_of_a_line_being_written() {
     let dir = TempDir::new("follow", "midline");
     let path = dir.join("audit.log");
     append(&path, "a\nb\nhalf-wri");
-    let mut f = Follower::new(opts(&path, StartAt::End), None);
+    let mut f = follower(opts(&path, StartAt::End), None);
     assert_eq!(f.start_description(), "from end-of-file (offset 12)");
     append(&path, "tten\nc\n");
     let mut seen = Seen::default();
@@ -233,7 +244,7 @@ fn missing_at_start_then_deleted_and_recreated() {
     let dir = TempDir::new("follow", "missing");
     let path = dir.join("audit.log");
     // START_AT=end does not apply to a file that appears later: all of it is new.
-    let mut f = Follower::new(opts(&path, StartAt::End), None);
+    let mut f = follower(opts(&path, StartAt::End), None);
     assert_eq!(f.start_description(), "waiting for file");
     assert_idle(&mut f, 5);
     assert_eq!(f.open_files(), 0);
@@ -258,7 +269,7 @@ fn resume_from_checkpoint_on_the_same_file() {
     let dir = TempDir::new("follow", "resume");
     let path = dir.join("audit.log");
     append(&path, &lines("l", 0..10));
-    let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
+    let mut f = follower(opts(&path, StartAt::Beginning), None);
     let mut seen = Seen::default();
     read_n(&mut f, &mut seen, 5);
     let cp = checkpoint_at(&f, seen.last_end.unwrap());
@@ -270,7 +281,7 @@ fn resume_from_checkpoint_on_the_same_file() {
     let loaded = checkpoint::load(&cp_file).unwrap().unwrap();
     assert_eq!(loaded, cp);
     // The checkpoint wins over START_AT=end.
-    let mut f = Follower::new(opts(&path, StartAt::End), Some(loaded));
+    let mut f = follower(opts(&path, StartAt::End), Some(loaded));
     assert_eq!(
         f.start_description(),
         format!("from checkpoint offset {}", cp.position.offset)
@@ -286,7 +297,7 @@ fn resume_after_rotation_while_down_drains_the_rotated_file_first() {
     let dir = TempDir::new("follow", "rotated-down");
     let path = dir.join("audit.log");
     append(&path, &lines("l", 0..10));
-    let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
+    let mut f = follower(opts(&path, StartAt::Beginning), None);
     let mut seen = Seen::default();
     read_n(&mut f, &mut seen, 4);
     let cp = checkpoint_at(&f, seen.last_end.unwrap());
@@ -302,7 +313,7 @@ fn resume_after_rotation_while_down_drains_the_rotated_file_first() {
     fs::rename(&path, dir.join("audit-2026-11-25T23-00-00.000.log")).unwrap();
     append(&path, &lines("m", 0..3));
 
-    let mut f = Follower::new(opts(&path, StartAt::End), Some(cp));
+    let mut f = follower(opts(&path, StartAt::End), Some(cp));
     assert!(
         f.start_description().contains("rotated file")
             && f.start_description()
@@ -325,7 +336,7 @@ fn resume_when_the_rotated_file_is_gone_reads_the_live_file_from_zero() {
     let dir = TempDir::new("follow", "rotated-gone");
     let path = dir.join("audit.log");
     append(&path, &lines("l", 0..10));
-    let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
+    let mut f = follower(opts(&path, StartAt::Beginning), None);
     let mut seen = Seen::default();
     read_n(&mut f, &mut seen, 4);
     let cp = checkpoint_at(&f, seen.last_end.unwrap());
@@ -334,7 +345,7 @@ fn resume_when_the_rotated_file_is_gone_reads_the_live_file_from_zero() {
     fs::remove_file(dir.join("audit.log.1")).unwrap();
     append(&path, &lines("m", 0..3));
 
-    let mut f = Follower::new(opts(&path, StartAt::End), Some(cp));
+    let mut f = follower(opts(&path, StartAt::End), Some(cp));
     assert_eq!(
         f.start_description(),
         "from beginning (checkpointed file is gone)"
@@ -349,7 +360,7 @@ fn reused_inode_is_recognised_by_its_fingerprint() {
     let dir = TempDir::new("follow", "reused");
     let path = dir.join("audit.log");
     append(&path, &lines("old", 0..50));
-    let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
+    let mut f = follower(opts(&path, StartAt::Beginning), None);
     let mut seen = Seen::default();
     read_n(&mut f, &mut seen, 40);
     let cp = checkpoint_at(&f, seen.last_end.unwrap());
@@ -357,12 +368,12 @@ fn reused_inode_is_recognised_by_its_fingerprint() {
     // Same inode, new content (what a deleted file's reused inode looks like to the agent).
     fs::write(&path, lines("fresh", 0..60)).unwrap();
     let f2 = File::open(&path).unwrap();
-    let id = checkpoint::file_id(&f2).unwrap();
+    let id = position::file_id(&f2).unwrap();
     assert_eq!(
         (id.dev, id.ino),
         (cp.position.file.dev, cp.position.file.ino)
     );
-    let mut f = Follower::new(opts(&path, StartAt::End), Some(cp));
+    let mut f = follower(opts(&path, StartAt::End), Some(cp));
     let mut again = Seen::default();
     read_n(&mut f, &mut again, 60);
     assert_eq!(again.lines, expected("fresh", 0..60));
@@ -373,7 +384,7 @@ fn checkpoint_for_another_path_or_past_the_end_falls_back() {
     let dir = TempDir::new("follow", "foreign-cp");
     let path = dir.join("audit.log");
     append(&path, &lines("l", 0..5));
-    let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
+    let mut f = follower(opts(&path, StartAt::Beginning), None);
     let mut seen = Seen::default();
     read_n(&mut f, &mut seen, 5);
     let good = checkpoint_at(&f, seen.last_end.unwrap());
@@ -381,12 +392,12 @@ fn checkpoint_for_another_path_or_past_the_end_falls_back() {
 
     let mut other = good.clone();
     other.path = dir.join("other.log");
-    let f = Follower::new(opts(&path, StartAt::End), Some(other));
+    let f = follower(opts(&path, StartAt::End), Some(other));
     assert_eq!(f.start_description(), "from end-of-file (offset 20)");
 
     let mut past = good.clone();
     past.position.offset = 10_000;
-    let mut f = Follower::new(opts(&path, StartAt::End), Some(past));
+    let mut f = follower(opts(&path, StartAt::End), Some(past));
     assert_eq!(
         f.start_description(),
         "from beginning (file shorter than checkpoint)"
@@ -410,24 +421,25 @@ fn a_64_mib_line_is_skipped_in_bounded_memory() {
         out.write_all(b"\nafter\n").unwrap();
     }
     let max = 16 << 20;
-    let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
+    let mut f = follower(opts(&path, StartAt::Beginning), None);
     let mut got = Vec::new();
     let mut peak = 0;
     let deadline = Instant::now() + HANG_GUARD;
     while got.len() < 3 {
         assert!(Instant::now() < deadline, "hang guard: {got:?}");
         peak = peak.max(f.buffer_capacity());
-        match f.poll() {
-            Poll::Line(l) => got.push(format!(
+        match f.next() {
+            Next::Record(l) => got.push(format!(
                 "line {} {}..{}",
                 String::from_utf8_lossy(l.bytes),
                 l.start.offset,
                 l.end.offset
             )),
-            Poll::Skipped { start, end } => {
+            Next::Skipped { start, end } => {
                 got.push(format!("skipped {}..{}", start.offset, end.offset))
             }
-            Poll::Idle => std::thread::sleep(POLL),
+            Next::End => unreachable!("a followed file never ends"),
+            Next::Idle => std::thread::sleep(POLL),
         }
     }
     peak = peak.max(f.buffer_capacity());
@@ -453,7 +465,7 @@ fn backpressure_holds_a_rotated_and_deleted_file_until_drained() {
     let dir = TempDir::new("follow", "backpressure");
     let path = dir.join("audit.log");
     append(&path, &lines("l", 0..1000));
-    let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
+    let mut f = follower(opts(&path, StartAt::Beginning), None);
     let mut seen = Seen::default();
     read_n(&mut f, &mut seen, 10);
     // Delivery is stalled (no polls) while the log rotates and the backup is deleted.
@@ -519,7 +531,7 @@ fn watch_during_a_stall_holds_every_rotated_file() {
     let dir = TempDir::new("follow", "watch");
     let path = dir.join("audit.log");
     append(&path, &lines("a", 0..100));
-    let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
+    let mut f = follower(opts(&path, StartAt::Beginning), None);
     let mut seen = Seen::default();
     read_n(&mut f, &mut seen, 10);
     // Delivery stalled: the caller only calls watch() while kube-apiserver rotates twice and
@@ -548,14 +560,14 @@ fn position_moves_to_the_new_file_once_the_rotated_one_is_done() {
     let dir = TempDir::new("follow", "position");
     let path = dir.join("audit.log");
     append(&path, &lines("a", 0..3));
-    let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
+    let mut f = follower(opts(&path, StartAt::Beginning), None);
     let mut seen = Seen::default();
     read_n(&mut f, &mut seen, 3);
     assert_eq!(f.position(), seen.last_end.unwrap());
     fs::rename(&path, dir.join("audit.log.1")).unwrap();
     File::create(&path).unwrap();
     assert_idle(&mut f, 3);
-    let new = checkpoint::file_id(&File::open(&path).unwrap()).unwrap();
+    let new = position::file_id(&File::open(&path).unwrap()).unwrap();
     let p = f.position();
     assert_eq!((p.file.ino, p.offset), (new.ino, 0));
     // A checkpoint taken there, after the rotated file is deleted, loses nothing.
@@ -563,7 +575,7 @@ fn position_moves_to_the_new_file_once_the_rotated_one_is_done() {
     drop(f);
     fs::remove_file(dir.join("audit.log.1")).unwrap();
     append(&path, &lines("b", 0..2));
-    let mut f = Follower::new(opts(&path, StartAt::End), Some(cp));
+    let mut f = follower(opts(&path, StartAt::End), Some(cp));
     assert_eq!(f.start_description(), "from checkpoint offset 0");
     let mut again = Seen::default();
     read_n(&mut f, &mut again, 2);
@@ -581,28 +593,29 @@ fn max_line_bytes_boundary_and_long_lines_across_reads_and_rotation() {
     );
     let mut o = opts(&path, StartAt::Beginning);
     o.max_line_bytes = 10;
-    let mut f = Follower::new(o, None);
+    let mut f = follower(o, None);
     let mut got = Vec::new();
     let deadline = Instant::now() + HANG_GUARD;
     let mut renamed = false;
     while got.len() < 6 {
         assert!(Instant::now() < deadline, "hang guard: {got:?}");
-        match f.poll() {
-            Poll::Line(l) => got.push(format!(
+        match f.next() {
+            Next::Record(l) => got.push(format!(
                 "{} {}..{}",
                 String::from_utf8_lossy(l.bytes),
                 l.start.offset,
                 l.end.offset
             )),
-            Poll::Skipped { start, end } => {
+            Next::Skipped { start, end } => {
                 got.push(format!("skip {}..{}", start.offset, end.offset))
             }
-            Poll::Idle if !renamed => {
+            Next::End => unreachable!("a followed file never ends"),
+            Next::Idle if !renamed => {
                 renamed = true;
                 fs::rename(&path, dir.join("audit.log.1")).unwrap();
                 append(&path, "x\n");
             }
-            Poll::Idle => std::thread::sleep(POLL),
+            Next::Idle => std::thread::sleep(POLL),
         }
         assert!(f.buffer_capacity() <= 256 << 10);
     }
@@ -637,19 +650,20 @@ fn real_audit_samples_are_split_exactly() {
             Some(last) => content[..last].split(|&b| b == b'\n').collect(),
             None => Vec::new(), // one unterminated line: not complete while the file is live
         };
-        let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
+        let mut f = follower(opts(&path, StartAt::Beginning), None);
         let mut n = 0;
         let deadline = Instant::now() + HANG_GUARD;
         loop {
             assert!(Instant::now() < deadline, "hang guard in {name}");
-            match f.poll() {
-                Poll::Line(l) => {
+            match f.next() {
+                Next::Record(l) => {
                     assert!(n < want.len(), "{name}: extra line");
                     assert!(l.bytes == want[n], "{name}: line {} differs", n + 1);
                     n += 1;
                 }
-                Poll::Skipped { start, .. } => panic!("{name}: skipped at {}", start.offset),
-                Poll::Idle => break,
+                Next::Skipped { start, .. } => panic!("{name}: skipped at {}", start.offset),
+                Next::End => unreachable!("a followed file never ends"),
+                Next::Idle => break,
             }
         }
         assert_eq!(n, want.len(), "{name}");
@@ -681,11 +695,11 @@ fn follower_throughput() {
         }
     }
     let total = (copies * sample.len()) as f64;
-    let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
+    let mut f = follower(opts(&path, StartAt::Beginning), None);
     let t0 = Instant::now();
     let mut n = 0usize;
     let mut bytes = 0usize;
-    while let Poll::Line(l) = f.poll() {
+    while let Next::Record(l) = f.next() {
         n += 1;
         bytes += l.bytes.len();
     }
@@ -704,10 +718,11 @@ fn follower_throughput() {
 /// Polls until Idle, collecting lines (bounded).
 fn drain_now(f: &mut Follower, out: &mut Vec<String>) {
     for _ in 0..100_000 {
-        match f.poll() {
-            Poll::Line(l) => out.push(String::from_utf8(l.bytes.to_vec()).unwrap()),
-            Poll::Skipped { start, .. } => panic!("unexpected skip at {}", start.offset),
-            Poll::Idle => return,
+        match f.next() {
+            Next::Record(l) => out.push(String::from_utf8(l.bytes.to_vec()).unwrap()),
+            Next::Skipped { start, .. } => panic!("unexpected skip at {}", start.offset),
+            Next::End => unreachable!("a followed file never ends"),
+            Next::Idle => return,
         }
     }
     panic!("follower never became idle");
@@ -726,7 +741,7 @@ proptest::proptest! {
         let dir = TempDir::new("follow", "prop");
         let path = dir.join("audit.log");
         File::create(&path).unwrap();
-        let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
+        let mut f = follower(opts(&path, StartAt::Beginning), None);
         let mut got = Vec::new();
         let mut want = Vec::new();
         let mut out = OpenOptions::new().append(true).open(&path).unwrap();
@@ -756,7 +771,7 @@ fn a_directory_at_the_path_is_waited_out() {
     let dir = TempDir::new("follow", "isdir");
     let path = dir.join("audit.log");
     fs::create_dir(&path).unwrap();
-    let mut f = Follower::new(opts(&path, StartAt::End), None);
+    let mut f = follower(opts(&path, StartAt::End), None);
     assert_eq!(f.start_description(), "waiting for file");
     assert_idle(&mut f, 3);
     fs::remove_dir(&path).unwrap();
@@ -774,7 +789,7 @@ fn two_rotations_between_polls_are_both_read() {
     append(&path, &lines("a", 0..50));
     // Older backups and our own checkpoint beside the log are never picked up.
     append(&dir.join("audit.log.9"), &lines("old", 0..5));
-    let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
+    let mut f = follower(opts(&path, StartAt::Beginning), None);
     let mut seen = Seen::default();
     read_n(&mut f, &mut seen, 10);
     fs::rename(&path, dir.join("audit.log.1")).unwrap();
@@ -802,7 +817,7 @@ fn two_rotations_while_down_are_both_read_after_the_checkpoint() {
     append(&dir.join("audit-0.log"), &lines("older", 0..5));
     std::thread::sleep(Duration::from_millis(20)); // distinct mtimes on coarse clocks
     append(&path, &lines("a", 0..50));
-    let mut f = Follower::new(opts(&path, StartAt::Beginning), None);
+    let mut f = follower(opts(&path, StartAt::Beginning), None);
     let mut seen = Seen::default();
     read_n(&mut f, &mut seen, 10);
     let cp = checkpoint_at(&f, f.position());
@@ -812,7 +827,7 @@ fn two_rotations_while_down_are_both_read_after_the_checkpoint() {
     append(&path, &lines("b", 0..30));
     fs::rename(&path, dir.join("audit-2.log")).unwrap();
     append(&path, &lines("c", 0..20));
-    let mut f = Follower::new(opts(&path, StartAt::End), Some(cp));
+    let mut f = follower(opts(&path, StartAt::End), Some(cp));
     assert_eq!(f.open_files(), 3);
     let mut again = Seen::default();
     read_n(&mut f, &mut again, 90);

@@ -1303,7 +1303,7 @@ fn uuid(r: &mut Rng) -> String {
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (kube-apiserver's MicroTime).
 pub fn rfc3339_micros(unix_us: u64) -> String {
     let secs = unix_us / 1_000_000;
-    let (y, m, d) = healert_agent::clock::civil_from_days((secs / 86_400) as i64);
+    let (y, m, d) = healert_agent::operate::clock::civil_from_days((secs / 86_400) as i64);
     let s = secs % 86_400;
     format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",

@@ -7,10 +7,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use healert_agent::http_server::{self, Limits};
-use healert_agent::metrics::{self, BackendState, Metrics};
+use healert_agent::operate::health::{self, Limits};
+use healert_agent::operate::metrics::{self, BackendState, Metrics};
 
 use crate::support::{self, exchange, http_get, parse_reply, Reply};
 
@@ -308,8 +309,8 @@ fn the_exposition_parser_rejects_what_it_must() {
     }
 }
 
-fn leak(m: Metrics) -> &'static Metrics {
-    Box::leak(Box::new(m))
+fn leak(m: Metrics) -> Arc<Metrics> {
+    Arc::new(m)
 }
 
 #[test]
@@ -425,11 +426,11 @@ fn get(addr: SocketAddr, path: &str) -> Reply {
     http_get(addr, path).unwrap()
 }
 
-fn start(m: &'static Metrics, limits: Limits) -> http_server::HealthServer {
-    http_server::spawn_with("127.0.0.1:0", m, limits).unwrap()
+fn start(m: &Arc<Metrics>, limits: Limits) -> health::HealthServer {
+    health::spawn_with("127.0.0.1:0", Arc::clone(m), limits).unwrap()
 }
 
-fn ready_metrics() -> &'static Metrics {
+fn ready_metrics() -> Arc<Metrics> {
     let m = leak(Metrics::new());
     m.rules_loaded.store(5, Ordering::Relaxed);
     m.log_open.store(1, Ordering::Relaxed);
@@ -440,7 +441,7 @@ fn ready_metrics() -> &'static Metrics {
 fn endpoints_methods_and_content_types() {
     let m = leak(Metrics::new());
     m.inc_matched("kubectl-exec");
-    let srv = start(m, Limits::default());
+    let srv = start(&m, Limits::default());
     let a = srv.local_addr();
 
     let r = get(a, "/healthz");
@@ -500,7 +501,7 @@ fn endpoints_methods_and_content_types() {
 #[test]
 fn probes_flip_on_rejected_key_backend_outage_and_stalled_follower() {
     let m = ready_metrics();
-    let srv = start(m, Limits::default());
+    let srv = start(&m, Limits::default());
     let a = srv.local_addr();
     assert_eq!(get(a, "/readyz").status, 200);
 
@@ -534,28 +535,26 @@ fn probes_flip_on_rejected_key_backend_outage_and_stalled_follower() {
     m.log_open.store(1, Ordering::Relaxed);
 
     let now = metrics::now_unix_ms();
-    m.follower_tick_unix_ms.store(now, Ordering::Relaxed);
-    m.sender_tick_unix_ms.store(now, Ordering::Relaxed);
+    m.follower.beat_at(now);
+    m.sender.beat_at(now);
     assert_eq!(get(a, "/healthz").status, 200);
-    m.follower_tick_unix_ms
-        .store(now - 3 * metrics::STALL_AFTER_MS, Ordering::Relaxed);
+    m.follower.beat_at(now - 3 * metrics::STALL_AFTER_MS);
     let r = get(a, "/healthz");
     assert_eq!(r.status, 503);
     assert!(r.body.starts_with("follower stalled"), "{}", r.body);
-    m.tick_follower();
+    m.follower.beat();
     assert_eq!(get(a, "/healthz").status, 200);
-    m.sender_tick_unix_ms
-        .store(now - 3 * metrics::STALL_AFTER_MS, Ordering::Relaxed);
+    m.sender.beat_at(now - 3 * metrics::STALL_AFTER_MS);
     let r = get(a, "/healthz");
     assert_eq!(r.status, 503);
     assert!(r.body.starts_with("sender stalled"), "{}", r.body);
-    m.tick_sender();
+    m.sender.beat();
     assert_eq!(get(a, "/healthz").status, 200);
 }
 
 #[test]
 fn oversized_requests_are_refused_and_the_server_keeps_serving() {
-    let srv = start(ready_metrics(), Limits::default());
+    let srv = start(&ready_metrics(), Limits::default());
     let a = srv.local_addr();
 
     // 16 KiB of headers without an end: fits in socket buffers, so the 431 must arrive.
@@ -590,7 +589,7 @@ fn a_slow_loris_neither_blocks_others_nor_keeps_its_connection() {
         head_timeout: Duration::from_secs(1),
         ..Limits::default()
     };
-    let srv = start(ready_metrics(), limits);
+    let srv = start(&ready_metrics(), limits);
     let a = srv.local_addr();
 
     let slow = TcpStream::connect(a).unwrap();
@@ -636,7 +635,7 @@ fn connections_beyond_the_limit_get_503_and_slots_are_freed() {
         head_timeout: Duration::from_secs(20),
         ..Limits::default()
     };
-    let srv = start(ready_metrics(), limits);
+    let srv = start(&ready_metrics(), limits);
     let a = srv.local_addr();
     let idle1 = TcpStream::connect(a).unwrap();
     let idle2 = TcpStream::connect(a).unwrap();
@@ -662,18 +661,18 @@ fn connections_beyond_the_limit_get_503_and_slots_are_freed() {
 fn bind_errors_name_the_address_and_stop_frees_the_port() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let e = http_server::spawn_with(&addr, leak(Metrics::new()), Limits::default()).unwrap_err();
+    let e = health::spawn_with(&addr, leak(Metrics::new()), Limits::default()).unwrap_err();
     let msg = e.to_string();
     assert!(msg.contains(&addr), "{msg}");
     assert!(msg.contains("another process"), "{msg}");
-    let e = http_server::spawn("no-port-here").unwrap_err();
+    let e = health::spawn("no-port-here", leak(Metrics::new())).unwrap_err();
     assert!(
         e.to_string().contains("HEALTH_ADDR=\"no-port-here\""),
         "{e}"
     );
     drop(taken);
 
-    let srv = start(leak(Metrics::new()), Limits::default());
+    let srv = start(&leak(Metrics::new()), Limits::default());
     let a = srv.local_addr();
     assert_eq!(get(a, "/healthz").status, 200);
     srv.stop();
@@ -683,7 +682,7 @@ fn bind_errors_name_the_address_and_stop_frees_the_port() {
 
 #[test]
 fn the_global_server_serves_the_global_metrics() {
-    let srv = http_server::spawn("127.0.0.1:0").unwrap();
+    let srv = health::spawn("127.0.0.1:0", leak(Metrics::new())).unwrap();
     let r = get(srv.local_addr(), "/metrics");
     assert_eq!(r.status, 200);
     parse_exposition(&r.body).unwrap();
@@ -713,7 +712,7 @@ fn signal_child() {
     if std::env::var_os(SIGNAL_CHILD_ENV).is_none() {
         return;
     }
-    use healert_agent::signal;
+    use healert_agent::operate::signal;
     signal::install().unwrap();
     assert_eq!(signal::terminate_requests(), 0);
     assert!(!signal::take_reload());
@@ -726,8 +725,8 @@ fn signal_child() {
     assert!(!signal::take_reload());
     kill("INT");
     wait_until("SIGINT", || signal::terminate_requests() == 2);
-    signal::raise_for_test(signal::SIGHUP).unwrap();
-    wait_until("raised SIGHUP", || signal::reload_requests() == 2);
+    kill("HUP");
+    wait_until("second SIGHUP", || signal::reload_requests() == 2);
     assert!(signal::take_reload());
     // Still alive after two terminate requests: stopping is the agent's decision.
     println!(
@@ -765,7 +764,7 @@ fn signals_are_counted_and_not_fatal() {
 
 #[test]
 fn json_logs_parse_line_by_line_and_stay_one_line() {
-    use healert_agent::log::{self, Format, Level};
+    use healert_agent::operate::log::{self, Format, Level};
     let hostile = "evil\n{\"level\":\"error\"}\r\u{1b}[31m\u{85}\"\\";
     let mut out = String::new();
     out.push_str(&log::render(
@@ -779,10 +778,10 @@ fn json_logs_parse_line_by_line_and_stay_one_line() {
             ("key", &log::Redacted("s3cr3t")),
         ],
     ));
-    let ev = healert_agent::event::FrictionEvent {
+    let ev = healert_agent::detect::event::FrictionEvent {
         entity_ref: "component:ns/app".into(),
         kind: "kubectl-exec".into(),
-        severity: healert_agent::rules::Severity::Medium,
+        severity: healert_agent::detect::rules::Severity::Medium,
         actor: hostile.into(),
         workflow: String::new(),
         description: String::new(),
@@ -790,12 +789,22 @@ fn json_logs_parse_line_by_line_and_stay_one_line() {
         namespace: "ns".into(),
         service: "app".into(),
     };
-    out.push_str(&log::render_delivered(
-        Format::Json as u8,
-        "2026-01-01T00:00:00.000Z",
-        42,
-        &ev,
-    ));
+    // The record the sender writes for a delivered event (`[201] type=... actor=...`).
+    let delivered = |format: Format| {
+        log::render(
+            Level::Info,
+            format as u8,
+            "2026-01-01T00:00:00.000Z",
+            &"[201]",
+            &[
+                ("type", &ev.kind),
+                ("severity", &ev.severity),
+                ("actor", &ev.actor),
+                ("ns", &ev.namespace),
+            ],
+        )
+    };
+    out.push_str(&delivered(Format::Json));
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}");
     for line in &lines {
@@ -812,21 +821,22 @@ fn json_logs_parse_line_by_line_and_stay_one_line() {
     let actor = first["actor"].as_str().unwrap();
     assert!(!actor.chars().any(char::is_control), "{actor:?}");
     let second: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
-    assert_eq!(second["msg"], "event delivered");
-    assert_eq!(second["n"], "42");
+    assert_eq!(second["msg"], "[201]");
     assert_eq!(second["type"], "kubectl-exec");
     assert_eq!(second["severity"], "medium");
 
     // Text: one line per record too, whatever the values.
-    let t = log::render_delivered(Format::Text as u8, "T", 42, &ev);
+    let t = delivered(Format::Text);
     assert_eq!(t.lines().count(), 1);
-    assert!(t.starts_with("T INFO  [42] type=kubectl-exec severity=medium actor="));
+    assert!(t.starts_with(
+        "2026-01-01T00:00:00.000Z INFO  [201] type=kubectl-exec severity=medium actor="
+    ));
 }
 
 #[test]
 fn serves_on_ipv6_loopback_and_stops() {
     let m = leak(Metrics::new());
-    let srv = match http_server::spawn_with("[::1]:0", m, Limits::default()) {
+    let srv = match health::spawn_with("[::1]:0", m, Limits::default()) {
         Ok(s) => s,
         // A host without IPv6 cannot run this case; the IPv4 tests cover the server.
         Err(e) if e.source.kind() == std::io::ErrorKind::AddrNotAvailable => return,

@@ -8,8 +8,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use healert_agent::rules::{parse_rules, Level, Loaded, Rule};
-use healert_agent::yaml::{self, Node, Style, Value};
+use healert_agent::detect::rules::{parse_rules, Level, Loaded, Rule};
+use healert_agent::detect::yaml::{self, Node, Style, Value};
 use proptest::prelude::*;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};

@@ -1,183 +1,27 @@
-//! Delivery: the bounded, ordered [`Queue`] between detection and the one sender thread, and the
-//! retry policy that never drops an event the backend may still accept.
+//! The one sender thread and its retry policy, which never drops an event the backend may
+//! still accept.
 //!
-//! The producer (follower/detector) pushes every processed line in log order; the sender takes
-//! the event at the front, POSTs it, and pops it only once the backend answered 2xx (or refused
-//! it for good with a 4xx, which dead-letters it). So the front of the queue is always the oldest
-//! unacknowledged event and [`Queue::ack_position`] is exactly what the checkpoint may record.
-//! 429/503/5xx/network errors back off and retry forever; 401/403 wait for a fixed key.
-//! A full queue blocks the producer (backpressure instead of loss).
+//! The sender takes the event at the front of the [`Queue`], POSTs it, and pops it only once
+//! the backend answered 2xx (or refused it for good with a 4xx, which dead-letters it), so the
+//! queue's front is always the oldest unacknowledged event. 429/503/5xx/network errors back off
+//! and retry forever; 401/403 wait for a fixed key. [`SenderHandle::drain`] is the one
+//! shutdown: deliver what is queued within a grace period, then stop.
 
-use std::collections::VecDeque;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::checkpoint::Position;
-use crate::event::FrictionEvent;
-use crate::http_client::{Client, HttpError, Response};
-use crate::json::{Peek, Scanner};
-use crate::log::{sanitize, Throttle};
-use crate::metrics::{now_unix_ms, BackendState, METRICS};
+use crate::deliver::http_client::{Client, HttpError, Response};
+use crate::deliver::queue::Queue;
+use crate::detect::json::{Peek, Scanner};
+use crate::detect::FrictionEvent;
+use crate::operate::log::{sanitize, Throttle};
+use crate::operate::metrics::{BackendState, Metrics};
 use crate::{error, info, warn};
-
-/// One processed audit line whose events are not all acknowledged yet.
-#[derive(Debug)]
-struct Line {
-    start: Position,
-    /// Index within the line of `events[0]`.
-    next_index: u32,
-    events: VecDeque<FrictionEvent>,
-}
-
-#[derive(Debug, Default)]
-struct Inner {
-    lines: VecDeque<Line>,
-    /// Events in `lines` (pending + the one in flight).
-    len: usize,
-    last_end: Option<Position>,
-    closed: bool,
-}
-
-/// The bounded queue between detection and delivery, shared as `Arc<Queue>`.
-#[derive(Debug)]
-pub struct Queue {
-    inner: Mutex<Inner>,
-    /// Signalled when events arrive, the queue closes or a sender is told to stop.
-    items: Condvar,
-    /// Signalled when room frees up or the queue closes.
-    space: Condvar,
-    capacity: usize,
-}
-
-impl Queue {
-    /// A queue holding at most `capacity` events (at least 1).
-    pub fn new(capacity: usize) -> Arc<Queue> {
-        Arc::new(Queue {
-            inner: Mutex::new(Inner::default()),
-            items: Condvar::new(),
-            space: Condvar::new(),
-            capacity: capacity.max(1),
-        })
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic elsewhere while holding the lock leaves the queue consistent (every update
-        // is a few plain assignments), so keep going rather than lose the events.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Producer side (the follower/detector thread), called once per processed line, in log
-    /// order, even for lines with no events. `first_index`: index within the line of
-    /// `events[0]` (non-zero only for the first line after a resume that skips already-accepted
-    /// events). Blocks while the queue is full and `events` is not empty (backpressure). Returns false once the queue is
-    /// closed (shutdown): the caller stops reading.
-    pub fn push_line(
-        &self,
-        start: Position,
-        end: Position,
-        first_index: u32,
-        events: Vec<FrictionEvent>,
-    ) -> bool {
-        let mut g = self.lock();
-        // Only events need room; moving the position past lines without events never waits.
-        while !events.is_empty() && !g.closed && g.len >= self.capacity {
-            // Waiting on a full queue is backpressure, not a stall: keep the producer's
-            // liveness tick fresh so /healthz does not restart a healthy, throttled agent.
-            METRICS.tick_follower();
-            g = match self
-                .space
-                .wait_timeout(g, std::time::Duration::from_secs(1))
-            {
-                Ok((g, _)) => g,
-                Err(p) => p.into_inner().0,
-            };
-        }
-        if g.closed {
-            return false;
-        }
-        if !events.is_empty() {
-            g.len += events.len();
-            g.lines.push_back(Line {
-                start,
-                next_index: first_index,
-                events: events.into(),
-            });
-            self.items.notify_all();
-        }
-        g.last_end = Some(end);
-        METRICS.queue_depth.store(g.len as i64, Ordering::Relaxed);
-        true
-    }
-
-    /// What the checkpoint should record now: Some((start of the oldest unacknowledged event's
-    /// line, its index in that line)) while events are pending or in flight; else Some((end of
-    /// last pushed line, 0)); None before anything was pushed.
-    pub fn ack_position(&self) -> Option<(Position, u32)> {
-        let g = self.lock();
-        match g.lines.front() {
-            Some(l) => Some((l.start, l.next_index)),
-            None => g.last_end.map(|e| (e, 0)),
-        }
-    }
-
-    /// True while a `push_line` with events would block (backpressure).
-    pub fn is_full(&self) -> bool {
-        let g = self.lock();
-        !g.closed && g.len >= self.capacity
-    }
-
-    /// Events pending or in flight.
-    pub fn len(&self) -> usize {
-        self.lock().len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// No more pushes; wakes a blocked producer (and the sender, which drains what is left).
-    pub fn close(&self) {
-        let mut g = self.lock();
-        g.closed = true;
-        drop(g);
-        self.space.notify_all();
-        self.items.notify_all();
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.lock().closed
-    }
-
-    /// Acknowledges the front event (it was accepted or dead-lettered).
-    fn pop_front(&self) {
-        let mut g = self.lock();
-        let mut popped = false;
-        let mut emptied = false;
-        if let Some(line) = g.lines.front_mut() {
-            popped = line.events.pop_front().is_some();
-            line.next_index = line.next_index.saturating_add(u32::from(popped));
-            emptied = line.events.is_empty();
-        }
-        if emptied {
-            g.lines.pop_front();
-        }
-        g.len -= usize::from(popped);
-        METRICS.queue_depth.store(g.len as i64, Ordering::Relaxed);
-        drop(g);
-        self.space.notify_all();
-    }
-
-    /// Wakes a sender sleeping in a backoff or waiting for events.
-    fn wake(&self) {
-        let _g = self.lock();
-        self.items.notify_all();
-    }
-}
 
 /// How the sender behaves; `Default` is the production policy of the issue.
 #[derive(Debug, Clone)]
@@ -210,17 +54,6 @@ impl Default for DeliveryOptions {
             retry_after_max: Duration::from_secs(600),
             auth_log_every: Duration::from_secs(60),
             log_each_event: true,
-        }
-    }
-}
-
-impl DeliveryOptions {
-    /// The production policy with the operator's knobs (MAX_EVENTS_PER_MINUTE, DEAD_LETTER_PATH).
-    pub fn from_config(c: &crate::config::Config) -> DeliveryOptions {
-        DeliveryOptions {
-            max_events_per_minute: c.max_events_per_minute,
-            dead_letter_path: c.dead_letter_path.clone(),
-            ..DeliveryOptions::default()
         }
     }
 }
@@ -263,15 +96,61 @@ pub const STOP_SLACK: Duration = Duration::from_millis(1000);
 
 /// The running sender thread.
 #[derive(Debug)]
-pub struct SenderHandle {
-    queue: Arc<Queue>,
+pub struct SenderHandle<P> {
+    queue: Arc<Queue<P>>,
     control: Arc<Control>,
     thread: Option<JoinHandle<DeliveryStats>>,
     /// The sender's stats so far (for a thread left behind in a hung request).
     progress: Arc<Mutex<DeliveryStats>>,
 }
 
-impl SenderHandle {
+/// How a [`SenderHandle::drain`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    pub stats: DeliveryStats,
+    /// A second stop request ended the drain at once.
+    pub forced: bool,
+}
+
+impl<P: Copy> SenderHandle<P> {
+    /// The one shutdown sequence (`run` and `replay --send`): closes the queue and delivers
+    /// what is in it until it is empty. `stop_requests()` counts stop requests so far (SIGTERM
+    /// and SIGINT): the first starts the `grace` period (already started if it is non-zero at
+    /// the call), past which the drain ends; a second ends it at once. `tick` runs every 20 ms
+    /// meanwhile (the agent saves its checkpoint there). Returns the sender's stats.
+    pub fn drain(
+        self,
+        grace: Duration,
+        stop_requests: impl Fn() -> u32,
+        mut tick: impl FnMut(),
+    ) -> Drained {
+        self.queue.close();
+        let mut deadline: Option<Instant> = None;
+        let mut forced = false;
+        while !self.queue.is_empty() {
+            let stops = stop_requests();
+            if stops > 1 {
+                forced = true;
+                break;
+            }
+            if stops == 1 && deadline.is_none() {
+                deadline = Some(Instant::now() + grace);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+            tick();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let stats = if forced {
+            warn!("second signal: stopping at once");
+            self.abort()
+        } else {
+            self.finish(Instant::now())
+        };
+        Drained { stats, forced }
+    }
+
     /// Shutdown: close the queue; keep delivering until it is empty or `deadline`; then stop
     /// (interrupt any backoff sleep) and join. Returns stats (sent, dead-lettered, left pending).
     /// A request still in flight [`STOP_SLACK`] after the deadline is abandoned (its event stays
@@ -333,11 +212,17 @@ impl SenderHandle {
 
 /// Starts the sender thread: takes events from the queue in order, POSTs each, acknowledges,
 /// retries per the policy in the module docs.
-pub fn spawn_sender(queue: Arc<Queue>, client: Client, opts: DeliveryOptions) -> SenderHandle {
+pub fn spawn_sender<P: Copy + Send + 'static>(
+    queue: Arc<Queue<P>>,
+    client: Client,
+    opts: DeliveryOptions,
+    metrics: Arc<Metrics>,
+) -> SenderHandle<P> {
     let control = Arc::new(Control::default());
     let progress = Arc::new(Mutex::new(DeliveryStats::default()));
     let mut sender = Sender {
         queue: queue.clone(),
+        metrics,
         control: control.clone(),
         client,
         backoff: Backoff::new(opts.backoff_base, opts.backoff_max),
@@ -414,8 +299,9 @@ fn detail(body: &[u8]) -> String {
     sanitize(&d, 300)
 }
 
-struct Sender {
-    queue: Arc<Queue>,
+struct Sender<P> {
+    queue: Arc<Queue<P>>,
+    metrics: Arc<Metrics>,
     control: Arc<Control>,
     client: Client,
     opts: DeliveryOptions,
@@ -429,7 +315,7 @@ struct Sender {
     progress: Arc<Mutex<DeliveryStats>>,
 }
 
-impl Sender {
+impl<P: Copy> Sender<P> {
     fn run(&mut self) -> DeliveryStats {
         while let Some(ev) = self.next_event() {
             let delivered = self.deliver(&ev);
@@ -446,16 +332,15 @@ impl Sender {
     fn next_event(&self) -> Option<FrictionEvent> {
         let mut g = self.queue.lock();
         loop {
-            METRICS
-                .sender_tick_unix_ms
-                .store(now_unix_ms(), Ordering::Relaxed);
+            self.metrics.sender.beat();
             if self.control.stopped() {
                 return None;
             }
-            if let Some(ev) = g.lines.front().and_then(|l| l.events.front()) {
+            let (front, closed) = Queue::front(&g);
+            if let Some(ev) = front {
                 return Some(ev.clone());
             }
-            if g.closed {
+            if closed {
                 return None;
             }
             // Wake at least once a second so the liveness tick stays fresh.
@@ -473,9 +358,7 @@ impl Sender {
         let until = Instant::now() + d;
         let mut g = self.queue.lock();
         loop {
-            METRICS
-                .sender_tick_unix_ms
-                .store(now_unix_ms(), Ordering::Relaxed);
+            self.metrics.sender.beat();
             if self.control.stopped() {
                 return false;
             }
@@ -511,12 +394,13 @@ impl Sender {
             let result = self.client.post_json("/events", body);
             // The status sharpens the /readyz reason ("rejected the API key (401)", "failing
             // (last status 503)"); 0 for a transport error ("unreachable").
-            METRICS.set_backend_status(result.as_ref().map_or(0, |r| r.status));
+            self.metrics
+                .set_backend_status(result.as_ref().map_or(0, |r| r.status));
             match classify(&result, self.opts.retry_after_max) {
                 Outcome::Accepted(status) => {
                     self.recovered();
-                    METRICS.set_backend_state(BackendState::Ok);
-                    METRICS.inc_sent(&ev.kind);
+                    self.metrics.set_backend_state(BackendState::Ok);
+                    self.metrics.inc_sent(&ev.kind);
                     self.stats.sent += 1;
                     if self.opts.log_each_event {
                         info!(format!("[{status}]"), "type" => ev.kind, "severity" => ev.severity,
@@ -527,14 +411,14 @@ impl Sender {
                 }
                 Outcome::Refused(status, detail) => {
                     self.recovered();
-                    METRICS.set_backend_state(BackendState::Ok);
+                    self.metrics.set_backend_state(BackendState::Ok);
                     self.dead_letter(ev, body, status, &detail);
                     self.queue.pop_front();
                     return true;
                 }
                 Outcome::Unauthorized(status) => {
-                    METRICS.set_backend_state(BackendState::Unauthorized);
-                    METRICS.retries.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.set_backend_state(BackendState::Unauthorized);
+                    self.metrics.retries.fetch_add(1, Ordering::Relaxed);
                     self.note_failure();
                     if let Some(suppressed) = self.auth_throttle.hit("auth") {
                         let fix = if self.client.has_api_key() {
@@ -551,8 +435,8 @@ impl Sender {
                     }
                 }
                 Outcome::Retry(why, retry_after) => {
-                    METRICS.set_backend_state(BackendState::Failing);
-                    METRICS.retries.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.set_backend_state(BackendState::Failing);
+                    self.metrics.retries.fetch_add(1, Ordering::Relaxed);
                     let attempt = self.note_failure();
                     let wait = match retry_after {
                         Some(d) => d.max(self.opts.backoff_base),
@@ -606,8 +490,8 @@ impl Sender {
     }
 
     fn dead_letter(&mut self, ev: &FrictionEvent, body: &[u8], status: u16, detail: &str) {
-        METRICS.inc_rejected(status);
-        METRICS.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        self.metrics.inc_rejected(status);
+        self.metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
         self.stats.dead_lettered += 1;
         let written = match &self.opts.dead_letter_path {
             None => "no (DEAD_LETTER_PATH not set)".to_string(),
@@ -717,7 +601,7 @@ pub fn parse_retry_after(v: &str, now: SystemTime) -> Option<Duration> {
     if hms.len() != 3 || hms[0] > 23 || hms[1] > 59 || hms[2] > 60 || !(1..=31).contains(&day) {
         return None;
     }
-    let days = crate::clock::days_from_civil(year, month, day);
+    let days = crate::operate::clock::days_from_civil(year, month, day);
     let secs = days.checked_mul(86_400)? + (hms[0] * 3600 + hms[1] * 60 + hms[2]) as i64;
     let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs() as i64;
     Some(Duration::from_secs(secs.saturating_sub(now).max(0) as u64))
@@ -816,15 +700,7 @@ fn body_field(body: &[u8], key: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::FileId;
-    use crate::rules::Severity;
-
-    fn pos(offset: u64) -> Position {
-        Position {
-            file: FileId::default(),
-            offset,
-        }
-    }
+    use crate::detect::rules::Severity;
 
     fn ev(n: usize) -> FrictionEvent {
         FrictionEvent {
@@ -838,44 +714,6 @@ mod tests {
             namespace: "ns".into(),
             service: format!("app{n}"),
         }
-    }
-
-    #[test]
-    fn ack_position_follows_the_oldest_unacknowledged_event() {
-        let q = Queue::new(10);
-        assert_eq!(q.ack_position(), None);
-        assert!(q.push_line(pos(0), pos(10), 0, vec![]));
-        assert_eq!(q.ack_position(), Some((pos(10), 0)));
-        assert!(q.push_line(pos(10), pos(20), 1, vec![ev(1), ev(2)]));
-        assert!(q.push_line(pos(20), pos(30), 0, vec![]));
-        assert!(q.push_line(pos(30), pos(40), 0, vec![ev(3)]));
-        assert_eq!((q.len(), q.ack_position()), (3, Some((pos(10), 1))));
-        q.pop_front();
-        assert_eq!(q.ack_position(), Some((pos(10), 2)));
-        q.pop_front();
-        assert_eq!(q.ack_position(), Some((pos(30), 0)));
-        q.pop_front();
-        assert_eq!((q.len(), q.ack_position()), (0, Some((pos(40), 0))));
-        q.close();
-        assert!(!q.push_line(pos(40), pos(50), 0, vec![ev(4)]));
-    }
-
-    #[test]
-    fn full_queue_blocks_the_producer_until_room_or_close() {
-        let q = Queue::new(2);
-        assert!(q.push_line(pos(0), pos(1), 0, vec![ev(1), ev(2)]));
-        let q2 = q.clone();
-        let producer = std::thread::spawn(move || q2.push_line(pos(1), pos(2), 0, vec![ev(3)]));
-        // Blocked: the queue stays at 2 until the sender acknowledges one.
-        std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(q.len(), 2);
-        q.pop_front();
-        assert!(producer.join().unwrap());
-        assert_eq!(q.len(), 2);
-        let q3 = q.clone();
-        let blocked = std::thread::spawn(move || q3.push_line(pos(2), pos(3), 0, vec![ev(4)]));
-        q.close();
-        assert!(!blocked.join().unwrap());
     }
 
     #[test]

@@ -187,37 +187,6 @@ fn find_string_stop(b: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// Index of the first `needle` byte in `hay` (a std-only memchr, eight bytes at a time).
-pub fn find_byte(hay: &[u8], needle: u8) -> Option<usize> {
-    let pat = ONES * needle as u64;
-    let hit = |w: u64| {
-        let x = w ^ pat;
-        x.wrapping_sub(ONES) & !x & HIGHS
-    };
-    let mut i = 0;
-    // 32 bytes per turn with one branch; then find the word that hit.
-    while i + 32 <= hay.len() {
-        let (a, b, c, d) = (
-            hit(load8(hay, i)),
-            hit(load8(hay, i + 8)),
-            hit(load8(hay, i + 16)),
-            hit(load8(hay, i + 24)),
-        );
-        if a | b | c | d != 0 {
-            break;
-        }
-        i += 32;
-    }
-    while i + 8 <= hay.len() {
-        let m = hit(load8(hay, i));
-        if m != 0 {
-            return Some(i + (m.trailing_zeros() / 8) as usize);
-        }
-        i += 8;
-    }
-    hay[i..].iter().position(|&b| b == needle).map(|p| i + p)
-}
-
 /// Appends `bytes` to `out` as UTF-8, each invalid byte replaced by U+FFFD (Go's rule: one
 /// replacement per byte, not per maximal invalid sequence).
 pub fn push_lossy(out: &mut String, mut bytes: &[u8]) {
@@ -966,23 +935,6 @@ mod tests {
         let e = validate(b"{\"a\":1} x").unwrap_err();
         assert_eq!(e.kind, ErrorKind::TrailingData);
         assert_eq!(e.column, 9);
-    }
-
-    #[test]
-    fn find_byte_matches_position() {
-        let hay: Vec<u8> = (0..200u8)
-            .map(|i| if i % 37 == 36 { b'\n' } else { b'a' + i % 26 })
-            .collect();
-        for start in 0..hay.len() {
-            let h = &hay[start..];
-            assert_eq!(
-                find_byte(h, b'\n'),
-                h.iter().position(|&b| b == b'\n'),
-                "{start}"
-            );
-        }
-        assert_eq!(find_byte(b"", b'x'), None);
-        assert_eq!(find_byte(&[0x80, 0x0a], b'\n'), Some(1));
     }
 
     #[test]

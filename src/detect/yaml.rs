@@ -501,11 +501,11 @@ impl<'a> Parser<'a> {
                     indent,
                     format!(
                         "duplicate key `{}` in this mapping",
-                        crate::log::sanitize(&key, 80)
+                        crate::operate::log::sanitize(&key, 80)
                     ),
                     Some(format!(
                         "`{}` is already set on line {}: keep only one of them",
-                        crate::log::sanitize(&key, 80),
+                        crate::operate::log::sanitize(&key, 80),
                         first
                     )),
                 ));

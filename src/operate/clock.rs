@@ -23,6 +23,14 @@ pub fn now_rfc3339() -> String {
     rfc3339_secs(now_unix_secs())
 }
 
+/// Milliseconds since the Unix epoch (0 if the clock is before 1970).
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 pub fn now_unix_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

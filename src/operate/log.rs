@@ -99,7 +99,7 @@ pub fn emit(level: Level, msg: &dyn Display, fields: &[(&str, &dyn Display)]) {
     let line = render(
         level,
         FORMAT.load(Ordering::Relaxed),
-        &crate::clock::rfc3339_millis(crate::metrics::now_unix_ms()),
+        &crate::operate::clock::rfc3339_millis(crate::operate::clock::now_unix_ms()),
         msg,
         fields,
     );
@@ -148,39 +148,6 @@ pub fn render(
     out
 }
 
-/// Logs one delivered friction event, one line each, in the Go agent's shape:
-/// `[N] type=kubectl-exec severity=high actor=alice ns=payments` (text), or a JSON record with
-/// `msg: "event delivered"` and the same fields plus `n` (json). `n` counts deliveries since start.
-pub fn delivered(n: u64, ev: &crate::event::FrictionEvent) {
-    if !enabled(Level::Info) {
-        return;
-    }
-    let line = render_delivered(
-        FORMAT.load(Ordering::Relaxed),
-        &crate::clock::rfc3339_millis(crate::metrics::now_unix_ms()),
-        n,
-        ev,
-    );
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
-}
-
-/// Formats the [`delivered`] line (exposed for tests).
-pub fn render_delivered(format: u8, ts: &str, n: u64, ev: &crate::event::FrictionEvent) -> String {
-    let fields: [(&str, &dyn Display); 4] = [
-        ("type", &ev.kind),
-        ("severity", &ev.severity),
-        ("actor", &ev.actor),
-        ("ns", &ev.namespace),
-    ];
-    if format == Format::Json as u8 {
-        let mut all: Vec<(&str, &dyn Display)> = vec![("n", &n)];
-        all.extend_from_slice(&fields);
-        render(Level::Info, format, ts, &"event delivered", &all)
-    } else {
-        render(Level::Info, format, ts, &format_args!("[{n}]"), &fields)
-    }
-}
-
 fn json_str(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
@@ -200,7 +167,7 @@ fn json_str(out: &mut String, s: &str) {
 #[macro_export]
 macro_rules! info {
     ($msg:expr $(, $k:literal => $v:expr)* $(,)?) => {
-        $crate::log::emit($crate::log::Level::Info, &$msg, &[$(($k, &$v as &dyn ::std::fmt::Display)),*])
+        $crate::operate::log::emit($crate::operate::log::Level::Info, &$msg, &[$(($k, &$v as &dyn ::std::fmt::Display)),*])
     };
 }
 
@@ -208,7 +175,7 @@ macro_rules! info {
 #[macro_export]
 macro_rules! warn {
     ($msg:expr $(, $k:literal => $v:expr)* $(,)?) => {
-        $crate::log::emit($crate::log::Level::Warn, &$msg, &[$(($k, &$v as &dyn ::std::fmt::Display)),*])
+        $crate::operate::log::emit($crate::operate::log::Level::Warn, &$msg, &[$(($k, &$v as &dyn ::std::fmt::Display)),*])
     };
 }
 
@@ -216,7 +183,7 @@ macro_rules! warn {
 #[macro_export]
 macro_rules! error {
     ($msg:expr $(, $k:literal => $v:expr)* $(,)?) => {
-        $crate::log::emit($crate::log::Level::Error, &$msg, &[$(($k, &$v as &dyn ::std::fmt::Display)),*])
+        $crate::operate::log::emit($crate::operate::log::Level::Error, &$msg, &[$(($k, &$v as &dyn ::std::fmt::Display)),*])
     };
 }
 
@@ -224,7 +191,7 @@ macro_rules! error {
 #[macro_export]
 macro_rules! debug {
     ($msg:expr $(, $k:literal => $v:expr)* $(,)?) => {
-        $crate::log::emit($crate::log::Level::Debug, &$msg, &[$(($k, &$v as &dyn ::std::fmt::Display)),*])
+        $crate::operate::log::emit($crate::operate::log::Level::Debug, &$msg, &[$(($k, &$v as &dyn ::std::fmt::Display)),*])
     };
 }
 
@@ -333,31 +300,6 @@ mod tests {
         assert_eq!(t.hit_at("401", t0 + Duration::from_secs(62)), Some(0));
         t.reset();
         assert_eq!(t.hit_at("401", t0 + Duration::from_secs(63)), Some(0));
-    }
-
-    #[test]
-    fn delivered_line_matches_the_go_agent_shape() {
-        let ev = crate::event::FrictionEvent {
-            entity_ref: "component:payments/api".into(),
-            kind: "kubectl-exec".into(),
-            severity: crate::rules::Severity::High,
-            actor: "alice@example.com".into(),
-            workflow: "debug".into(),
-            description: "d".into(),
-            timestamp: "2026-01-01T00:00:00Z".into(),
-            namespace: "payments".into(),
-            service: "api".into(),
-        };
-        assert_eq!(
-            render_delivered(0, "T", 7, &ev),
-            "T INFO  [7] type=kubectl-exec severity=high actor=alice@example.com ns=payments\n"
-        );
-        assert_eq!(
-            render_delivered(1, "T", 7, &ev),
-            "{\"ts\":\"T\",\"level\":\"info\",\"msg\":\"event delivered\",\"n\":\"7\",\
-             \"type\":\"kubectl-exec\",\"severity\":\"high\",\"actor\":\"alice@example.com\",\
-             \"ns\":\"payments\"}\n"
-        );
     }
 
     #[test]

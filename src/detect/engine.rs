@@ -8,13 +8,15 @@
 //! own namespace (`K8S_NAMESPACE`) and per-rule `ignore_namespaces` are applied; `annotation`
 //! also looks in `requestObject.metadata.annotations` (a `kubectl annotate` patch carries it
 //! there); every value from the log is stripped of control characters; payloads always fit
-//! the backend's limits (see [`crate::event`]).
+//! the backend's limits (see [`crate::detect::event`]).
+//!
+//! The engine is pure: it reads nothing from the environment and counts nothing. It returns a
+//! [`Verdict`] per record and appends events; its caller (the pipeline stage, `replay`) counts.
 
-use crate::audit::{extract, AuditFields};
-use crate::event::{FrictionEvent, Parts};
-use crate::json::JsonError;
-use crate::metrics::METRICS;
-use crate::rules::{Piece, Rule, RuleSet, Template};
+use crate::detect::audit::{extract, items, AuditFields};
+use crate::detect::event::{FrictionEvent, Parts};
+use crate::detect::json::JsonError;
+use crate::detect::rules::{Piece, Rule, RuleSet, Template};
 
 /// Environment-dependent choices of the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,23 +36,7 @@ impl Default for DetectOptions {
     }
 }
 
-impl DetectOptions {
-    /// From `ENTITY_NAMESPACE` (default `default`) and `K8S_NAMESPACE` (empty = none).
-    pub fn from_env() -> DetectOptions {
-        let get = |k: &str| {
-            std::env::var(k)
-                .ok()
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty())
-        };
-        DetectOptions {
-            entity_namespace: get("ENTITY_NAMESPACE").unwrap_or_else(|| "default".into()),
-            own_namespace: get("K8S_NAMESPACE"),
-        }
-    }
-}
-
-/// What became of one line.
+/// What became of one audit event (a line, or one item of an `EventList`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LineVerdict {
     /// Empty or whitespace only.
@@ -61,8 +47,39 @@ pub enum LineVerdict {
     SkippedStage,
     /// A ResponseComplete event went through the rules (it may have matched none).
     Evaluated,
-    /// Longer than MAX_LINE_BYTES: skipped unread (set by the line readers, never by `detect`).
-    Oversized,
+}
+
+/// What became of one record handed to [`Detector::detect_record`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// One audit event (or a blank line).
+    Event(LineVerdict),
+    /// Not an audit event: the scanner's reason, with line:column in the record.
+    Malformed(JsonError),
+    /// An `EventList` document: each item was judged like a line.
+    List(ListTally),
+}
+
+/// The verdicts of the items of one `EventList`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListTally {
+    pub items: u64,
+    pub malformed: u64,
+    pub skipped_stages: u64,
+    pub evaluated: u64,
+}
+
+impl ListTally {
+    fn count(&mut self, v: LineVerdict) {
+        self.items += 1;
+        match v {
+            LineVerdict::Malformed => self.malformed += 1,
+            LineVerdict::SkippedStage => self.skipped_stages += 1,
+            LineVerdict::Evaluated => self.evaluated += 1,
+            // Items are values inside the list; none is blank.
+            LineVerdict::Blank => {}
+        }
+    }
 }
 
 /// The rules, compiled for matching.
@@ -98,7 +115,7 @@ impl Detector {
             rules,
             opts,
             contains_lower,
-            now: crate::clock::now_rfc3339,
+            now: crate::operate::clock::now_rfc3339,
         }
     }
 
@@ -118,45 +135,43 @@ impl Detector {
     }
 
     /// Appends 0..n events for one line (without its trailing newline; a trailing '\r'
-    /// tolerated). Counts into METRICS (malformed_lines, blank_lines, stages_skipped,
-    /// events_matched per rule).
+    /// tolerated).
     pub fn detect(&self, line: &[u8], out: &mut Vec<FrictionEvent>) -> LineVerdict {
-        if line
-            .iter()
-            .all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
-        {
-            METRICS
-                .blank_lines
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if is_blank(line) {
             return LineVerdict::Blank;
         }
-        self.detect_extracted(&extract(line), out)
+        match extract(line) {
+            Ok(f) => self.evaluate(&f, out),
+            Err(_) => LineVerdict::Malformed,
+        }
     }
 
-    /// Like [`Detector::detect`] for a line the caller already ran through
-    /// [`extract`] (replay does, to spot EventList documents).
-    pub fn detect_extracted(
-        &self,
-        parsed: &Result<AuditFields<'_>, JsonError>,
-        out: &mut Vec<FrictionEvent>,
-    ) -> LineVerdict {
-        match parsed {
-            Ok(f) => self.evaluate(f, out),
-            Err(_) => {
-                METRICS
-                    .malformed_lines
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                LineVerdict::Malformed
+    /// Appends 0..n events for one record: an audit event, or an `EventList` document whose
+    /// items are each evaluated (in order) like a line.
+    pub fn detect_record(&self, record: &[u8], out: &mut Vec<FrictionEvent>) -> Verdict {
+        if is_blank(record) {
+            return Verdict::Event(LineVerdict::Blank);
+        }
+        let f = match extract(record) {
+            Ok(f) => f,
+            Err(e) => return Verdict::Malformed(e),
+        };
+        match f.items {
+            Some(list) if f.kind == "EventList" => {
+                let mut tally = ListTally::default();
+                // `items` were validated by `extract`, so this only fails on a bug.
+                for item in items(list).unwrap_or_default() {
+                    tally.count(self.detect(item, out));
+                }
+                Verdict::List(tally)
             }
+            _ => Verdict::Event(self.evaluate(&f, out)),
         }
     }
 
     /// Evaluates already extracted fields (an EventList item, or a line the caller parsed).
     pub fn evaluate(&self, f: &AuditFields<'_>, out: &mut Vec<FrictionEvent>) -> LineVerdict {
         if f.stage != "ResponseComplete" {
-            METRICS
-                .stages_skipped
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return LineVerdict::SkippedStage;
         }
         if self.excluded_everywhere(&f.namespace) {
@@ -184,7 +199,6 @@ impl Detector {
                 namespace: ns,
                 workload,
             }));
-            METRICS.inc_matched(&rule.name);
         }
         LineVerdict::Evaluated
     }
@@ -232,6 +246,10 @@ impl Detector {
         };
         (ns, workload_name(raw))
     }
+}
+
+fn is_blank(b: &[u8]) -> bool {
+    b.iter().all(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n'))
 }
 
 /// Case-insensitive substring test; `needle` is already lower-case. Allocates only for

@@ -8,8 +8,8 @@
 
 use std::borrow::Cow;
 
-use crate::json::write_str;
-use crate::rules::Severity;
+use crate::detect::json::write_str;
+use crate::detect::rules::Severity;
 
 /// The backend's limits (characters).
 pub const MAX_ENTITY_REF: usize = 200;
@@ -109,18 +109,6 @@ impl FrictionEvent {
         }
         o.push('}');
         o
-    }
-
-    /// `type=... severity=... actor=... ns=... entity=...` for the per-event log line.
-    pub fn log_summary(&self) -> String {
-        format!(
-            "type={} severity={} actor={} ns={} entity={}",
-            crate::log::sanitize(&self.kind, 64),
-            self.severity,
-            crate::log::sanitize(&self.actor, 128),
-            crate::log::sanitize(&self.namespace, 64),
-            crate::log::sanitize(&self.entity_ref, 200),
-        )
     }
 }
 
@@ -239,10 +227,6 @@ mod tests {
         assert_eq!(
             e.to_json(),
             r#"{"entity_ref":"component:prod/api","type":"kubectl-exec","severity":"high","actor":"alice","workflow":"deploy","description":"a \"quoted\" \\ desc","timestamp":"2025-01-01T00:00:00.5Z","namespace":"prod","service":"api"}"#
-        );
-        assert_eq!(
-            e.log_summary(),
-            "type=kubectl-exec severity=high actor=alice ns=prod entity=component:prod/api"
         );
     }
 

@@ -1,50 +1,18 @@
-//! Positions in the audit log and the checkpoint file that survives restarts.
-//!
-//! A [`Position`] names a byte in one particular file ([`FileId`]: device, inode and a
-//! fingerprint of the first bytes, so a reused inode is not mistaken for the old file).
-//! The checkpoint stores the first position not yet acknowledged by the backend.
+//! The checkpoint file that survives restarts: the first [`Position`] not yet acknowledged by
+//! the backend, and how many events of the line there were already accepted.
 //!
 //! This module owns the on-disk format (a small versioned `key=value` text with an FNV-1a
-//! checksum, see [`encode`]), its strict bounded parser ([`parse`], a fuzz target), the atomic
-//! store ([`save`]: temp file → fsync → rename → fsync of the directory) and how a file's
-//! identity is computed ([`file_id`], [`fingerprint_matches`]).
+//! checksum, see [`encode`]), its strict bounded parser ([`parse`], a fuzz target) and the
+//! atomic store ([`save`]: temp file → fsync → rename → fsync of the directory). What a
+//! position and a file's identity are lives in [`crate::source::position`].
 
 use std::fmt;
+
+use crate::source::position::{fnv1a64, FileId, Position, FINGERPRINT_MAX};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-
-/// Identity of one audit log file, independent of its current name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct FileId {
-    pub dev: u64,
-    pub ino: u64,
-    /// Hash of the first `fingerprint_len` bytes of the file (0 bytes: empty file so far).
-    pub fingerprint: u64,
-    pub fingerprint_len: u32,
-}
-
-impl FileId {
-    /// Same inode on the same device. The fingerprint may have grown since (a file's
-    /// fingerprint covers more bytes once it is longer), so equal `dev`/`ino` with equal
-    /// `fingerprint_len` must also have equal fingerprints; different lengths are accepted
-    /// here and verified against the file itself with [`fingerprint_matches`].
-    pub fn same_file(&self, other: &FileId) -> bool {
-        self.dev == other.dev
-            && self.ino == other.ino
-            && (self.fingerprint_len != other.fingerprint_len
-                || self.fingerprint == other.fingerprint)
-    }
-}
-
-/// A byte offset in one file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Position {
-    pub file: FileId,
-    pub offset: u64,
-}
 
 /// What the checkpoint file records: resume reading `path`/`file` at `offset`, skipping the
 /// first `skip_events` friction events of the line that starts there (they were already
@@ -55,11 +23,6 @@ pub struct Checkpoint {
     pub position: Position,
     pub skip_events: u32,
 }
-
-/// The fingerprint covers at most this many leading bytes of a file. Long enough that two
-/// audit logs never share it (the first line carries a unique auditID and timestamp), short
-/// enough to re-hash cheaply.
-pub const FINGERPRINT_MAX: u32 = 1024;
 
 /// A checkpoint is a few hundred bytes; anything bigger is not ours and is not read whole.
 pub const MAX_CHECKPOINT_BYTES: usize = 16 * 1024;
@@ -76,55 +39,6 @@ const KEYS: [&str; 7] = [
     "offset",
     "skip_events",
 ];
-
-/// FNV-1a, 64 bit: std-only, fast enough for 1 KiB fingerprints and checkpoint checksums.
-/// Not a defence against an attacker (who could write the log or the checkpoint anyway).
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-/// Identity of an open file: device and inode from `fstat`, and the FNV-1a hash of its first
-/// `min(len, FINGERPRINT_MAX)` bytes (read with `pread`, the file's cursor is not moved).
-pub fn file_id(file: &File) -> io::Result<FileId> {
-    let meta = file.metadata()?;
-    let want = meta.len().min(u64::from(FINGERPRINT_MAX)) as usize;
-    let mut head = [0u8; FINGERPRINT_MAX as usize];
-    let got = read_head(file, &mut head[..want])?;
-    Ok(FileId {
-        dev: meta.dev(),
-        ino: meta.ino(),
-        fingerprint: fnv1a64(&head[..got]),
-        fingerprint_len: got as u32,
-    })
-}
-
-/// Whether `file`'s first `id.fingerprint_len` bytes still hash to `id.fingerprint` (false if
-/// the file is now shorter: it was truncated or it is another file on a reused inode).
-pub fn fingerprint_matches(file: &File, id: &FileId) -> io::Result<bool> {
-    let want = id.fingerprint_len.min(FINGERPRINT_MAX) as usize;
-    let mut head = [0u8; FINGERPRINT_MAX as usize];
-    let got = read_head(file, &mut head[..want])?;
-    Ok(got == want && fnv1a64(&head[..got]) == id.fingerprint)
-}
-
-/// Reads up to `buf.len()` bytes from offset 0; fewer only at end of file.
-fn read_head(file: &File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match file.read_at(&mut buf[got..], got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
-}
 
 /// Why a checkpoint file was not used. The agent reports it and ignores the file (it is
 /// rewritten at the next save); it is never fatal.
@@ -312,7 +226,7 @@ pub fn parse(bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
     let first_end = bytes.iter().position(|&b| b == b'\n');
     let first = &bytes[..first_end.unwrap_or(bytes.len())];
     if first != HEADER.as_bytes() {
-        let shown = crate::log::sanitize(&String::from_utf8_lossy(first), 60);
+        let shown = crate::operate::log::sanitize(&String::from_utf8_lossy(first), 60);
         if first.starts_with(b"healert-agent checkpoint ") {
             return err(K::UnsupportedVersion { found: shown });
         }
@@ -337,7 +251,7 @@ pub fn parse(bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
     let computed = format!("{:016x}", fnv1a64(body));
     if stored != computed.as_bytes() {
         return err(K::BadChecksum {
-            stored: crate::log::sanitize(&String::from_utf8_lossy(stored), 40),
+            stored: crate::operate::log::sanitize(&String::from_utf8_lossy(stored), 40),
             computed,
         });
     }
@@ -361,7 +275,7 @@ pub fn parse(bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
         let Some(slot) = KEYS.iter().position(|k| k.as_bytes() == key) else {
             return err(K::UnknownKey {
                 line: line_no,
-                key: crate::log::sanitize(&String::from_utf8_lossy(key), 40),
+                key: crate::operate::log::sanitize(&String::from_utf8_lossy(key), 40),
             });
         };
         if values[slot].is_some() {
@@ -441,7 +355,7 @@ fn number(
             why,
         })
     };
-    let shown = || crate::log::sanitize(&String::from_utf8_lossy(v), 40);
+    let shown = || crate::operate::log::sanitize(&String::from_utf8_lossy(v), 40);
     if v.is_empty() || !v.iter().all(|b| (*b as char).is_digit(radix)) {
         let what = if radix == 16 {
             "hex digits"
@@ -526,12 +440,6 @@ pub fn save(path: &Path, cp: &Checkpoint) -> io::Result<()> {
         _ => Path::new("."),
     };
     File::open(dir)?.sync_all()?;
-    crate::metrics::METRICS
-        .checkpoint_writes
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    crate::metrics::METRICS
-        .checkpoint_offset
-        .store(cp.position.offset, std::sync::atomic::Ordering::Relaxed);
     Ok(())
 }
 
@@ -790,29 +698,6 @@ mod tests {
             .join("sub/checkpoint");
         let e = save(&p, &sample()).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
-    }
-
-    #[test]
-    fn file_id_fingerprint() {
-        let dir = std::env::temp_dir().join(format!("healert-fid-unit-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("f");
-        std::fs::write(&p, b"").unwrap();
-        let f = File::open(&p).unwrap();
-        let empty = file_id(&f).unwrap();
-        assert_eq!(empty.fingerprint_len, 0);
-        std::fs::write(&p, vec![b'x'; 3000]).unwrap();
-        let full = file_id(&f).unwrap();
-        assert_eq!(full.fingerprint_len, FINGERPRINT_MAX);
-        assert_eq!(full.fingerprint, fnv1a64(&[b'x'; 1024]));
-        assert!(fingerprint_matches(&f, &empty).unwrap());
-        assert!(fingerprint_matches(&f, &full).unwrap());
-        assert!(full.same_file(&empty));
-        std::fs::write(&p, vec![b'y'; 3000]).unwrap();
-        assert!(!fingerprint_matches(&f, &full).unwrap());
-        std::fs::write(&p, b"xx").unwrap();
-        assert!(!fingerprint_matches(&f, &full).unwrap());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     proptest! {

@@ -9,7 +9,7 @@
 
 use std::borrow::Cow;
 
-use crate::json::{ErrorKind, JsonError, Peek, Scanner};
+use crate::detect::json::{ErrorKind, JsonError, Peek, Scanner};
 
 /// The fields of one audit event that detection uses. Strings borrow from the line unless
 /// they held escapes or invalid UTF-8.
@@ -298,7 +298,7 @@ mod tests {
 
     #[test]
     fn deep_request_object_does_not_hide_the_event() {
-        let depth = crate::json::MAX_DEPTH - 1;
+        let depth = crate::detect::json::MAX_DEPTH - 1;
         let line = format!(
             r#"{{"stage":"ResponseComplete","requestObject":{}{},"verb":"create"}}"#,
             "[".repeat(depth),

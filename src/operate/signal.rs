@@ -6,6 +6,10 @@
 //! construction: it only increments / stores atomics. Everything else (draining the queue,
 //! saving the checkpoint, reloading rules) happens on ordinary threads that poll
 //! [`terminate_requests`] and [`take_reload`].
+//!
+//! The crate root denies `unsafe_code`; this module alone allows it, for `sigaction`.
+
+#![allow(unsafe_code)]
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -114,22 +118,6 @@ mod sys {
             Err(io::Error::last_os_error())
         }
     }
-
-    extern "C" {
-        fn getpid() -> i32;
-        fn kill(pid: i32, sig: i32) -> i32;
-    }
-
-    pub fn signal_self(sig: i32) -> io::Result<()> {
-        // SAFETY: getpid and kill take plain integers, have no memory-safety preconditions
-        // and are always successful for our own pid and a valid signal number.
-        let rc = unsafe { kill(getpid(), sig) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    }
 }
 
 #[cfg(not(all(
@@ -157,10 +145,6 @@ mod sys {
     pub fn set_handler(_sig: i32, _handler: extern "C" fn(i32)) -> io::Result<()> {
         Err(unsupported())
     }
-
-    pub fn signal_self(_sig: i32) -> io::Result<()> {
-        Err(unsupported())
-    }
 }
 
 /// Installs the handlers for SIGTERM, SIGINT and SIGHUP. Call once, early in `run`, before
@@ -175,12 +159,6 @@ pub fn install() -> io::Result<()> {
         })?;
     }
     Ok(())
-}
-
-/// Sends `sig` to this process (for tests and for a self-triggered stop). Only call it after
-/// [`install`], or the default action (terminate) applies.
-pub fn raise_for_test(sig: i32) -> io::Result<()> {
-    sys::signal_self(sig)
 }
 
 #[cfg(test)]

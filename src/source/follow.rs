@@ -8,11 +8,11 @@
 //! kube-apiserver deleting old backups can take unread lines away. Files are identified by
 //! device + inode + a fingerprint of their first bytes (see `checkpoint::FileId`), never by name.
 //!
-//! Reading uses one reusable buffer filled with `pread` in 64 KiB steps; lines are found with
-//! a word-parallel newline search and handed out as slices of that buffer (no copy). A line
-//! longer than `max_line_bytes` is never held whole: its bytes are discarded as they arrive
-//! and only its start and end are reported ([`Poll::Skipped`]). The buffer therefore never
-//! exceeds `max_line_bytes` + 128 KiB, and shrinks back after a long line.
+//! Reading goes through the shared [`LineBuffer`], filled with `pread` in 64 KiB steps; lines
+//! are handed out as slices of it (no copy). A line longer than `max_line_bytes` is never held
+//! whole: its bytes are discarded as they arrive and only its start and end are reported
+//! ([`Next::Skipped`]). The buffer therefore never exceeds `max_line_bytes` + 128 KiB, and
+//! shrinks back after a long line.
 //!
 //! The path is looked at whenever the front file is at its end, and at least every
 //! `poll_interval` (or 8 MiB) while data keeps coming. If it was rotated more than once
@@ -25,7 +25,7 @@
 //!
 //! What this module does not do: parse lines, decide what is acknowledged, or write
 //! checkpoints. It reports positions; the caller saves the oldest unacknowledged one (or
-//! [`Follower::position`] when nothing is pending) and hands it back to [`Follower::new`]
+//! [`Source::position`] when nothing is pending) and hands it back to [`Follower::new`]
 //! at the next start. It cannot read what was deleted before it was opened: a rotated file
 //! removed while the agent was down (or during a stall, before it was noticed) is lost,
 //! and said so.
@@ -36,12 +36,15 @@ use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::checkpoint::{self, Checkpoint, FileId, Position, FINGERPRINT_MAX};
-use crate::config::StartAt;
-use crate::log::Throttle;
-use crate::metrics::{now_unix_ms, METRICS};
+use crate::operate::log::Throttle;
+use crate::operate::metrics::{now_unix_ms, Metrics};
+use crate::source::checkpoint::{self, Checkpoint};
+use crate::source::lines::{Found, LineBuffer};
+use crate::source::position::{self, FileId, Position, FINGERPRINT_MAX};
+use crate::source::{Next, Record, Source};
 use crate::{error, info, warn};
 
 /// Bytes asked for per read.
@@ -61,12 +64,19 @@ const CLOCK_SLACK: Duration = Duration::from_secs(1);
 /// Repeated conditions (file missing, unreadable) are logged at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(60);
 
+/// Where to begin reading when no checkpoint applies (`START_AT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    End,
+    Beginning,
+}
+
 /// What to follow and how.
 #[derive(Debug, Clone)]
 pub struct FollowOptions {
     /// The audit log (AUDIT_LOG_PATH); the name kube-apiserver writes to.
     pub path: PathBuf,
-    /// How long the caller sleeps after [`Poll::Idle`]; also how often the path's identity is
+    /// How long the caller sleeps after [`Next::Idle`]; also how often the path's identity is
     /// re-checked while data keeps coming.
     pub poll_interval: Duration,
     /// Longest line handed out; longer lines are skipped (MAX_LINE_BYTES).
@@ -75,51 +85,12 @@ pub struct FollowOptions {
     pub start_at: StartAt,
 }
 
-/// One result of [`Follower::poll`].
-#[derive(Debug)]
-pub enum Poll<'a> {
-    /// A complete line (without its `\n`; a `\r` right before the `\n` is stripped too), its
-    /// start and the position just after its newline (or after its last byte for a final
-    /// unterminated line of a drained rotated file).
-    Line(Line<'a>),
-    /// An over-long line was skipped (counted, warned once with its offset); acknowledge up to `end`.
-    Skipped { start: Position, end: Position },
-    /// Nothing complete is available now (EOF, file missing...): the caller waits `poll_interval`.
-    Idle,
-}
-
-/// A complete line, borrowed from the follower's buffer until the next `poll`.
-#[derive(Debug)]
-pub struct Line<'a> {
-    pub bytes: &'a [u8],
-    pub start: Position,
-    pub end: Position,
-}
-
 /// An open file in the reading order.
-struct Source {
+struct OpenFile {
     file: File,
     id: FileId,
     /// The name it was opened under, for log messages (it may have been renamed since).
     name: PathBuf,
-}
-
-/// Discarding bytes up to the next newline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Skip {
-    No,
-    /// An over-long line that started at this position.
-    OverLong(Position),
-    /// The tail of a line that was being written when the agent started at end of file:
-    /// its beginning was never read, so its rest is not a line.
-    Partial,
-}
-
-/// What was left in a rotated file read to its end (buffer indices, so no borrow is held).
-enum Finished {
-    Line(usize, usize, Position, Position),
-    Skipped(Position, Position),
-    Nothing,
 }
 
 /// What a check of the path found.
@@ -135,16 +106,10 @@ enum Check {
 pub struct Follower {
     opts: FollowOptions,
     /// Front: being read. Back: the file the path named at the last check.
-    sources: VecDeque<Source>,
-    /// Storage; `buf[start..end]` is read but not yet handed out.
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
-    /// `buf[start..scanned]` is known to contain no newline (no rescans of a growing line).
-    scanned: usize,
-    /// File offset (in the front source) of `buf[0]`.
-    buf_off: u64,
-    skip: Skip,
+    sources: VecDeque<OpenFile>,
+    /// The front file's unread bytes, at its offsets.
+    lines: LineBuffer,
+    metrics: Arc<Metrics>,
     last_check: Instant,
     bytes_since_check: u64,
     start_desc: String,
@@ -171,19 +136,16 @@ pub struct Follower {
 
 impl Follower {
     /// Never fails: a missing/unreadable file is waited for (logged once, then throttled).
-    /// `resume`: a checkpoint loaded by the caller (may be foreign/stale: decide, log, fall back to start_at).
-    pub fn new(opts: FollowOptions, resume: Option<Checkpoint>) -> Follower {
+    /// `resume`: a checkpoint loaded by the caller (may be foreign/stale: decide, log, fall back
+    /// to start_at). `metrics`: where the follow counters and gauges go.
+    pub fn new(opts: FollowOptions, resume: Option<Checkpoint>, metrics: Arc<Metrics>) -> Follower {
         let mut opts = opts;
         opts.max_line_bytes = opts.max_line_bytes.max(1);
         let mut f = Follower {
+            lines: LineBuffer::new(opts.max_line_bytes, CHUNK),
             opts,
             sources: VecDeque::new(),
-            buf: vec![0; 2 * CHUNK],
-            start: 0,
-            end: 0,
-            scanned: 0,
-            buf_off: 0,
-            skip: Skip::No,
+            metrics,
             last_check: Instant::now(),
             bytes_since_check: 0,
             start_desc: String::new(),
@@ -233,24 +195,13 @@ impl Follower {
 
     /// Bytes allocated for the read buffer (bounded by `max_line_bytes` + 128 KiB).
     pub fn buffer_capacity(&self) -> usize {
-        self.buf.capacity()
+        self.lines.capacity()
     }
 
     /// Files currently open: the one being read plus rotated-away ones waiting to be drained
     /// (or the new file waiting behind a rotated one).
     pub fn open_files(&self) -> usize {
         self.sources.len()
-    }
-
-    /// The position of the next byte not yet handed out: after the last line returned, or
-    /// the start of the next file once a rotated one is finished (during an over-long line:
-    /// its start). Checkpoint this when no event is pending, rather than the end of the last
-    /// line, so a checkpoint moves to the new file as soon as the rotated one is done.
-    pub fn position(&self) -> Position {
-        match self.skip {
-            Skip::OverLong(p) => p,
-            _ => self.pos(self.start),
-        }
     }
 
     /// Call this about every `poll_interval` while not polling because delivery is blocked
@@ -265,49 +216,13 @@ impl Follower {
     }
 
     /// Returns the next complete line, a skipped over-long line, or `Idle`.
-    pub fn poll(&mut self) -> Poll<'_> {
+    fn poll(&mut self) -> Next<'_, Position> {
         loop {
             if self.sources.is_empty() && !self.open_live() {
-                return self.idle();
+                return Next::Idle;
             }
-            if let Some(i) = find_newline(&self.buf[self.scanned..self.end]) {
-                let nl = self.scanned + i;
-                let s = self.start;
-                self.start = nl + 1;
-                self.scanned = nl + 1;
-                match std::mem::replace(&mut self.skip, Skip::No) {
-                    Skip::Partial => continue,
-                    Skip::OverLong(start) => return self.skipped(start, self.pos(nl + 1)),
-                    Skip::No => {}
-                }
-                if nl - s > self.opts.max_line_bytes {
-                    let (start, end) = (self.pos(s), self.pos(nl + 1));
-                    return self.skipped(start, end);
-                }
-                let e = if nl > s && self.buf[nl - 1] == b'\r' {
-                    nl - 1
-                } else {
-                    nl
-                };
-                METRICS.lines_read.fetch_add(1, Ordering::Relaxed);
-                METRICS
-                    .read_offset
-                    .store(self.buf_off + self.start as u64, Ordering::Relaxed);
-                let (start, end) = (self.pos(s), self.pos(nl + 1));
-                return Poll::Line(Line {
-                    bytes: &self.buf[s..e],
-                    start,
-                    end,
-                });
-            }
-            self.scanned = self.end;
-            if self.skip != Skip::No {
-                // Never hold a line we are discarding.
-                self.start = self.end;
-            } else if self.end - self.start > self.opts.max_line_bytes {
-                self.skip = Skip::OverLong(self.pos(self.start));
-                self.start = self.end;
-                self.scanned = self.end;
+            if let Some(found) = self.lines.next_line() {
+                return self.found(found);
             }
             match self.fill() {
                 Ok(0) => {}
@@ -340,43 +255,47 @@ impl Follower {
                             "suppressed" => n,
                         );
                     }
-                    return self.idle();
+                    return Next::Idle;
                 }
             }
             // End of the front file.
             if self.sources.len() > 1 {
                 // It was rotated away and a read after the rotation was noticed found nothing
                 // more: it is complete. Hand out its unterminated last line, then switch.
-                match self.finish_rotated() {
-                    Finished::Line(s, e, start, end) => {
-                        return Poll::Line(Line {
-                            bytes: &self.buf[s..e],
-                            start,
-                            end,
-                        })
-                    }
-                    Finished::Skipped(start, end) => return self.skipped(start, end),
-                    Finished::Nothing => continue,
+                let old = self.sources.front().map(|s| s.id).unwrap_or_default();
+                let last = self.lines.finish();
+                self.finish_rotated();
+                if let Some(found) = last {
+                    return self.found_in(old, found);
                 }
+                continue;
             }
             match self.check_path() {
                 Check::Rotated | Check::Truncated => continue,
-                Check::Same => return self.idle(),
+                Check::Same => return Next::Idle,
             }
         }
     }
 
-    fn idle(&mut self) -> Poll<'static> {
-        METRICS
-            .follower_tick_unix_ms
-            .store(now_unix_ms(), Ordering::Relaxed);
-        Poll::Idle
+    /// A line or skipped line of the front file.
+    fn found(&mut self, found: Found) -> Next<'_, Position> {
+        let file = self.sources.front().map(|s| s.id).unwrap_or_default();
+        self.found_in(file, found)
     }
 
-    fn pos(&self, i: usize) -> Position {
-        Position {
-            file: self.sources.front().map(|s| s.id).unwrap_or_default(),
-            offset: self.buf_off + i as u64,
+    fn found_in(&mut self, file: FileId, found: Found) -> Next<'_, Position> {
+        let at = |offset| Position { file, offset };
+        match found {
+            Found::Line(span) => {
+                self.metrics.lines_read.fetch_add(1, Ordering::Relaxed);
+                self.metrics.read_offset.store(span.end, Ordering::Relaxed);
+                Next::Record(Record {
+                    bytes: self.lines.bytes(&span),
+                    start: at(span.start),
+                    end: at(span.end),
+                })
+            }
+            Found::Skipped { start, end } => self.skipped(at(start), at(end)),
         }
     }
 
@@ -387,9 +306,11 @@ impl Follower {
             .unwrap_or_else(|| self.opts.path.clone())
     }
 
-    fn skipped(&mut self, start: Position, end: Position) -> Poll<'static> {
-        METRICS.oversized_lines.fetch_add(1, Ordering::Relaxed);
-        METRICS.read_offset.store(end.offset, Ordering::Relaxed);
+    fn skipped(&mut self, start: Position, end: Position) -> Next<'static, Position> {
+        self.metrics.oversized_lines.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .read_offset
+            .store(end.offset, Ordering::Relaxed);
         warn!(
             "skipped an over-long line; raise MAX_LINE_BYTES if such lines must be read",
             "file" => self.front_name().display(),
@@ -397,53 +318,33 @@ impl Follower {
             "bytes" => end.offset.saturating_sub(start.offset),
             "max_line_bytes" => self.opts.max_line_bytes,
         );
-        Poll::Skipped { start, end }
+        Next::Skipped { start, end }
     }
 
-    /// Reads more of the front file after `end`; Ok(0) at EOF.
+    /// Reads more of the front file; Ok(0) at EOF.
     fn fill(&mut self) -> io::Result<usize> {
         let Some(src) = self.sources.front() else {
             return Ok(0);
         };
-        if self.buf.len() - self.end < CHUNK {
-            if self.start > 0 {
-                self.buf.copy_within(self.start..self.end, 0);
-                self.buf_off += self.start as u64;
-                self.end -= self.start;
-                self.scanned -= self.start;
-                self.start = 0;
-            }
-            if self.buf.len() > 4 * CHUNK && self.end < CHUNK {
-                // A long line is gone: give its memory back.
-                self.buf.truncate(2 * CHUNK);
-                self.buf.shrink_to_fit();
-            }
-            if self.buf.len() - self.end < CHUNK {
-                // Only while one line is longer than the buffer (at most max_line_bytes).
-                let want = self.end + CHUNK;
-                self.buf.reserve_exact(want - self.buf.len());
-                self.buf.resize(want, 0);
-            }
-        }
-        let off = self.buf_off + self.end as u64;
-        let space = self.buf.len() - self.end;
+        let off = self.lines.read_offset();
+        let room = self.lines.space();
+        let space = room.len();
         let n = loop {
-            match src.file.read_at(&mut self.buf[self.end..], off) {
+            match src.file.read_at(room, off) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
         };
+        self.lines.commit(n);
         self.verify_next = self.near_eof;
         self.near_eof = n < space;
         if n > 0 {
-            self.end += n;
-            METRICS.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
-            METRICS
+            self.metrics
+                .bytes_read
+                .fetch_add(n as u64, Ordering::Relaxed);
+            self.metrics
                 .last_line_unix_ms
-                .store(now_unix_ms(), Ordering::Relaxed);
-            METRICS
-                .follower_tick_unix_ms
                 .store(now_unix_ms(), Ordering::Relaxed);
             let reached = off + n as u64;
             if let Some(src) = self.sources.front_mut() {
@@ -455,8 +356,8 @@ impl Follower {
                     // shorter fingerprint is verified as a prefix.
                     // Only while the old prefix is intact: a file rewritten in place must
                     // keep its old fingerprint so the truncation check notices it.
-                    if checkpoint::fingerprint_matches(&src.file, &src.id).unwrap_or(false) {
-                        if let Ok(id) = checkpoint::file_id(&src.file) {
+                    if position::fingerprint_matches(&src.file, &src.id).unwrap_or(false) {
+                        if let Ok(id) = position::file_id(&src.file) {
                             if id.dev == src.id.dev && id.ino == src.id.ino {
                                 src.id = id;
                             }
@@ -468,35 +369,18 @@ impl Follower {
         Ok(n)
     }
 
-    /// The front file was rotated away and read to its end: returns its unterminated last
-    /// line (a complete line now that nobody writes to the file) or the end of a skipped one,
-    /// and makes the next file the front.
-    fn finish_rotated(&mut self) -> Finished {
-        let (s, e) = (self.start, self.end);
-        let (start, end) = (self.pos(s), self.pos(e));
-        let skip = std::mem::replace(&mut self.skip, Skip::No);
+    /// The front file was rotated away and read to its end (its last line already taken from
+    /// the line buffer): the next file becomes the front.
+    fn finish_rotated(&mut self) {
+        let end = self.lines.read_offset();
         if let Some(old) = self.sources.pop_front() {
             info!(
                 "finished reading the rotated audit log; continuing with the next file",
                 "file" => old.name.display(),
-                "bytes" => end.offset,
+                "bytes" => end,
             );
         }
-        // The old bytes stay in `buf[s..e]` until the next fill, so they can be returned.
-        self.start = 0;
-        self.end = 0;
-        self.scanned = 0;
-        self.buf_off = 0;
-        match skip {
-            Skip::OverLong(first) => Finished::Skipped(first, end),
-            Skip::Partial => Finished::Nothing,
-            Skip::No if e - s > self.opts.max_line_bytes => Finished::Skipped(start, end),
-            Skip::No if e > s => {
-                METRICS.lines_read.fetch_add(1, Ordering::Relaxed);
-                Finished::Line(s, e, start, end)
-            }
-            Skip::No => Finished::Nothing,
-        }
+        self.lines.reset(0);
     }
 
     /// Looks at the path (rotation) and at the front file (truncation).
@@ -556,14 +440,14 @@ impl Follower {
                 self.queue_missed(since, (id.dev, id.ino));
                 self.known.insert((id.dev, id.ino));
                 self.last_same = SystemTime::now();
-                METRICS.rotations.fetch_add(1, Ordering::Relaxed);
+                self.metrics.rotations.fetch_add(1, Ordering::Relaxed);
                 info!(
                     "audit log rotated: finishing the old file, then reading the new one from offset 0",
                     "path" => self.opts.path.display(),
                     "old_inode" => back_id.ino,
                     "new_inode" => id.ino,
                 );
-                self.sources.push_back(Source {
+                self.sources.push_back(OpenFile {
                     file,
                     id,
                     name: self.opts.path.clone(),
@@ -601,14 +485,14 @@ impl Follower {
     fn check_truncation(&mut self) -> Option<Check> {
         let src = self.sources.front()?;
         let size = src.file.metadata().ok()?.len();
-        METRICS.file_size.store(size, Ordering::Relaxed);
-        let read = self.buf_off + self.end as u64;
+        self.metrics.file_size.store(size, Ordering::Relaxed);
+        let read = self.lines.read_offset();
         let shorter = size < read;
-        let rewritten = !shorter && !checkpoint::fingerprint_matches(&src.file, &src.id).ok()?;
+        let rewritten = !shorter && !position::fingerprint_matches(&src.file, &src.id).ok()?;
         if !shorter && !rewritten {
             return None;
         }
-        METRICS.truncations.fetch_add(1, Ordering::Relaxed);
+        self.metrics.truncations.fetch_add(1, Ordering::Relaxed);
         warn!(
             "the audit log was truncated or rewritten in place (copytruncate rotation?); \
              reading it again from offset 0. Lines written between the copy and the truncation \
@@ -617,20 +501,12 @@ impl Follower {
             "size" => size,
             "read_offset" => read,
         );
-        let id = checkpoint::file_id(&src.file).ok()?;
+        let id = position::file_id(&src.file).ok()?;
         if let Some(src) = self.sources.front_mut() {
             src.id = id;
         }
-        self.reset_buffer(0);
+        self.lines.reset(0);
         Some(Check::Truncated)
-    }
-
-    fn reset_buffer(&mut self, offset: u64) {
-        self.start = 0;
-        self.end = 0;
-        self.scanned = 0;
-        self.buf_off = offset;
-        self.skip = Skip::No;
     }
 
     /// Opens the path; logs why not (throttled) and returns None on failure.
@@ -643,7 +519,7 @@ impl Follower {
                     "is a directory",
                 ));
             }
-            let id = checkpoint::file_id(&f)?;
+            let id = position::file_id(&f)?;
             Ok((f, id))
         });
         match res {
@@ -687,7 +563,7 @@ impl Follower {
     /// No file is open: try the path. A file that appears while the agent runs is new, so it
     /// is read from offset 0.
     fn open_live(&mut self) -> bool {
-        METRICS.log_open.store(0, Ordering::Relaxed);
+        self.metrics.log_open.store(0, Ordering::Relaxed);
         let Some((file, id)) = self.open_path() else {
             return false;
         };
@@ -714,15 +590,15 @@ impl Follower {
 
     fn push_front_source(&mut self, file: File, id: FileId, offset: u64) {
         self.known.insert((id.dev, id.ino));
-        self.sources.push_back(Source {
+        self.sources.push_back(OpenFile {
             file,
             id,
             name: self.opts.path.clone(),
         });
         if self.sources.len() == 1 {
-            self.reset_buffer(offset);
+            self.lines.reset(offset);
         }
-        METRICS.log_open.store(1, Ordering::Relaxed);
+        self.metrics.log_open.store(1, Ordering::Relaxed);
     }
 
     fn start_fresh(&mut self) {
@@ -753,7 +629,7 @@ impl Follower {
                 self.push_front_source(file, id, size);
                 if mid_line {
                     // Starting in the middle of a line being written: its rest is not a line.
-                    self.skip = Skip::Partial;
+                    self.lines.skip_partial_line();
                 }
             }
         }
@@ -779,11 +655,11 @@ impl Follower {
         let live = self.open_path();
         if let Some((file, id)) = &live {
             if id.dev == want.dev && id.ino == want.ino {
-                if checkpoint::fingerprint_matches(file, &want).unwrap_or(false) {
+                if position::fingerprint_matches(file, &want).unwrap_or(false) {
                     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
                     let Some((file, id)) = live else { return };
                     if offset > size {
-                        METRICS.truncations.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.truncations.fetch_add(1, Ordering::Relaxed);
                         warn!(
                             "the audit log is shorter than the checkpoint offset (truncated while \
                              the agent was down?); reading it from offset 0",
@@ -834,10 +710,10 @@ impl Follower {
                 let rotated_at = file.metadata().and_then(|m| m.modified()).ok();
                 let rotated_ino = id.ino;
                 self.known.insert((id.dev, id.ino));
-                self.sources.push_back(Source { file, id, name });
-                self.reset_buffer(from);
-                METRICS.log_open.store(1, Ordering::Relaxed);
-                METRICS.rotations.fetch_add(1, Ordering::Relaxed);
+                self.sources.push_back(OpenFile { file, id, name });
+                self.lines.reset(from);
+                self.metrics.log_open.store(1, Ordering::Relaxed);
+                self.metrics.rotations.fetch_add(1, Ordering::Relaxed);
                 // Rotated more than once while down: files last written after the
                 // checkpointed one come between it and the current file.
                 if let Some(t) = rotated_at {
@@ -945,7 +821,7 @@ impl Follower {
             let Ok(file) = File::open(&name) else {
                 continue;
             };
-            let Ok(id) = checkpoint::file_id(&file) else {
+            let Ok(id) = position::file_id(&file) else {
                 continue;
             };
             if (id.dev, id.ino) != key {
@@ -957,10 +833,10 @@ impl Follower {
             {
                 continue; // our own checkpoint, if CHECKPOINT_PATH is beside the log
             }
-            METRICS.rotations.fetch_add(1, Ordering::Relaxed);
+            self.metrics.rotations.fetch_add(1, Ordering::Relaxed);
             self.known.insert(key);
             queued.push(name.display().to_string());
-            self.sources.push_back(Source { file, id, name });
+            self.sources.push_back(OpenFile { file, id, name });
         }
         if let Some(first) = queued.first() {
             // One line per look, however many files: no log storm when rotations race.
@@ -1011,8 +887,8 @@ impl Follower {
                 let Ok(file) = File::open(&name) else {
                     continue;
                 };
-                if checkpoint::fingerprint_matches(&file, want).unwrap_or(false) {
-                    let id = checkpoint::file_id(&file).ok()?;
+                if position::fingerprint_matches(&file, want).unwrap_or(false) {
+                    let id = position::file_id(&file).ok()?;
                     return Some((file, id, name, false));
                 }
                 continue;
@@ -1031,14 +907,42 @@ impl Follower {
             let Ok(file) = File::open(&name) else {
                 continue;
             };
-            if checkpoint::fingerprint_matches(&file, want).unwrap_or(false) {
+            if position::fingerprint_matches(&file, want).unwrap_or(false) {
                 copy = Some((key.0, key.1, name));
             }
         }
         let (_, _, name) = copy?;
         let file = File::open(&name).ok()?;
-        let id = checkpoint::file_id(&file).ok()?;
+        let id = position::file_id(&file).ok()?;
         Some((file, id, name, true))
+    }
+}
+
+impl Source for Follower {
+    type Pos = Position;
+
+    fn next(&mut self) -> Next<'_, Position> {
+        self.poll()
+    }
+
+    /// The position of the next byte not yet handed out: after the last line returned, or
+    /// the start of the next file once a rotated one is finished (during an over-long line:
+    /// its start). The caller checkpoints this when no event is pending, rather than the end
+    /// of the last line, so a checkpoint moves to the new file as soon as the rotated one is
+    /// done.
+    fn position(&self) -> Position {
+        Position {
+            file: self.sources.front().map(|s| s.id).unwrap_or_default(),
+            offset: self.lines.position(),
+        }
+    }
+
+    /// While delivery is blocked (backpressure): notices a rotation and opens the new file at
+    /// once. The file being read is already held open; this also holds each later file open,
+    /// so kube-apiserver rotating again and deleting backups during a long stall cannot take
+    /// unread lines away.
+    fn hold(&mut self) {
+        self.watch();
     }
 }
 
@@ -1060,38 +964,9 @@ fn permission_message(path: &Path) -> String {
     )
 }
 
-/// Index of the first `\n`. Tests 32 bytes at a time with a branch-free OR (which the
-/// compiler turns into SIMD compares), then locates the byte in the one chunk that has it.
-pub fn find_newline(hay: &[u8]) -> Option<usize> {
-    const W: usize = 32;
-    let mut chunks = hay.chunks_exact(W);
-    let mut base = 0;
-    for c in &mut chunks {
-        if c.iter().fold(false, |any, &b| any | (b == b'\n')) {
-            return c.iter().position(|&b| b == b'\n').map(|i| base + i);
-        }
-        base += W;
-    }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&b| b == b'\n')
-        .map(|i| base + i)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
-
-    proptest! {
-        #[test]
-        fn find_newline_agrees_with_naive(
-            hay in proptest::collection::vec(prop_oneof![9 => 0u8..=255, 1 => Just(b'\n')], 0..300)
-        ) {
-            prop_assert_eq!(find_newline(&hay), hay.iter().position(|&b| b == b'\n'));
-        }
-    }
 
     #[test]
     fn permission_message_says_how_to_fix() {

@@ -1,5 +1,5 @@
 //! The health and metrics HTTP server (`HEALTH_ADDR`): `GET /healthz`, `GET /readyz` and
-//! `GET /metrics`, read from [`crate::metrics`].
+//! `GET /metrics`, read from the [`Metrics`] it is handed.
 //!
 //! It faces whatever can reach the pod's port, so it is small and bounded: a request head of at
 //! most [`Limits::max_head`] bytes (else 431), a deadline for the whole head (a slow-loris
@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::metrics::{self, Metrics};
+use crate::operate::log::{sanitize, Throttle};
+use crate::operate::metrics::{self, Metrics};
 
 /// Bounds on what one client may cost.
 #[derive(Debug, Clone, Copy)]
@@ -66,7 +67,7 @@ impl std::fmt::Display for BindError {
         write!(
             f,
             "HEALTH_ADDR={:?}: cannot listen: {}; {hint}",
-            crate::log::sanitize(&self.addr, 200),
+            sanitize(&self.addr, 200),
             self.source
         )
     }
@@ -84,20 +85,16 @@ impl From<BindError> for io::Error {
     }
 }
 
-/// Starts serving [`metrics::METRICS`] on `addr` (`HOST:PORT`) with the default [`Limits`].
-pub fn spawn(addr: &str) -> io::Result<HealthServer> {
-    Ok(spawn_with(addr, &metrics::METRICS, Limits::default())?)
+/// Starts serving `m` on `addr` (`HOST:PORT`) with the default [`Limits`].
+pub fn spawn(addr: &str, m: Arc<Metrics>) -> Result<HealthServer, BindError> {
+    spawn_with(addr, m, Limits::default())
 }
 
-/// Starts serving `m` on `addr` with `limits` (tests pass a leaked `Metrics` and port 0).
+/// Starts serving `m` on `addr` with `limits` (tests pass port 0 and small limits).
 /// `:PORT` (Go's spelling, which the old agent's users may carry over) means all IPv4
 /// interfaces. Also marks the pipeline's start in `m` if nobody did yet, so liveness has a
 /// reference.
-pub fn spawn_with(
-    addr: &str,
-    m: &'static Metrics,
-    limits: Limits,
-) -> Result<HealthServer, BindError> {
+pub fn spawn_with(addr: &str, m: Arc<Metrics>, limits: Limits) -> Result<HealthServer, BindError> {
     let bind_err = |source| BindError {
         addr: addr.to_string(),
         source,
@@ -166,10 +163,10 @@ impl Drop for HealthServer {
     }
 }
 
-fn accept_loop(listener: TcpListener, m: &'static Metrics, limits: Limits, stop: Arc<AtomicBool>) {
+fn accept_loop(listener: TcpListener, m: Arc<Metrics>, limits: Limits, stop: Arc<AtomicBool>) {
     let active = Arc::new(AtomicUsize::new(0));
     let refusing = Arc::new(AtomicUsize::new(0));
-    let mut errors = crate::log::Throttle::new(Duration::from_secs(60));
+    let mut errors = Throttle::new(Duration::from_secs(60));
     for conn in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
             break;
@@ -209,11 +206,12 @@ fn accept_loop(listener: TcpListener, m: &'static Metrics, limits: Limits, stop:
         }
         active.fetch_add(1, Ordering::SeqCst);
         let guard = Slot(Arc::clone(&active));
+        let m = Arc::clone(&m);
         let spawned = std::thread::Builder::new()
             .name("health-conn".into())
             .spawn(move || {
                 let _guard = guard;
-                serve(stream, m, limits);
+                serve(stream, &m, limits);
             });
         if let Err(e) = spawned {
             // The closure (and its slot guard and stream) was dropped: the slot is free again
@@ -235,12 +233,7 @@ impl Drop for Slot {
 }
 
 fn busy() -> Vec<u8> {
-    response(
-        503,
-        "text/plain; charset=utf-8",
-        b"too many connections\n",
-        true,
-    )
+    Reply::text(503, "too many connections\n").to_bytes()
 }
 
 /// Answers 503 on the accept thread without ever blocking it: a fresh socket's send buffer
@@ -268,29 +261,47 @@ enum Head {
     Closed,
 }
 
+/// One answer of the server.
+#[derive(Debug, PartialEq, Eq)]
+struct Reply {
+    status: u16,
+    content_type: &'static str,
+    body: Vec<u8>,
+    /// False for HEAD: the headers announce the body's length, the body is not sent.
+    send_body: bool,
+}
+
+const TEXT: &str = "text/plain; charset=utf-8";
+
+impl Reply {
+    fn text(status: u16, body: impl Into<String>) -> Reply {
+        Reply {
+            status,
+            content_type: TEXT,
+            body: body.into().into_bytes(),
+            send_body: true,
+        }
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        response(self.status, self.content_type, &self.body, self.send_body)
+    }
+}
+
 fn serve(stream: TcpStream, m: &Metrics, limits: Limits) {
     let head = read_head(&stream, limits);
-    let (status, ctype, body, with_body): (u16, &str, Vec<u8>, bool) = match head {
+    let reply = match head {
         Head::Closed => return,
-        Head::TimedOut => (
-            408,
-            "text/plain; charset=utf-8",
-            b"request head not received in time\n".to_vec(),
-            true,
-        ),
-        Head::TooLarge => (
+        Head::TimedOut => Reply::text(408, "request head not received in time\n"),
+        Head::TooLarge => Reply::text(
             431,
-            "text/plain; charset=utf-8",
-            format!("request head larger than {} bytes\n", limits.max_head).into_bytes(),
-            true,
+            format!("request head larger than {} bytes\n", limits.max_head),
         ),
         Head::Complete(h) => route(&h, m),
     };
     let _ = stream.set_write_timeout(Some(limits.head_timeout));
     let mut s = &stream;
-    if s.write_all(&response(status, ctype, &body, with_body))
-        .is_err()
-    {
+    if s.write_all(&reply.to_bytes()).is_err() {
         return;
     }
     let _ = s.flush();
@@ -351,63 +362,51 @@ fn find_head_end(b: &[u8]) -> Option<usize> {
 }
 
 /// Maps a complete head to a response.
-fn route(head: &[u8], m: &Metrics) -> (u16, &'static str, Vec<u8>, bool) {
-    const TEXT: &str = "text/plain; charset=utf-8";
+fn route(head: &[u8], m: &Metrics) -> Reply {
     let line_end = head
         .iter()
         .position(|&b| b == b'\r' || b == b'\n')
         .unwrap_or(head.len());
     let Ok(line) = std::str::from_utf8(&head[..line_end]) else {
-        return (400, TEXT, b"request line is not UTF-8\n".to_vec(), true);
+        return Reply::text(400, "request line is not UTF-8\n");
     };
     let mut parts = line.split(' ');
     let (Some(method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return (
+        return Reply::text(
             400,
-            TEXT,
-            b"malformed request line; expected `GET /path HTTP/1.1`\n".to_vec(),
-            true,
+            "malformed request line; expected `GET /path HTTP/1.1`\n",
         );
     };
     if !version.starts_with("HTTP/1.") {
-        return (400, TEXT, b"only HTTP/1.x is spoken here\n".to_vec(), true);
+        return Reply::text(400, "only HTTP/1.x is spoken here\n");
     }
-    let with_body = match method {
+    let send_body = match method {
         "GET" => true,
         "HEAD" => false,
-        _ => {
-            return (
-                405,
-                TEXT,
-                b"method not allowed; use GET or HEAD\n".to_vec(),
-                true,
-            )
-        }
+        _ => return Reply::text(405, "method not allowed; use GET or HEAD\n"),
     };
     let path = target.split('?').next().unwrap_or("");
-    let (status, ctype, body) = match path {
+    let mut reply = match path {
         "/healthz" => {
             let (ok, why) = metrics::health(m, metrics::now_unix_ms());
-            (if ok { 200 } else { 503 }, TEXT, format!("{why}\n"))
+            Reply::text(if ok { 200 } else { 503 }, format!("{why}\n"))
         }
         "/readyz" => {
             let (ok, why) = metrics::readiness(m);
-            (if ok { 200 } else { 503 }, TEXT, format!("{why}\n"))
+            Reply::text(if ok { 200 } else { 503 }, format!("{why}\n"))
         }
-        "/metrics" => (
-            200,
-            metrics::PROMETHEUS_CONTENT_TYPE,
-            metrics::render_prometheus(m),
-        ),
-        _ => (
-            404,
-            TEXT,
-            "not found; try /healthz, /readyz or /metrics\n".to_string(),
-        ),
+        "/metrics" => Reply {
+            status: 200,
+            content_type: metrics::PROMETHEUS_CONTENT_TYPE,
+            body: metrics::render_prometheus(m).into_bytes(),
+            send_body: true,
+        },
+        _ => Reply::text(404, "not found; try /healthz, /readyz or /metrics\n"),
     };
-    (status, ctype, body.into_bytes(), with_body)
+    reply.send_body = send_body;
+    reply
 }
 
 fn reason(status: u16) -> &'static str {
@@ -484,22 +483,22 @@ mod tests {
     #[test]
     fn routing() {
         let m = Metrics::new();
-        assert_eq!(route(b"GET /nope HTTP/1.1\r\n\r\n", &m).0, 404);
-        assert_eq!(route(b"POST /metrics HTTP/1.1\r\n\r\n", &m).0, 405);
-        assert_eq!(route(b"GET /metrics\r\n\r\n", &m).0, 400);
-        assert_eq!(route(b"GET /metrics HTTP/2.0\r\n\r\n", &m).0, 400);
-        assert_eq!(route(b"\xff\xfe HTTP/1.1\r\n\r\n", &m).0, 400);
-        let (st, ct, body, with) = route(b"GET /metrics?x=1 HTTP/1.1\r\n\r\n", &m);
+        assert_eq!(route(b"GET /nope HTTP/1.1\r\n\r\n", &m).status, 404);
+        assert_eq!(route(b"POST /metrics HTTP/1.1\r\n\r\n", &m).status, 405);
+        assert_eq!(route(b"GET /metrics\r\n\r\n", &m).status, 400);
+        assert_eq!(route(b"GET /metrics HTTP/2.0\r\n\r\n", &m).status, 400);
+        assert_eq!(route(b"\xff\xfe HTTP/1.1\r\n\r\n", &m).status, 400);
+        let r = route(b"GET /metrics?x=1 HTTP/1.1\r\n\r\n", &m);
         assert_eq!(
-            (st, ct, with),
+            (r.status, r.content_type, r.send_body),
             (200, metrics::PROMETHEUS_CONTENT_TYPE, true)
         );
-        assert!(String::from_utf8(body)
+        assert!(String::from_utf8(r.body)
             .unwrap()
             .contains("healert_agent_build_info"));
-        let (st, _, body, with) = route(b"HEAD /readyz HTTP/1.0\r\n\r\n", &m);
-        assert_eq!((st, with), (503, false));
-        assert_eq!(body, b"no rules loaded; audit log not open\n");
+        let r = route(b"HEAD /readyz HTTP/1.0\r\n\r\n", &m);
+        assert_eq!((r.status, r.send_body), (503, false));
+        assert_eq!(r.body, b"no rules loaded; audit log not open\n");
     }
 
     #[test]

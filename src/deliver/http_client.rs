@@ -12,7 +12,38 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use crate::config::ApiKey;
+use crate::operate::log::{sanitize, Redacted};
+
+/// The API key; its `Debug` and `Display` show only its length.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    pub fn new(s: String) -> ApiKey {
+        ApiKey(s)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", Redacted(&self.0))
+    }
+}
+
+impl fmt::Display for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", Redacted(&self.0))
+    }
+}
 
 /// Bounds on what one response may make us read and keep.
 #[derive(Debug, Clone)]
@@ -120,13 +151,13 @@ impl fmt::Display for HttpError {
             HttpError::Resolve { host, detail } => write!(
                 f,
                 "cannot resolve backend host `{}` ({}): check HEALERT_BACKEND_URL and the node's DNS",
-                crate::log::sanitize(host, 200),
-                crate::log::sanitize(detail, 200)
+                sanitize(host, 200),
+                sanitize(detail, 200)
             ),
             HttpError::Connect { addr, detail } => write!(
                 f,
                 "cannot connect to the backend at {addr} ({}): is it running and reachable from this node? check HEALERT_BACKEND_URL",
-                crate::log::sanitize(detail, 200)
+                sanitize(detail, 200)
             ),
             HttpError::Timeout { during } => write!(
                 f,
@@ -139,17 +170,17 @@ impl fmt::Display for HttpError {
             HttpError::Io { during, detail } => write!(
                 f,
                 "network error while {during}: {}; will retry",
-                crate::log::sanitize(detail, 200)
+                sanitize(detail, 200)
             ),
             HttpError::Malformed(what) => write!(
                 f,
                 "the backend's response is not valid HTTP/1.1 ({}): is HEALERT_BACKEND_URL pointing at the Healert backend (and not a TLS port)?",
-                crate::log::sanitize(what, 200)
+                sanitize(what, 200)
             ),
             HttpError::TooLarge(what) => write!(
                 f,
                 "the backend's response is too large ({}): is HEALERT_BACKEND_URL pointing at the Healert backend?",
-                crate::log::sanitize(what, 200)
+                sanitize(what, 200)
             ),
         }
     }
@@ -216,7 +247,7 @@ fn read_line<R: BufRead>(
 
 /// Shows the start of an unexpected line in an error.
 fn shown(bytes: &[u8]) -> String {
-    crate::log::sanitize(&String::from_utf8_lossy(bytes), 60)
+    sanitize(&String::from_utf8_lossy(bytes), 60)
 }
 
 /// Parses one response from a reader (a fuzz target calls this with arbitrary bytes).
@@ -389,7 +420,7 @@ fn content_length(headers: &[(String, String)]) -> Result<Option<u64>, HttpError
         .ok_or_else(|| {
             HttpError::Malformed(format!(
                 "Content-Length `{}` is not a non-negative number",
-                crate::log::sanitize(v, 40)
+                sanitize(v, 40)
             ))
         })?;
         if found.is_some_and(|f| f != n) {
@@ -558,22 +589,12 @@ impl Client {
         }
     }
 
-    /// The client for HEALERT_BACKEND_URL, HEALERT_API_KEY and HTTP_TIMEOUT.
-    pub fn from_config(c: &crate::config::Config) -> Client {
-        Client::new(c.backend_url.clone(), c.api_key.clone(), c.http_timeout)
-    }
-
     pub fn url(&self) -> &BackendUrl {
         &self.url
     }
 
     pub fn has_api_key(&self) -> bool {
         self.api_key.is_some()
-    }
-
-    /// Replaces the key (tests; a future Secret reload).
-    pub fn set_api_key(&mut self, key: Option<ApiKey>) {
-        self.api_key = key.filter(|k| !k.is_empty());
     }
 
     /// No request runs past `cap` (shutdown deadline), even if HTTP_TIMEOUT would allow it.
@@ -727,6 +748,15 @@ pub struct BackendUrl {
 }
 
 impl BackendUrl {
+    /// `http://localhost:8000`.
+    pub fn localhost() -> BackendUrl {
+        BackendUrl {
+            host: "localhost".into(),
+            port: 8000,
+            base_path: String::new(),
+        }
+    }
+
     /// Parses the URL or explains how to fix it.
     pub fn parse(s: &str) -> Result<BackendUrl, String> {
         let rest = if let Some(r) = s.strip_prefix("http://") {
@@ -765,7 +795,7 @@ impl BackendUrl {
             if h.parse::<std::net::Ipv6Addr>().is_err() {
                 return Err(format!(
                     "`[{}]` is not an IPv6 address: write http://[::1]:8000",
-                    crate::log::sanitize(h, 60)
+                    sanitize(h, 60)
                 ));
             }
             let port = match after {

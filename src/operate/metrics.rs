@@ -1,8 +1,11 @@
 //! Process-wide counters and gauges, updated lock-free by the pipeline threads and rendered in
 //! the Prometheus text format by `/metrics`.
 //!
-//! One global [`METRICS`]: every stage increments what it owns; nobody reads counters back to
-//! make decisions, except the health checks (`*_tick_unix_ms` timestamps, `backend_state`).
+//! One [`Metrics`] per process, created by the command that runs the pipeline and handed to
+//! each stage (`&Metrics` / `Arc<Metrics>`): every stage increments what it owns, and each
+//! thread beats its own [`Heartbeat`]. Nobody reads counters back to make decisions, except the
+//! health checks (heartbeats, `backend_state`). No global: tests give each agent under test a
+//! fresh `Metrics` and assert exact counts.
 //!
 //! This module also owns what is derived from the counters: [`render_prometheus`] (text
 //! format 0.0.4 for `/metrics`), [`health`] (liveness for `/healthz`) and [`readiness`]
@@ -13,7 +16,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A pipeline thread whose tick is older than this is reported as stalled by [`health`].
 pub const STALL_AFTER_MS: u64 = 30_000;
@@ -43,6 +45,7 @@ impl BackendState {
     }
 }
 
+#[derive(Debug)]
 pub struct Metrics {
     // follow
     pub lines_read: AtomicU64,
@@ -57,7 +60,8 @@ pub struct Metrics {
     pub log_open: AtomicU64,
     /// Unix ms of the last complete line read / of the follower's last loop turn.
     pub last_line_unix_ms: AtomicU64,
-    pub follower_tick_unix_ms: AtomicU64,
+    /// The follow thread's loop turns (also while idle or waiting for room in the queue).
+    pub follower: Heartbeat,
     // parse + detect
     pub malformed_lines: AtomicU64,
     pub blank_lines: AtomicU64,
@@ -75,7 +79,8 @@ pub struct Metrics {
     /// HTTP status of the last answer from the backend (0: none yet, or a transport error);
     /// only used to make the `/readyz` reason precise.
     pub backend_last_status: AtomicU64,
-    pub sender_tick_unix_ms: AtomicU64,
+    /// The sender thread's loop turns (also while idle or backing off).
+    pub sender: Heartbeat,
     // checkpoint
     pub checkpoint_offset: AtomicU64,
     pub checkpoint_writes: AtomicU64,
@@ -89,7 +94,31 @@ pub struct Metrics {
     pub started_unix_ms: AtomicU64,
 }
 
-pub static METRICS: Metrics = Metrics::new();
+/// A thread's sign of life: Unix ms of its last loop turn (0: none yet). Only the thread that
+/// owns it beats it; [`health`] reads it.
+#[derive(Debug, Default)]
+pub struct Heartbeat(AtomicU64);
+
+impl Heartbeat {
+    pub const fn new() -> Heartbeat {
+        Heartbeat(AtomicU64::new(0))
+    }
+
+    /// Records a loop turn now.
+    pub fn beat(&self) {
+        self.0.store(now_unix_ms(), Ordering::Relaxed);
+    }
+
+    /// Records a loop turn at `unix_ms` (tests).
+    pub fn beat_at(&self, unix_ms: u64) {
+        self.0.store(unix_ms, Ordering::Relaxed);
+    }
+
+    /// Unix ms of the last beat, 0 if none.
+    pub fn last_unix_ms(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
 
 impl Metrics {
     pub const fn new() -> Metrics {
@@ -103,7 +132,7 @@ impl Metrics {
             read_offset: AtomicU64::new(0),
             log_open: AtomicU64::new(0),
             last_line_unix_ms: AtomicU64::new(0),
-            follower_tick_unix_ms: AtomicU64::new(0),
+            follower: Heartbeat::new(),
             malformed_lines: AtomicU64::new(0),
             blank_lines: AtomicU64::new(0),
             stages_skipped: AtomicU64::new(0),
@@ -116,7 +145,7 @@ impl Metrics {
             backend_state: AtomicU8::new(0),
             backend_since_unix_ms: AtomicU64::new(0),
             backend_last_status: AtomicU64::new(0),
-            sender_tick_unix_ms: AtomicU64::new(0),
+            sender: Heartbeat::new(),
             checkpoint_offset: AtomicU64::new(0),
             checkpoint_writes: AtomicU64::new(0),
             rules_loaded: AtomicU64::new(0),
@@ -155,19 +184,6 @@ impl Metrics {
             .store(u64::from(status), Ordering::Relaxed);
     }
 
-    /// The follower calls this on every loop turn (also when idle) so `/healthz` sees it alive.
-    pub fn tick_follower(&self) {
-        self.follower_tick_unix_ms
-            .store(now_unix_ms(), Ordering::Relaxed);
-    }
-
-    /// The sender calls this on every loop turn, including while idle or backing off, so
-    /// `/healthz` sees it alive; a gap above [`STALL_AFTER_MS`] reads as a stall.
-    pub fn tick_sender(&self) {
-        self.sender_tick_unix_ms
-            .store(now_unix_ms(), Ordering::Relaxed);
-    }
-
     /// Marks the start of the pipeline (once; later calls keep the first time).
     pub fn mark_started(&self, now_ms: u64) {
         let _ = self.started_unix_ms.compare_exchange(
@@ -195,13 +211,7 @@ fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K) {
     *m.entry(key).or_insert(0) += 1;
 }
 
-/// Milliseconds since the Unix epoch (0 if the clock is before 1970).
-pub fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use crate::operate::clock::now_unix_ms;
 
 /// Content-Type of [`render_prometheus`]'s output.
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -471,8 +481,8 @@ pub fn health(m: &Metrics, now_ms: u64) -> (bool, String) {
     let started = m.started_unix_ms.load(Ordering::Relaxed);
     let mut problems = Vec::new();
     for (what, tick) in [
-        ("follower", m.follower_tick_unix_ms.load(Ordering::Relaxed)),
-        ("sender", m.sender_tick_unix_ms.load(Ordering::Relaxed)),
+        ("follower", m.follower.last_unix_ms()),
+        ("sender", m.sender.last_unix_ms()),
     ] {
         // Not ticked yet: measure from the start. Not started either: nothing to judge yet
         // (the server may come up a moment before the pipeline threads).
@@ -518,7 +528,10 @@ pub fn readiness(m: &Metrics) -> (bool, String) {
     let since = if since == 0 {
         String::new()
     } else {
-        format!(" since {}", crate::clock::rfc3339_secs(since / 1000))
+        format!(
+            " since {}",
+            crate::operate::clock::rfc3339_secs(since / 1000)
+        )
     };
     let status = m.backend_last_status.load(Ordering::Relaxed);
     match m.backend_state() {
@@ -686,8 +699,8 @@ mod tests {
         let (ok, why) = health(&m, 1_000_000 + STALL_AFTER_MS + 1);
         assert!(!ok);
         assert!(why.contains("follower has not started"), "{why}");
-        m.follower_tick_unix_ms.store(1_040_000, Ordering::Relaxed);
-        m.sender_tick_unix_ms.store(1_040_000, Ordering::Relaxed);
+        m.follower.beat_at(1_040_000);
+        m.sender.beat_at(1_040_000);
         assert!(health(&m, 1_050_000).0);
         let (ok, why) = health(&m, 1_080_000);
         assert!(!ok);

@@ -10,7 +10,7 @@ use std::fmt;
 use std::io::Read;
 use std::path::Path;
 
-use crate::yaml::{Entry, Node, Style, Value};
+use crate::detect::yaml::{Entry, Node, Style, Value};
 
 /// How bad a finding is: only errors make a file invalid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,7 +196,7 @@ impl fmt::Display for LoadError {
                 f,
                 "cannot read rules file {}: {error} (set RULES_PATH to the rules file, e.g. \
                  RULES_PATH=/etc/healert/rules.yaml)",
-                crate::log::sanitize(path, 300)
+                crate::operate::log::sanitize(path, 300)
             ),
             LoadError::Invalid { path, diagnostics } => {
                 let errors = diagnostics
@@ -206,11 +206,11 @@ impl fmt::Display for LoadError {
                 write!(
                     f,
                     "rules file {} is invalid ({errors} error{}):",
-                    crate::log::sanitize(path, 300),
+                    crate::operate::log::sanitize(path, 300),
                     if errors == 1 { "" } else { "s" }
                 )?;
                 for d in diagnostics {
-                    write!(f, "\n{}:{d}", crate::log::sanitize(path, 300))?;
+                    write!(f, "\n{}:{d}", crate::operate::log::sanitize(path, 300))?;
                 }
                 Ok(())
             }
@@ -230,7 +230,7 @@ impl std::error::Error for LoadError {}
 /// anything else is an error. Empty `resources: []`/`verbs: []` are errors for the same reason
 /// as an empty value.
 pub fn parse_rules(src: &[u8]) -> Result<Loaded, Vec<Diagnostic>> {
-    let root = match crate::yaml::parse(src) {
+    let root = match crate::detect::yaml::parse(src) {
         Ok(n) => n,
         Err(e) => {
             return Err(vec![Diagnostic {
@@ -260,7 +260,7 @@ pub fn parse_rules(src: &[u8]) -> Result<Loaded, Vec<Diagnostic>> {
 
 /// Names a value from the file safely inside a message.
 fn shown(s: &str) -> String {
-    crate::log::sanitize(s, 80)
+    crate::operate::log::sanitize(s, 80)
 }
 
 /// Levenshtein distance (rules keys are short; quadratic is fine).
@@ -936,7 +936,7 @@ pub fn load_file(path: &Path) -> Result<Loaded, LoadError> {
     let mut bytes = Vec::new();
     std::fs::File::open(path)
         .and_then(|f| {
-            f.take(crate::yaml::MAX_INPUT_BYTES as u64 + 1)
+            f.take(crate::detect::yaml::MAX_INPUT_BYTES as u64 + 1)
                 .read_to_end(&mut bytes)
         })
         .map_err(|error| LoadError::Io {

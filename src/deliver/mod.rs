@@ -1,0 +1,20 @@
+//! Getting friction events to the backend, in order, exactly as often as needed.
+//!
+//! - [`queue`]: the bounded, ordered [`Queue`] between the pipeline stage and the sender;
+//! - [`sender`]: the one sender thread, its retry policy, dead letters, pacing, and the one
+//!   drain-within-grace shutdown;
+//! - [`http_client`]: HTTP/1.1 over `TcpStream` (keep-alive, deadlines, bounded responses), the
+//!   backend URL and the API key.
+//!
+//! Upstream of nothing: it takes `FrictionEvent`s from `detect` and opaque places from the
+//! stage, and never looks at where they came from.
+
+pub mod http_client;
+pub mod queue;
+pub mod sender;
+
+pub use queue::{Queue, Room};
+pub use sender::{
+    check_backend, log_backend_check, spawn_sender, DeliveryOptions, DeliveryStats, Drained,
+    SenderHandle,
+};

@@ -1,0 +1,273 @@
+//! The bounded, ordered queue between detection and the one sender thread.
+//!
+//! The producer (the pipeline stage) pushes each processed record's events in input order, and
+//! moves the acknowledged place past records without events ([`Queue::advance_to`]); the
+//! sender takes the event at the front, and pops it only once the backend accepted it (or
+//! refused it for good). So the front is always the oldest unacknowledged event and
+//! [`Queue::ack_position`] is exactly what a checkpoint may record.
+//!
+//! The queue does not know what a place is (`P`: a file position for the follower, a byte
+//! offset for `replay --send`); it only keeps them in order. Pushing never blocks: the producer
+//! waits for room first ([`Queue::wait_for_room`]), so it can do its own chores (liveness,
+//! holding rotated files open) while delivery is behind.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::detect::FrictionEvent;
+use crate::operate::metrics::Metrics;
+
+/// One processed record whose events are not all acknowledged yet.
+#[derive(Debug)]
+struct Line<P> {
+    start: P,
+    /// Index within the record of `events[0]`.
+    next_index: u32,
+    events: VecDeque<FrictionEvent>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner<P> {
+    lines: VecDeque<Line<P>>,
+    /// Events in `lines` (pending + the one in flight).
+    len: usize,
+    last_end: Option<P>,
+    closed: bool,
+}
+
+/// What [`Queue::wait_for_room`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Room {
+    /// Below capacity: a push goes through.
+    Free,
+    /// Still full after the wait.
+    Full,
+    /// Closed (shutdown): the producer stops.
+    Closed,
+}
+
+/// The bounded queue between detection and delivery, shared as `Arc<Queue<P>>`.
+#[derive(Debug)]
+pub struct Queue<P> {
+    inner: Mutex<Inner<P>>,
+    /// Signalled when events arrive, the queue closes or a sender is told to stop.
+    pub(crate) items: Condvar,
+    /// Signalled when room frees up or the queue closes.
+    space: Condvar,
+    capacity: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl<P: Copy> Queue<P> {
+    /// A queue holding at most `capacity` events (at least 1); its depth is shown in `metrics`.
+    pub fn new(capacity: usize, metrics: Arc<Metrics>) -> Arc<Queue<P>> {
+        Arc::new(Queue {
+            inner: Mutex::new(Inner {
+                lines: VecDeque::new(),
+                len: 0,
+                last_end: None,
+                closed: false,
+            }),
+            items: Condvar::new(),
+            space: Condvar::new(),
+            capacity: capacity.max(1),
+            metrics,
+        })
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner<P>> {
+        // A panic elsewhere while holding the lock leaves the queue consistent (every update
+        // is a few plain assignments), so keep going rather than lose the events.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Producer side, once per record with events, in input order: `[start, end)` is the
+    /// record's span, `first_index` the index within the record of `events[0]` (non-zero only
+    /// for the record a resume point skips into). Never blocks (call
+    /// [`Queue::wait_for_room`] first). False once the queue is closed: the producer stops.
+    pub fn push_line(
+        &self,
+        start: P,
+        end: P,
+        first_index: u32,
+        events: Vec<FrictionEvent>,
+    ) -> bool {
+        let mut g = self.lock();
+        if g.closed {
+            return false;
+        }
+        if !events.is_empty() {
+            g.len += events.len();
+            g.lines.push_back(Line {
+                start,
+                next_index: first_index,
+                events: events.into(),
+            });
+            self.items.notify_all();
+        }
+        g.last_end = Some(end);
+        self.metrics
+            .queue_depth
+            .store(g.len as i64, Ordering::Relaxed);
+        true
+    }
+
+    /// Producer side: everything before `end` is processed and produced no event still to
+    /// deliver (records without events, skipped lines, the end of a finished file). False once
+    /// the queue is closed.
+    pub fn advance_to(&self, end: P) -> bool {
+        let mut g = self.lock();
+        if g.closed {
+            return false;
+        }
+        g.last_end = Some(end);
+        true
+    }
+
+    /// Waits up to `timeout` for the queue to be below capacity.
+    pub fn wait_for_room(&self, timeout: Duration) -> Room {
+        let mut g = self.lock();
+        if !g.closed && g.len >= self.capacity {
+            g = self
+                .space
+                .wait_timeout(g, timeout)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        if g.closed {
+            Room::Closed
+        } else if g.len >= self.capacity {
+            Room::Full
+        } else {
+            Room::Free
+        }
+    }
+
+    /// What the checkpoint should record now: Some((start of the oldest unacknowledged event's
+    /// record, its index in that record)) while events are pending or in flight; else
+    /// Some((end of the last record processed, 0)); None before anything was processed.
+    pub fn ack_position(&self) -> Option<(P, u32)> {
+        let g = self.lock();
+        match g.lines.front() {
+            Some(l) => Some((l.start, l.next_index)),
+            None => g.last_end.map(|e| (e, 0)),
+        }
+    }
+
+    /// Events pending or in flight.
+    pub fn len(&self) -> usize {
+        self.lock().len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// No more pushes; wakes a waiting producer (and the sender, which drains what is left).
+    pub fn close(&self) {
+        let mut g = self.lock();
+        g.closed = true;
+        drop(g);
+        self.space.notify_all();
+        self.items.notify_all();
+    }
+
+    /// The front event (still queued), if any, and whether the queue is closed.
+    pub(crate) fn front(g: &Inner<P>) -> (Option<&FrictionEvent>, bool) {
+        (g.lines.front().and_then(|l| l.events.front()), g.closed)
+    }
+
+    /// Acknowledges the front event (it was accepted or dead-lettered).
+    pub(crate) fn pop_front(&self) {
+        let mut g = self.lock();
+        let mut popped = false;
+        let mut emptied = false;
+        if let Some(line) = g.lines.front_mut() {
+            popped = line.events.pop_front().is_some();
+            line.next_index = line.next_index.saturating_add(u32::from(popped));
+            emptied = line.events.is_empty();
+        }
+        if emptied {
+            g.lines.pop_front();
+        }
+        g.len -= usize::from(popped);
+        self.metrics
+            .queue_depth
+            .store(g.len as i64, Ordering::Relaxed);
+        drop(g);
+        self.space.notify_all();
+    }
+
+    /// Wakes a sender sleeping in a backoff or waiting for events.
+    pub(crate) fn wake(&self) {
+        let _g = self.lock();
+        self.items.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::rules::Severity;
+
+    fn ev(n: usize) -> FrictionEvent {
+        FrictionEvent {
+            entity_ref: format!("component:ns/app{n}"),
+            kind: "kubectl-exec".into(),
+            severity: Severity::High,
+            actor: "alice".into(),
+            workflow: "debug".into(),
+            description: format!("exec \"{n}\"\n"),
+            timestamp: "2026-11-25T22:50:01Z".into(),
+            namespace: "ns".into(),
+            service: format!("app{n}"),
+        }
+    }
+
+    fn queue(capacity: usize) -> (Arc<Queue<u64>>, Arc<Metrics>) {
+        let m = Arc::new(Metrics::new());
+        (Queue::new(capacity, Arc::clone(&m)), m)
+    }
+
+    #[test]
+    fn ack_position_follows_the_oldest_unacknowledged_event() {
+        let (q, m) = queue(10);
+        assert_eq!(q.ack_position(), None);
+        assert!(q.advance_to(10));
+        assert_eq!(q.ack_position(), Some((10, 0)));
+        assert!(q.push_line(10, 20, 1, vec![ev(1), ev(2)]));
+        assert!(q.advance_to(30));
+        assert!(q.push_line(30, 40, 0, vec![ev(3)]));
+        assert_eq!((q.len(), q.ack_position()), (3, Some((10, 1))));
+        assert_eq!(m.queue_depth.load(Ordering::Relaxed), 3);
+        q.pop_front();
+        assert_eq!(q.ack_position(), Some((10, 2)));
+        q.pop_front();
+        assert_eq!(q.ack_position(), Some((30, 0)));
+        q.pop_front();
+        assert_eq!((q.len(), q.ack_position()), (0, Some((40, 0))));
+        assert_eq!(m.queue_depth.load(Ordering::Relaxed), 0);
+        q.close();
+        assert!(!q.push_line(40, 50, 0, vec![ev(4)]));
+        assert!(!q.advance_to(50));
+    }
+
+    #[test]
+    fn a_full_queue_makes_the_producer_wait_until_room_or_close() {
+        let (q, _) = queue(2);
+        assert_eq!(q.wait_for_room(Duration::ZERO), Room::Free);
+        assert!(q.push_line(0, 1, 0, vec![ev(1), ev(2)]));
+        assert_eq!(q.wait_for_room(Duration::from_millis(1)), Room::Full);
+        let q2 = Arc::clone(&q);
+        let waiter = std::thread::spawn(move || q2.wait_for_room(Duration::from_secs(60)));
+        q.pop_front();
+        assert_eq!(waiter.join().unwrap(), Room::Free);
+        assert!(q.push_line(1, 2, 0, vec![ev(3)]));
+        let q3 = Arc::clone(&q);
+        let waiter = std::thread::spawn(move || q3.wait_for_room(Duration::from_secs(60)));
+        q.close();
+        assert_eq!(waiter.join().unwrap(), Room::Closed);
+    }
+}

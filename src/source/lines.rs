@@ -1,0 +1,451 @@
+//! The one bounded line reader behind every input (the file follower, `replay`, stdin).
+//!
+//! A [`LineBuffer`] holds bytes read from an input at known offsets and hands out complete
+//! lines with their byte span, in the manner of ripgrep's `LineBuffer`: the caller asks for
+//! room ([`LineBuffer::space`]), reads into it (a `pread` at [`LineBuffer::read_offset`], or a
+//! plain `read`), says how much arrived ([`LineBuffer::commit`]), then takes lines
+//! ([`LineBuffer::next_line`]) until it needs more. At the end of an input that will not grow
+//! (a drained rotated file, the end of a stream) [`LineBuffer::finish`] hands out the
+//! unterminated last line.
+//!
+//! The edge rules, the same for every input:
+//! - a line ends at `\n`; one `\r` right before it is not part of the line (CRLF logs);
+//! - a line longer than `max_line` bytes (without its line ending) is never held whole: its
+//!   bytes are discarded as they arrive and only its span is reported ([`Found::Skipped`]);
+//!   the buffer therefore never grows past `max_line` + two read chunks, and shrinks back after
+//!   a long line;
+//! - a newline is searched for once per byte, however the input trickles in.
+//!
+//! What this module does not do: open, read or watch files, or parse lines.
+
+/// `MAX_LINE_BYTES`' default: longer lines are skipped and counted.
+pub const DEFAULT_MAX_LINE_BYTES: usize = 16 << 20;
+
+/// What [`LineBuffer::next_line`] and [`LineBuffer::finish`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// A complete line: read its bytes with [`LineBuffer::bytes`].
+    Line(Span),
+    /// A line longer than the cap was discarded; `[start, end)` is its span, newline included.
+    Skipped { start: u64, end: u64 },
+}
+
+/// Where a line is: its input offsets `[start, end)` (the line ending included in `end`) and
+/// where its bytes (the line ending excluded) sit in the buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub start: u64,
+    pub end: u64,
+    at: usize,
+    len: usize,
+}
+
+/// Discarding bytes up to the next newline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Skip {
+    No,
+    /// An over-long line that started at this offset.
+    OverLong(u64),
+    /// The rest of a line whose beginning was never read (a start in the middle of a line).
+    Partial,
+}
+
+/// A bounded buffer of input bytes that yields complete lines. See the module documentation.
+#[derive(Debug)]
+pub struct LineBuffer {
+    buf: Vec<u8>,
+    /// `buf[start..end]` is read but not handed out yet.
+    start: usize,
+    end: usize,
+    /// `buf[start..scanned]` is known to hold no newline (a growing line is not rescanned).
+    scanned: usize,
+    /// Input offset of `buf[0]`.
+    base: u64,
+    max_line: usize,
+    chunk: usize,
+    skip: Skip,
+}
+
+impl LineBuffer {
+    /// A reader handing out lines of at most `max_line` bytes, reading `chunk` bytes at a time
+    /// at least (the buffer starts at two chunks).
+    pub fn new(max_line: usize, chunk: usize) -> LineBuffer {
+        let chunk = chunk.max(64);
+        LineBuffer {
+            buf: vec![0; 2 * chunk],
+            start: 0,
+            end: 0,
+            scanned: 0,
+            base: 0,
+            max_line: max_line.max(1),
+            chunk,
+            skip: Skip::No,
+        }
+    }
+
+    /// Forgets everything buffered; the next byte read is at input offset `offset`.
+    pub fn reset(&mut self, offset: u64) {
+        self.start = 0;
+        self.end = 0;
+        self.scanned = 0;
+        self.base = offset;
+        self.skip = Skip::No;
+    }
+
+    /// The bytes up to the next newline are the rest of a line whose beginning was never read
+    /// (the input was opened in the middle of it): they are dropped, not handed out.
+    pub fn skip_partial_line(&mut self) {
+        self.skip = Skip::Partial;
+    }
+
+    /// The input offset of the next byte not handed out: after the last line returned (while
+    /// an over-long line is being discarded: its start).
+    pub fn position(&self) -> u64 {
+        match self.skip {
+            Skip::OverLong(start) => start,
+            _ => self.offset(self.start),
+        }
+    }
+
+    /// The input offset the next read must start at.
+    pub fn read_offset(&self) -> u64 {
+        self.offset(self.end)
+    }
+
+    /// Bytes allocated (bounded by `max_line` + two chunks).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// The longest line handed out.
+    pub fn max_line(&self) -> usize {
+        self.max_line
+    }
+
+    fn offset(&self, i: usize) -> u64 {
+        self.base + i as u64
+    }
+
+    /// The bytes of a line just returned by [`LineBuffer::next_line`] or [`LineBuffer::finish`];
+    /// valid until the next [`LineBuffer::space`].
+    pub fn bytes(&self, span: &Span) -> &[u8] {
+        &self.buf[span.at..span.at + span.len]
+    }
+
+    /// Whether the pending, unterminated line is already over the cap whatever ends it (one
+    /// more byte may still be the `\r` of a CRLF ending, which does not count).
+    fn too_long_so_far(&self) -> bool {
+        let pending = self.end - self.start;
+        pending > self.max_line + 1
+            || pending == self.max_line + 1 && self.buf[self.end - 1] != b'\r'
+    }
+
+    /// The next complete line (or the end of a discarded one) in what was read, or `None` when
+    /// more input is needed.
+    pub fn next_line(&mut self) -> Option<Found> {
+        loop {
+            let Some(i) = find_byte(&self.buf[self.scanned..self.end], b'\n') else {
+                self.scanned = self.end;
+                if self.skip != Skip::No {
+                    // Never hold a line that is being discarded.
+                    self.start = self.end;
+                    self.scanned = self.end;
+                } else if self.too_long_so_far() {
+                    self.skip = Skip::OverLong(self.offset(self.start));
+                    self.start = self.end;
+                    self.scanned = self.end;
+                }
+                return None;
+            };
+            let nl = self.scanned + i;
+            let s = self.start;
+            self.start = nl + 1;
+            self.scanned = nl + 1;
+            let end = self.offset(nl + 1);
+            match std::mem::replace(&mut self.skip, Skip::No) {
+                Skip::Partial => continue,
+                Skip::OverLong(start) => return Some(Found::Skipped { start, end }),
+                Skip::No => {}
+            }
+            let e = if nl > s && self.buf[nl - 1] == b'\r' {
+                nl - 1
+            } else {
+                nl
+            };
+            let start = self.offset(s);
+            if e - s > self.max_line {
+                return Some(Found::Skipped { start, end });
+            }
+            return Some(Found::Line(Span {
+                start,
+                end,
+                at: s,
+                len: e - s,
+            }));
+        }
+    }
+
+    /// The input ended for good (a stream's end, a rotated file read to its end): the
+    /// unterminated last line (its bytes as they are), or the end of a line being discarded.
+    /// Afterwards the buffer is empty and positioned at the end of the input.
+    pub fn finish(&mut self) -> Option<Found> {
+        let (s, e) = (self.start, self.end);
+        let (start, end) = (self.offset(s), self.offset(e));
+        let skip = std::mem::replace(&mut self.skip, Skip::No);
+        // The bytes stay in `buf[s..e]` until the next `space`, so the line can be read.
+        self.base = end;
+        self.start = 0;
+        self.end = 0;
+        self.scanned = 0;
+        match skip {
+            Skip::OverLong(first) => Some(Found::Skipped { start: first, end }),
+            Skip::Partial => None,
+            Skip::No if e - s > self.max_line => Some(Found::Skipped { start, end }),
+            Skip::No if e > s => Some(Found::Line(Span {
+                start,
+                end,
+                at: s,
+                len: e - s,
+            })),
+            Skip::No => None,
+        }
+    }
+
+    /// Room for the next read, at input offset [`LineBuffer::read_offset`]; at least one chunk.
+    /// Moves the unread bytes to the front, gives back the memory of a long line once it is
+    /// gone, and grows (one chunk at a time) only while one line is longer than the buffer.
+    pub fn space(&mut self) -> &mut [u8] {
+        if self.buf.len() - self.end < self.chunk {
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.base += self.start as u64;
+                self.end -= self.start;
+                self.scanned -= self.start;
+                self.start = 0;
+            }
+            if self.buf.len() > 4 * self.chunk && self.end < self.chunk {
+                self.buf.truncate(2 * self.chunk);
+                self.buf.shrink_to_fit();
+            }
+            if self.buf.len() - self.end < self.chunk {
+                let want = self.end + self.chunk;
+                self.buf.reserve_exact(want - self.buf.len());
+                self.buf.resize(want, 0);
+            }
+        }
+        &mut self.buf[self.end..]
+    }
+
+    /// `n` bytes were read into [`LineBuffer::space`].
+    pub fn commit(&mut self, n: usize) {
+        self.end = (self.end + n).min(self.buf.len());
+    }
+
+    /// Everything buffered from input offset `from` (at or after the start of the last line
+    /// handed out) to the end of what was read; the buffer is then empty. For a reader that
+    /// must look at a whole document rather than lines.
+    pub fn take_from(&mut self, from: u64) -> Vec<u8> {
+        let at = from.saturating_sub(self.base).min(self.end as u64) as usize;
+        let out = self.buf[at..self.end].to_vec();
+        let end = self.read_offset();
+        self.reset(end);
+        out
+    }
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// Index of the first `needle` byte in `hay`: a std-only memchr, 32 bytes per turn with one
+/// branch, then the word that hit.
+pub fn find_byte(hay: &[u8], needle: u8) -> Option<usize> {
+    let pat = ONES * needle as u64;
+    let hit = |w: u64| {
+        let x = w ^ pat;
+        x.wrapping_sub(ONES) & !x & HIGHS
+    };
+    let load8 = |i: usize| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&hay[i..i + 8]);
+        u64::from_le_bytes(a)
+    };
+    let mut i = 0;
+    while i + 32 <= hay.len() {
+        let (a, b, c, d) = (
+            hit(load8(i)),
+            hit(load8(i + 8)),
+            hit(load8(i + 16)),
+            hit(load8(i + 24)),
+        );
+        if a | b | c | d != 0 {
+            break;
+        }
+        i += 32;
+    }
+    while i + 8 <= hay.len() {
+        let m = hit(load8(i));
+        if m != 0 {
+            return Some(i + (m.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    hay[i..].iter().position(|&b| b == needle).map(|p| i + p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Feeds `input` in reads of at most `step` bytes, collecting what comes out (a line's
+    /// bytes, or `None` for a skipped one) with its span.
+    fn run(input: &[u8], max_line: usize, step: usize) -> Vec<(Option<Vec<u8>>, u64, u64)> {
+        let mut lb = LineBuffer::new(max_line, 64);
+        let mut out = Vec::new();
+        let mut at = 0;
+        let take = |lb: &LineBuffer, f: Found, out: &mut Vec<_>| match f {
+            Found::Line(s) => out.push((Some(lb.bytes(&s).to_vec()), s.start, s.end)),
+            Found::Skipped { start, end } => out.push((None, start, end)),
+        };
+        loop {
+            while let Some(f) = lb.next_line() {
+                take(&lb, f, &mut out);
+            }
+            if at == input.len() {
+                break;
+            }
+            let room = lb.space();
+            let n = room.len().min(step).min(input.len() - at);
+            room[..n].copy_from_slice(&input[at..at + n]);
+            lb.commit(n);
+            at += n;
+        }
+        if let Some(f) = lb.finish() {
+            take(&lb, f, &mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn lines_spans_crlf_and_the_last_unterminated_line() {
+        let out = run(b"ab\r\n\ncd\r\r\nlast", 100, 3);
+        assert_eq!(
+            out,
+            vec![
+                (Some(b"ab".to_vec()), 0, 4),
+                (Some(b"".to_vec()), 4, 5),
+                // Only one `\r` before the newline belongs to the line ending.
+                (Some(b"cd\r".to_vec()), 5, 10),
+                (Some(b"last".to_vec()), 10, 14),
+            ]
+        );
+    }
+
+    #[test]
+    fn over_long_lines_are_skipped_in_bounded_memory() {
+        let long = vec![b'x'; 10_000];
+        let mut input = b"ok\n".to_vec();
+        input.extend_from_slice(&long);
+        input.extend_from_slice(b"\nfine\n");
+        input.extend_from_slice(&long);
+        for step in [1, 7, 64, 5000, 1 << 20] {
+            let out = run(&input, 100, step);
+            assert_eq!(
+                out,
+                vec![
+                    (Some(b"ok".to_vec()), 0, 3),
+                    (None, 3, 10_004),
+                    (Some(b"fine".to_vec()), 10_004, 10_009),
+                    (None, 10_009, 20_009),
+                ],
+                "step {step}"
+            );
+        }
+        // A line of exactly the cap is a line; the CR of a CRLF does not count.
+        let out = run(b"12345\r\n123456\n", 5, 2);
+        assert_eq!(out, vec![(Some(b"12345".to_vec()), 0, 7), (None, 7, 14)]);
+        let mut lb = LineBuffer::new(100, 64);
+        for _ in 0..1000 {
+            let room = lb.space();
+            let n = room.len();
+            room.fill(b'y');
+            lb.commit(n);
+            assert!(lb.next_line().is_none());
+            assert!(lb.capacity() <= 100 + 4 * 64, "{}", lb.capacity());
+        }
+        assert_eq!(lb.position(), 0, "the start of the line being discarded");
+    }
+
+    #[test]
+    fn partial_first_line_and_positions() {
+        let mut lb = LineBuffer::new(100, 64);
+        lb.reset(1000);
+        lb.skip_partial_line();
+        let room = lb.space();
+        room[..9].copy_from_slice(b"tail\nab\nc");
+        lb.commit(9);
+        assert_eq!(lb.read_offset(), 1009);
+        let Some(Found::Line(s)) = lb.next_line() else {
+            panic!()
+        };
+        assert_eq!((lb.bytes(&s), s.start, s.end), (&b"ab"[..], 1005, 1008));
+        assert_eq!(lb.next_line(), None);
+        assert_eq!(lb.position(), 1008);
+        assert_eq!(lb.take_from(1008), b"c");
+        assert_eq!((lb.position(), lb.read_offset()), (1009, 1009));
+    }
+
+    #[test]
+    fn find_byte_matches_position() {
+        let hay: Vec<u8> = (0..200u8)
+            .map(|i| if i % 37 == 36 { b'\n' } else { b'a' + i % 26 })
+            .collect();
+        for start in 0..hay.len() {
+            let h = &hay[start..];
+            assert_eq!(
+                find_byte(h, b'\n'),
+                h.iter().position(|&b| b == b'\n'),
+                "{start}"
+            );
+        }
+        assert_eq!(find_byte(b"", b'x'), None);
+        assert_eq!(find_byte(&[0x80, 0x0a], b'\n'), Some(1));
+    }
+
+    proptest! {
+        #[test]
+        fn same_lines_whatever_the_read_sizes(
+            input in proptest::collection::vec(
+                prop_oneof![6 => Just(b'a'), 2 => Just(b'\n'), 1 => Just(b'\r')], 0..400),
+            max_line in 1usize..40,
+            step in 1usize..90,
+        ) {
+            // The oracle: split on '\n', strip one '\r', skip what is longer than the cap.
+            let mut want = Vec::new();
+            let mut at = 0u64;
+            let parts: Vec<&[u8]> = input.split(|&b| b == b'\n').collect();
+            for (i, part) in parts.iter().enumerate() {
+                let last = i + 1 == parts.len();
+                if last && part.is_empty() {
+                    break;
+                }
+                let end = at + part.len() as u64 + u64::from(!last);
+                let body = if !last && part.last() == Some(&b'\r') { &part[..part.len() - 1] } else { part };
+                if body.len() > max_line {
+                    want.push((None, at, end));
+                } else {
+                    want.push((Some(body.to_vec()), at, end));
+                }
+                at = end;
+            }
+            prop_assert_eq!(run(&input, max_line, step), want);
+        }
+
+        #[test]
+        fn find_byte_agrees_with_naive(
+            hay in proptest::collection::vec(prop_oneof![9 => 0u8..=255, 1 => Just(b'\n')], 0..300)
+        ) {
+            prop_assert_eq!(find_byte(&hay, b'\n'), hay.iter().position(|&b| b == b'\n'));
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! Where audit records come from: the first stage of the pipeline.
+//!
+//! Every input is a [`Source`]: it hands out records (one audit event's bytes, or a line that
+//! holds an `EventList`) with the span they occupy, in input order, and says where its next
+//! unread byte is. The pipeline stage (`crate::pipeline`) drives any source the same way, so
+//! a new input plugs in here without touching detection or delivery.
+//!
+//! - [`lines`]: the one bounded line reader every source splits its input with;
+//! - [`follow`]: the audit log file followed across rotations, truncations and restarts;
+//! - [`stream`]: a byte stream read to its end (`replay FILE`, stdin);
+//! - [`position`]: how a byte of a followed file is named ([`position::Position`]);
+//! - [`checkpoint`]: the file that records the first unacknowledged position across restarts.
+//!
+//! Nothing here parses JSON, decides what is friction or talks to the backend.
+
+pub mod checkpoint;
+pub mod follow;
+pub mod lines;
+pub mod position;
+pub mod stream;
+
+/// How a source names a place in its input.
+pub trait Place: Copy + Eq + std::fmt::Debug + Send + 'static {
+    /// Whether `self` and `other` name the same byte (the resume point is checked with it).
+    fn same_place(&self, other: &Self) -> bool {
+        self == other
+    }
+}
+
+/// A stream offset.
+impl Place for u64 {}
+
+/// One result of [`Source::next`].
+#[derive(Debug)]
+pub enum Next<'a, P> {
+    /// A complete record.
+    Record(Record<'a, P>),
+    /// A line longer than `MAX_LINE_BYTES` was skipped unread; nothing in it is known.
+    Skipped { start: P, end: P },
+    /// Nothing complete now; ask again after a poll interval.
+    Idle,
+    /// The input ended (a stream read to its end); a followed file never ends.
+    End,
+}
+
+/// One record, borrowed from the source's buffer until the next call to [`Source::next`].
+#[derive(Debug)]
+pub struct Record<'a, P> {
+    /// The record's bytes, without its line ending.
+    pub bytes: &'a [u8],
+    /// Where it starts, and where the next record starts (its line ending included).
+    pub start: P,
+    pub end: P,
+}
+
+/// An input of audit records. See the module documentation.
+pub trait Source {
+    type Pos: Place;
+
+    /// The next record, a skipped over-long line, `Idle` or `End`.
+    fn next(&mut self) -> Next<'_, Self::Pos>;
+
+    /// The place of the next byte not handed out yet: what is acknowledged once every record
+    /// before it is delivered.
+    fn position(&self) -> Self::Pos;
+
+    /// Called about every poll interval while the pipeline cannot take records (delivery is
+    /// behind), so the source can keep hold of what it must not lose meanwhile.
+    fn hold(&mut self) {}
+}
