@@ -6,8 +6,9 @@ use std::io::{self, Read};
 use crate::source::lines::{Found, LineBuffer};
 use crate::source::{Next, Record, Source};
 
-/// Bytes asked for per read: large reads keep the syscall cost of a whole-file scan small.
-const CHUNK: usize = 1 << 20;
+/// Bytes asked for per read at least: large reads keep the syscall cost of a whole-file scan
+/// small; the buffer starts at two of them (1 MiB).
+const CHUNK: usize = 512 << 10;
 
 /// A [`Source`] over any `Read`. A read error ends the stream; [`StreamSource::take_error`]
 /// says why.
