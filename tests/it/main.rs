@@ -2,12 +2,14 @@
 //! the library's public API. Shared helpers (a std-only backend sink, audit line builders,
 //! process control) live in `support`.
 
+mod cli;
 mod deliver;
 mod detect;
 mod e2e_follow;
 mod e2e_ops;
 mod follow;
 mod gen;
+mod layout;
 mod ops;
 mod perf_replay;
 mod rules;
