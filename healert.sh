@@ -46,7 +46,7 @@ AGENT_VARS=(
   LOG_FORMAT
   LOG_LEVEL
 )
-# Variables only this script reads (documented in `help` and the README).
+# Variables only this script reads (documented in `help` and docs/local-mode.md).
 SCRIPT_VARS=(HEALERT_HOST HEALERT_PORT HEALERT_AGENT_BIN KUBECTL HEALERT_RULES_SOURCE)
 
 readonly DEFAULT_AUDIT_LOG="/var/log/kubernetes/audit/audit.log"
@@ -340,13 +340,13 @@ _check_audit_log() {
   if [[ -e "$log" && ! -r "$log" ]]; then
     _die "cannot read $log (permission denied). Fix: put yourself in the group that owns it, e.g.
         sudo usermod -aG healert-audit \"\$USER\"   (then log in again)
-      See README → Audit log permissions. Or: ./$SCRIPT_NAME configure --audit-log PATH"
+      See docs/daemonset.md → Audit log permissions. Or: ./$SCRIPT_NAME configure --audit-log PATH"
   fi
   if [[ ! -e "$log" ]]; then
     if [[ -d "$dir" && ! -x "$dir" ]]; then
-      _die "cannot enter $dir (permission denied): the directory needs g+rx for your group (README → Audit log permissions)"
+      _die "cannot enter $dir (permission denied): the directory needs g+rx for your group (docs/daemonset.md → Audit log permissions)"
     fi
-    _warn "$log does not exist yet; the agent waits for it (is audit logging enabled? README → Audit logging)"
+    _warn "$log does not exist yet; the agent waits for it (is audit logging enabled? docs/daemonset.md → Audit logging)"
   fi
 }
 
@@ -1205,7 +1205,7 @@ cmd_test() {
   [[ "$found" == true ]] ||
     _die "delivered, but GET $HEALERT_BACKEND_URL/friction/$entity does not show it within ${timeout}s (backend log: $BACKEND_LOG)"
   _ok "backend stored it: GET /friction/$entity shows actor selftest-$token@healert.local"
-  _dim "this test leaves one event for entity $entity in the backend (timestamped now; the backend keeps it HEALERT_RETENTION_DAYS, 30 by default)"
+  _dim "this test leaves its events (actor selftest-$token@healert.local) for $entity in the backend, timestamped now: the backend keeps them HEALERT_RETENTION_DAYS (30 by default)"
 }
 
 # _test_left CAP: seconds left before cmd_test's deadline, at most CAP and at least 1 (for
@@ -1272,14 +1272,15 @@ Run
   status                            processes, health, key length, configuration
   logs [agent|backend]              follow the logs
   test                              send a synthetic kubectl exec through the agent; confirm the
-                                    backend stored it
+                                    backend stored it (gives up after HEALERT_TEST_TIMEOUT, 30 s)
   version | help
 
 Files: $AGENT_DIR/.env (agent settings and API key, mode 600; see .env.example),
        $RUN_DIR/ (pid files, logs, checkpoint), $BACKEND_DIR/.env (backend).
 Script variables: HEALERT_AGENT_DIR, HEALERT_BACKEND_DIR, HEALERT_HOST, HEALERT_PORT (backend bind,
 and the agent's default HEALERT_BACKEND_URL), HEALERT_AGENT_BIN (use this binary, no cargo build),
-KUBECTL (e.g. 'sudo k3s kubectl'), HEALERT_RULES_SOURCE (update manifest input, default rules.yaml).
+KUBECTL (e.g. 'sudo k3s kubectl'), HEALERT_RULES_SOURCE (update manifest input, default rules.yaml),
+HEALERT_TEST_TIMEOUT (seconds \`test\` may take, default 30). Docs: docs/local-mode.md.
 Environment variables override .env. The API key is never printed, only its length.
 EOF
 }

@@ -15,3 +15,4 @@ mod script;
 mod sink;
 mod soak;
 mod support;
+mod walkthrough;
