@@ -1,7 +1,7 @@
 //! The shipped files users meet first: `healert.sh` (driven as a user would, in a temporary
 //! HOME/agent directory, against the built binary), `daemonset.yaml` (parsed and checked for the
 //! invariants the issue asks for, and for its embedded copy of rules.yaml), the audit policy
-//! (evaluated against what every rule needs), and `.env.example` / README against
+//! (evaluated against what every rule needs), and `.env.example` / docs/configuration.md against
 //! `config::VARS`. The end-to-end run (start agent → status → test → stop) lives in
 //! `script_e2e.rs`, which needs the test sink.
 
@@ -481,7 +481,7 @@ fn healert_sh_reads_exactly_the_agents_variables() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// .env.example and README against config::VARS
+// .env.example and docs/configuration.md against config::VARS
 // ---------------------------------------------------------------------------------------------
 
 #[test]
@@ -743,7 +743,11 @@ fn daemonset_is_locked_down_and_consistent_with_the_agent() {
         .iter()
         .filter_map(|g| g.as_i64())
         .collect();
-    assert_eq!(groups, vec![64535], "the README's healert-audit gid");
+    assert_eq!(
+        groups,
+        vec![64535],
+        "the healert-audit gid of docs/daemonset.md"
+    );
     let doc = read(&repo().join("docs/daemonset.md"));
     assert!(
         doc.contains("--gid 64535"),
