@@ -46,15 +46,18 @@ AGENT_VARS=(
   LOG_FORMAT
   LOG_LEVEL
 )
-# Variables only this script reads (documented in `help` and the README).
+# Variables only this script reads (documented in `help` and docs/local-mode.md).
 SCRIPT_VARS=(HEALERT_HOST HEALERT_PORT HEALERT_AGENT_BIN KUBECTL HEALERT_RULES_SOURCE)
 
 readonly DEFAULT_AUDIT_LOG="/var/log/kubernetes/audit/audit.log"
 readonly SELFTEST_WORKLOAD="healert-selftest"
 # The namespace daemonset.yaml deploys into (its Secret is created there too).
 readonly K8S_NS="healert-system"
-# cmd_test's scratch directory, global so the EXIT trap still sees it after the function returns.
+# cmd_test's scratch directory and `replay --send` process, global so the EXIT trap still sees
+# them after the function returns; TEST_DEADLINE is its deadline in $SECONDS.
 SELFTEST_TMP=""
+SELFTEST_PID=""
+TEST_DEADLINE=0
 
 if [[ -t 1 && -z "${NO_COLOR:-}" ]]; then
   RED=$'\033[0;31m' GREEN=$'\033[0;32m' TEAL=$'\033[0;36m' AMBER=$'\033[0;33m'
@@ -337,13 +340,13 @@ _check_audit_log() {
   if [[ -e "$log" && ! -r "$log" ]]; then
     _die "cannot read $log (permission denied). Fix: put yourself in the group that owns it, e.g.
         sudo usermod -aG healert-audit \"\$USER\"   (then log in again)
-      See README → Audit log permissions. Or: ./$SCRIPT_NAME configure --audit-log PATH"
+      See docs/daemonset.md → Audit log permissions. Or: ./$SCRIPT_NAME configure --audit-log PATH"
   fi
   if [[ ! -e "$log" ]]; then
     if [[ -d "$dir" && ! -x "$dir" ]]; then
-      _die "cannot enter $dir (permission denied): the directory needs g+rx for your group (README → Audit log permissions)"
+      _die "cannot enter $dir (permission denied): the directory needs g+rx for your group (docs/daemonset.md → Audit log permissions)"
     fi
-    _warn "$log does not exist yet; the agent waits for it (is audit logging enabled? README → Audit logging)"
+    _warn "$log does not exist yet; the agent waits for it (is audit logging enabled? docs/daemonset.md → Audit logging)"
   fi
 }
 
@@ -416,8 +419,56 @@ _find_uvicorn() {
   fi
 }
 
+# _port_open HOST PORT: does something accept TCP connections at HOST:PORT? (bash's /dev/tcp;
+# a wildcard bind address is probed on loopback.)
+_port_open() {
+  local host=$1
+  case "$host" in
+    0.0.0.0 | "") host=127.0.0.1 ;;
+    "::" | "[::]") host=::1 ;;
+  esac
+  host=${host#[}
+  host=${host%]}
+  (exec 3<>"/dev/tcp/$host/$2") 2>/dev/null
+}
+
+# _listeners PORT: the pids holding a listening TCP socket on PORT, one per line (only
+# processes whose descriptors we may read: our own). Returns 2 when this system cannot tell
+# (neither /proc/net/tcp nor lsof).
+_listeners() {
+  local port=$1 inode
+  if [[ -r /proc/net/tcp ]]; then
+    # /proc/net/tcp{,6}: field 2 is ADDR:PORT in hex, 4 the state (0A = LISTEN), 10 the inode.
+    awk -v p="$(printf ':%04X' "$port")" '$4 == "0A" && substr($2, length($2) - 4) == p { print $10 }' \
+      /proc/net/tcp /proc/net/tcp6 2>/dev/null |
+      while read -r inode; do
+        find /proc/[0-9]*/fd -maxdepth 1 -lname "socket:\[$inode\]" 2>/dev/null | cut -d/ -f3
+      done | sort -u
+    return 0
+  fi
+  if command -v lsof >/dev/null 2>&1; then
+    lsof -nP -t -iTCP:"$port" -sTCP:LISTEN 2>/dev/null | sort -u
+    return 0
+  fi
+  return 2
+}
+
+# _describe_pids PIDS...: "PID 123 (command line)" for each, for messages.
+_describe_pids() {
+  local pid out=""
+  for pid in "$@"; do
+    out+="${out:+, }PID $pid ($(_cmdline "$pid" | cut -c1-120 | sed 's/ *$//'))"
+  done
+  printf '%s' "$out"
+}
+
+# _start_backend: uvicorn in HEALERT_BACKEND_DIR on HEALERT_HOST:HEALERT_PORT. "Healthy" means
+# more than "something answers /health": the port must be free before we start, and the process
+# we started must be the one listening on it when /health answers. Otherwise another server
+# (an old backend, any other program) would be mistaken for ours while uvicorn died with
+# "address already in use".
 _start_backend() {
-  local pid uvicorn i url
+  local pid uvicorn i url host=${HEALERT_HOST:-127.0.0.1} port=${HEALERT_PORT:-8000} others owners="" rc verified
   if pid=$(_running backend); then
     _warn "backend already running (PID $pid)"
     return 0
@@ -426,6 +477,16 @@ _start_backend() {
   [[ -f "$BACKEND_DIR/main.py" ]] || _die "main.py not found in $BACKEND_DIR: is HEALERT_BACKEND_DIR the backend checkout?"
   uvicorn=$(_find_uvicorn) || _die "uvicorn not found. Fix: ./$SCRIPT_NAME deps --install"
   url=$(_backend_url)
+  if _port_open "$host" "$port"; then
+    rc=0
+    others=$(_listeners "$port") || rc=$?
+    # shellcheck disable=SC2086 # one pid per word
+    [[ -z "$others" ]] || others=" by $(_describe_pids $others)"
+    if _http_ok "$url/health" 2; then
+      _die "$host:$port is already in use$others, and it answers $url/health: a backend this script did not start (no live $BACKEND_PIDFILE). Stop that process, or use another port: HEALERT_PORT=8001 ./$SCRIPT_NAME start backend (and HEALERT_BACKEND_URL for the agent)"
+    fi
+    _die "$host:$port is already in use$others. Stop that program, or use another port: HEALERT_PORT=8001 ./$SCRIPT_NAME start backend (and HEALERT_BACKEND_URL for the agent)"
+  fi
   mkdir -p "$RUN_DIR"
   chmod 700 "$RUN_DIR"
   : >>"$BACKEND_LOG"
@@ -435,24 +496,50 @@ _start_backend() {
     # subshell so they do not leak into the agent's environment.
     _env_load "$BACKEND_ENV" "*"
     export HEALERT_DB=${HEALERT_DB:-$BACKEND_DIR/healert.db}
-    exec nohup "$uvicorn" main:app --app-dir "$BACKEND_DIR" --host "${HEALERT_HOST:-127.0.0.1}" \
-      --port "${HEALERT_PORT:-8000}" --log-level info </dev/null >>"$BACKEND_LOG" 2>&1
+    exec nohup "$uvicorn" main:app --app-dir "$BACKEND_DIR" --host "$host" \
+      --port "$port" --log-level info </dev/null >>"$BACKEND_LOG" 2>&1
   ) &
   pid=$!
   printf '%s\n' "$pid" >"$BACKEND_PIDFILE"
   _info "backend starting (PID $pid); waiting for $url/health ..."
+  verified=""
   for ((i = 0; i < 20; i++)); do
-    if _http_ok "$url/health" 2; then
-      _ok "backend healthy at $url"
-      if [[ -z "$(_env_get "$BACKEND_ENV" HEALERT_API_KEY)" ]]; then
-        _warn "the backend has no HEALERT_API_KEY in $BACKEND_ENV. Fix: ./$SCRIPT_NAME setup"
-      fi
-      return 0
-    fi
     kill -0 "$pid" 2>/dev/null || break
+    if _http_ok "$url/health" 2; then
+      rc=0
+      owners=$(_listeners "$port") || rc=$?
+      if ((rc == 2)); then
+        verified=unknown
+        break
+      fi
+      if grep -qx "$pid" <<<"$owners"; then
+        verified=yes
+        break
+      fi
+    fi
     sleep 0.5
   done
-  _err "backend did not become healthy within 10 s; last lines of $BACKEND_LOG:"
+  if [[ -n "$verified" ]]; then
+    if [[ "$verified" == yes ]]; then
+      _ok "backend healthy at $url (PID $pid listens on port $port)"
+    else
+      _ok "backend healthy at $url"
+      _warn "cannot check that PID $pid is the process listening on port $port (no /proc/net/tcp, no lsof)"
+    fi
+    if [[ -z "$(_env_get "$BACKEND_ENV" HEALERT_API_KEY)" ]]; then
+      _warn "the backend has no HEALERT_API_KEY in $BACKEND_ENV. Fix: ./$SCRIPT_NAME setup"
+    fi
+    return 0
+  fi
+  if [[ -n "$owners" ]]; then
+    # shellcheck disable=SC2086 # one pid per word
+    _err "$url/health answers, but from $(_describe_pids $owners), not from the backend started here (PID $pid)"
+  fi
+  if ! kill -0 "$pid" 2>/dev/null; then
+    _err "the backend (PID $pid) exited at start; last lines of $BACKEND_LOG:"
+  else
+    _err "the backend (PID $pid) did not answer $url/health within 10 s; last lines of $BACKEND_LOG:"
+  fi
   tail -n 10 "$BACKEND_LOG" >&2 || true
   _stop_process backend 5
   exit 1
@@ -993,17 +1080,29 @@ cmd_logs() {
 # entity's friction to confirm it stored the event. The pod is named healert-selftest (no
 # digit-bearing suffix, so workload-name stripping leaves it intact); the unique token is in the
 # actor and the audit ID, so this run's event is told apart from earlier ones.
+#
+# It always ends: one deadline (HEALERT_TEST_TIMEOUT seconds, default 30) covers every step, and
+# each network call takes at most what is left of it. The agent keeps retrying a backend that
+# refuses its key or cannot be reached (that is its job), so the test shows the agent's log lines
+# as they come and stops it: at once on a 401/403 or on a refused connection to a backend whose
+# /health did not answer either, otherwise at the deadline, naming the agent's last reason.
 cmd_test() {
-  local tmp token uuid ts line events entity before after i found=false hdr
+  local tmp token uuid ts line events entity before after found=false hdr timeout backend_up=false
+  local shown n l last="" running rc=0 refused
+  timeout=${HEALERT_TEST_TIMEOUT:-30}
+  [[ "$timeout" =~ ^[1-9][0-9]{0,3}$ ]] ||
+    _die "HEALERT_TEST_TIMEOUT=\"$timeout\": must be a whole number of seconds from 1 to 9999 (example: HEALERT_TEST_TIMEOUT=30)"
   _agent_bin
-  _header "Pipeline test: audit line → agent rules → POST /events → backend"
-  if _http_ok "$HEALERT_BACKEND_URL/health" 3; then
+  TEST_DEADLINE=$((SECONDS + timeout))
+  _header "Pipeline test: audit line → agent rules → POST /events → backend (gives up after ${timeout}s)"
+  if _http_ok "$HEALERT_BACKEND_URL/health" "$(_test_left 3)"; then
+    backend_up=true
     _ok "backend reachable at $HEALERT_BACKEND_URL"
   else
     _warn "no answer from $HEALERT_BACKEND_URL/health; trying the pipeline anyway"
   fi
   SELFTEST_TMP=$(mktemp -d)
-  trap 'rm -rf "$SELFTEST_TMP"' EXIT
+  trap _test_cleanup EXIT
   tmp=$SELFTEST_TMP
   token=$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')
   if [[ -r /proc/sys/kernel/random/uuid ]]; then
@@ -1011,6 +1110,8 @@ cmd_test() {
   else
     uuid="$(od -An -N4 -tx1 /dev/urandom | tr -d ' \n')-0000-4000-8000-$token"
   fi
+  # Now, not a fixed date: the backend's friction view only counts the last 30 days
+  # (HEALERT_RETENTION_DAYS) and deletes older events when it starts.
   ts=$(date -u +%Y-%m-%dT%H:%M:%S.000000Z)
   line='{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"%s","stage":"ResponseComplete",'
   line+='"requestURI":"/api/v1/namespaces/default/pods/%s/exec?command=sh&container=app&stdin=true&stdout=true&tty=true",'
@@ -1034,21 +1135,62 @@ cmd_test() {
   # 2. What the backend holds for the entity before.
   hdr="$tmp/auth"
   printf 'Authorization: Bearer %s\n' "${HEALERT_API_KEY:-}" >"$hdr"
-  before=$(curl --silent --max-time 5 -H @"$hdr" "$HEALERT_BACKEND_URL/friction/$entity" 2>/dev/null || true)
+  before=$(curl --silent --max-time "$(_test_left 5)" -H @"$hdr" "$HEALERT_BACKEND_URL/friction/$entity" 2>/dev/null || true)
 
-  # 3. Deliver through the agent's own delivery path.
-  if ! "$AGENT_BIN" replay --rules "$RULES_PATH" --send "$tmp/audit.ndjson" >/dev/null 2>"$tmp/send.err"; then
-    cat "$tmp/send.err" >&2
-    if grep -q '401' "$tmp/send.err"; then
-      _die "the backend refused the API key (401). Fix: ./$SCRIPT_NAME setup rotate, then ./$SCRIPT_NAME restart (backend and agent get the same key)"
+  # 3. Deliver through the agent's own delivery path, its log lines shown as they come.
+  _info "sending through healert-agent replay --send; the agent's log:"
+  : >"$tmp/send.err"
+  LOG_FORMAT=text "$AGENT_BIN" replay --rules "$RULES_PATH" --send "$tmp/audit.ndjson" >/dev/null 2>>"$tmp/send.err" &
+  SELFTEST_PID=$!
+  shown=0
+  while :; do
+    running=true
+    kill -0 "$SELFTEST_PID" 2>/dev/null || running=false
+    n=$(wc -l <"$tmp/send.err" | tr -d ' ')
+    if ((n > shown)); then
+      while IFS= read -r l; do
+        # The agent's log lines (timestamped); the replay summary is read below.
+        [[ "$l" =~ ^[0-9]{4}-[0-9]{2}-[0-9]{2}T ]] || continue
+        printf '        agent: %s\n' "$l"
+        if [[ "$l" == *" WARN "* || "$l" == *" ERROR "* ]]; then last=$l; fi
+      done < <(sed -n "$((shown + 1)),${n}p" "$tmp/send.err")
+      shown=$n
     fi
-    _die "healert-agent replay --send failed (above)"
+    if [[ "$last" =~ backend\ answered\ (401|403) ]]; then
+      _test_stop_sender
+      if [[ -z "${HEALERT_API_KEY:-}" ]]; then
+        _die "the backend requires an API key (${BASH_REMATCH[1]}) and HEALERT_API_KEY is not set. Fix: ./$SCRIPT_NAME setup, then ./$SCRIPT_NAME restart"
+      fi
+      _die "the backend refused the API key (${BASH_REMATCH[1]}). Fix: ./$SCRIPT_NAME setup rotate, then ./$SCRIPT_NAME restart (backend and agent get the same key)"
+    fi
+    if [[ "$backend_up" == false && "$last" == *"cannot connect"* ]]; then
+      _test_stop_sender
+      _die "the backend is not reachable at $HEALERT_BACKEND_URL (agent: ${last#* why=}). Fix: ./$SCRIPT_NAME start backend, or set HEALERT_BACKEND_URL"
+    fi
+    if [[ "$running" == false ]]; then
+      wait "$SELFTEST_PID" || rc=$?
+      SELFTEST_PID=""
+      break
+    fi
+    if ((SECONDS >= TEST_DEADLINE)); then
+      _test_stop_sender
+      _die "the event was not delivered within ${timeout}s (HEALERT_TEST_TIMEOUT); the agent's last word: ${last:-none (no answer from $HEALERT_BACKEND_URL)}"
+    fi
+    sleep 0.2
+  done
+  if ((rc != 0)); then
+    grep -v '^[0-9]\{4\}-' "$tmp/send.err" >&2 || true
+    _die "healert-agent replay --send failed (exit $rc, above)"
+  fi
+  refused=$(grep -o '[0-9][0-9]* refused (dead-lettered)' "$tmp/send.err" | head -n 1 | cut -d' ' -f1 || true)
+  if [[ -n "$refused" && "$refused" != 0 ]]; then
+    _die "the backend refused the event for good (${last:-no reason given}); it will never accept this payload, so nothing was stored"
   fi
   _ok "event delivered (healert-agent replay --send)"
 
   # 4. The backend must now show it: our token, or a larger count than before.
-  for ((i = 0; i < 20; i++)); do
-    after=$(curl --silent --max-time 5 -H @"$hdr" "$HEALERT_BACKEND_URL/friction/$entity" 2>/dev/null || true)
+  while :; do
+    after=$(curl --silent --max-time "$(_test_left 5)" -H @"$hdr" "$HEALERT_BACKEND_URL/friction/$entity" 2>/dev/null || true)
     if [[ "$after" == *"$token"* || "$after" == *"$uuid"* ]]; then
       found=true
       break
@@ -1057,12 +1199,37 @@ cmd_test() {
       found=true
       break
     fi
+    ((SECONDS < TEST_DEADLINE)) || break
     sleep 0.5
   done
   [[ "$found" == true ]] ||
-    _die "delivered, but GET $HEALERT_BACKEND_URL/friction/$entity does not show it after 10 s (backend log: $BACKEND_LOG)"
+    _die "delivered, but GET $HEALERT_BACKEND_URL/friction/$entity does not show it within ${timeout}s (backend log: $BACKEND_LOG)"
   _ok "backend stored it: GET /friction/$entity shows actor selftest-$token@healert.local"
-  _dim "this test leaves one event for entity $entity in the backend"
+  _dim "this test leaves its events (actor selftest-$token@healert.local) for $entity in the backend, timestamped now: the backend keeps them HEALERT_RETENTION_DAYS (30 by default)"
+}
+
+# _test_left CAP: seconds left before cmd_test's deadline, at most CAP and at least 1 (for
+# curl --max-time).
+_test_left() {
+  local left=$((TEST_DEADLINE - SECONDS))
+  ((left <= $1)) || left=$1
+  ((left >= 1)) || left=1
+  printf '%s' "$left"
+}
+
+# _test_stop_sender: end cmd_test's `replay --send` at once (it holds nothing worth a grace:
+# the audit line is a temporary file).
+_test_stop_sender() {
+  if [[ -n "$SELFTEST_PID" ]]; then
+    kill -KILL "$SELFTEST_PID" 2>/dev/null || true
+    wait "$SELFTEST_PID" 2>/dev/null || true
+    SELFTEST_PID=""
+  fi
+}
+
+_test_cleanup() {
+  _test_stop_sender
+  [[ -z "$SELFTEST_TMP" ]] || rm -rf "$SELFTEST_TMP"
 }
 
 # _count JSON: the backend's count for an entity (bypassCount, else the number of "type" keys).
@@ -1105,14 +1272,15 @@ Run
   status                            processes, health, key length, configuration
   logs [agent|backend]              follow the logs
   test                              send a synthetic kubectl exec through the agent; confirm the
-                                    backend stored it
+                                    backend stored it (gives up after HEALERT_TEST_TIMEOUT, 30 s)
   version | help
 
 Files: $AGENT_DIR/.env (agent settings and API key, mode 600; see .env.example),
        $RUN_DIR/ (pid files, logs, checkpoint), $BACKEND_DIR/.env (backend).
 Script variables: HEALERT_AGENT_DIR, HEALERT_BACKEND_DIR, HEALERT_HOST, HEALERT_PORT (backend bind,
 and the agent's default HEALERT_BACKEND_URL), HEALERT_AGENT_BIN (use this binary, no cargo build),
-KUBECTL (e.g. 'sudo k3s kubectl'), HEALERT_RULES_SOURCE (update manifest input, default rules.yaml).
+KUBECTL (e.g. 'sudo k3s kubectl'), HEALERT_RULES_SOURCE (update manifest input, default rules.yaml),
+HEALERT_TEST_TIMEOUT (seconds \`test\` may take, default 30). Docs: docs/local-mode.md.
 Environment variables override .env. The API key is never printed, only its length.
 EOF
 }

@@ -513,7 +513,9 @@ fn sink_serves_stored_events_by_entity_ref() {
     let r = c.get("/friction/component%3Ateam-1/app-1").unwrap();
     assert_eq!(r.status, 200);
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-    let got: Vec<&str> = v
+    assert_eq!(v["entityRef"], "component:team-1/app-1");
+    assert_eq!(v["frictionScore"]["bypassCount"], 1);
+    let got: Vec<&str> = v["recentEvents"]
         .as_array()
         .unwrap()
         .iter()

@@ -17,3 +17,4 @@ mod script;
 mod sink;
 mod soak;
 mod support;
+mod walkthrough;

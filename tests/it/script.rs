@@ -1,7 +1,7 @@
 //! The shipped files users meet first: `healert.sh` (driven as a user would, in a temporary
 //! HOME/agent directory, against the built binary), `daemonset.yaml` (parsed and checked for the
 //! invariants the issue asks for, and for its embedded copy of rules.yaml), the audit policy
-//! (evaluated against what every rule needs), and `.env.example` / README against
+//! (evaluated against what every rule needs), and `.env.example` / docs/configuration.md against
 //! `config::VARS`. The end-to-end run (start agent → status → test → stop) lives in
 //! `script_e2e.rs`, which needs the test sink.
 
@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use healert_agent::config::{self, VARS};
 use yaml_rust2::{Yaml, YamlLoader};
 
+use crate::sink::{Action, Sink};
 use crate::support::{bin, free_port, shared, Proc, TempDir};
 
 pub fn repo() -> PathBuf {
@@ -480,7 +481,7 @@ fn healert_sh_reads_exactly_the_agents_variables() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// .env.example and README against config::VARS
+// .env.example and docs/configuration.md against config::VARS
 // ---------------------------------------------------------------------------------------------
 
 #[test]
@@ -537,18 +538,34 @@ fn script_var(script: &str, name: &str) -> bool {
 }
 
 #[test]
-fn readme_table_lists_every_variable_with_its_default() {
-    let readme = read(&repo().join("README.md"));
-    for (name, default, _) in VARS {
-        let row = readme
-            .lines()
+fn configuration_doc_table_lists_every_variable_with_its_default_and_meaning() {
+    // The table moved from the README to docs/configuration.md (linked from the README).
+    let doc = read(&repo().join("docs/configuration.md"));
+    let rows: Vec<&str> = doc.lines().filter(|l| l.starts_with("| `")).collect();
+    for (name, default, meaning) in VARS {
+        let row = rows
+            .iter()
             .find(|l| l.starts_with(&format!("| `{name}` |")))
-            .unwrap_or_else(|| panic!("README has no table row for {name}"));
+            .unwrap_or_else(|| panic!("docs/configuration.md has no table row for {name}"));
         assert!(
             row.contains(default),
-            "README row for {name} lacks `{default}`: {row}"
+            "docs/configuration.md row for {name} lacks `{default}`: {row}"
+        );
+        assert!(
+            row.contains(&meaning.replace('|', "\\|")),
+            "docs/configuration.md row for {name} lacks its meaning `{meaning}`: {row}"
         );
     }
+    assert_eq!(
+        rows.len(),
+        VARS.len(),
+        "a row for a variable the agent does not read"
+    );
+    let readme = read(&repo().join("README.md"));
+    assert!(
+        readme.contains("(docs/configuration.md)"),
+        "README must link the table"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -726,9 +743,16 @@ fn daemonset_is_locked_down_and_consistent_with_the_agent() {
         .iter()
         .filter_map(|g| g.as_i64())
         .collect();
-    assert_eq!(groups, vec![64535], "the README's healert-audit gid");
-    let readme = read(&repo().join("README.md"));
-    assert!(readme.contains("64535"), "README must document gid 64535");
+    assert_eq!(
+        groups,
+        vec![64535],
+        "the healert-audit gid of docs/daemonset.md"
+    );
+    let doc = read(&repo().join("docs/daemonset.md"));
+    assert!(
+        doc.contains("--gid 64535"),
+        "docs/daemonset.md must document gid 64535"
+    );
 
     let containers = pod["containers"].as_vec().unwrap();
     assert_eq!(containers.len(), 1);
@@ -1253,7 +1277,6 @@ fn exec_line(actor: &str, pod: &str) -> String {
 
 #[test]
 fn end_to_end_validate_start_status_test_restart_stop() {
-    use crate::sink::Sink;
     const KEY: &str = "e2e-key-0123456789abcdef0123456789";
     let sink = Sink::builder().api_key(KEY).start();
     let s = Scratch::new("e2e");
@@ -1550,6 +1573,284 @@ fn backend_start_status_reset_stop() {
         text(&o)
     );
     assert!(!pidfile.exists());
+}
+
+// ---------------------------------------------------------------------------------------------
+// `healert.sh test` always ends, and says why it failed while it happens (issue 18)
+// ---------------------------------------------------------------------------------------------
+
+/// `healert.sh test` against `backend` (a URL) with `key`, `timeout` seconds of deadline.
+fn selftest(s: &Scratch, backend: &str, key: Option<&str>, timeout: &str) -> (bool, String) {
+    let mut c = s.command(&repo().join("healert.sh"), &["test"]);
+    c.env("HEALERT_BACKEND_URL", backend)
+        .env("RULES_PATH", repo().join("rules.yaml"))
+        .env("HEALERT_TEST_TIMEOUT", timeout);
+    if let Some(k) = key {
+        c.env("HEALERT_API_KEY", k);
+    }
+    let o = run_bounded(c);
+    (o.status.success(), text(&o))
+}
+
+#[test]
+fn test_with_a_wrong_or_missing_key_stops_at_the_first_401_with_the_fix() {
+    // The agent retries a 401 every 30 s forever; the script must stop it at the first one.
+    // The deadline is set far beyond run_bounded's one-minute guard: only the 401 can end it.
+    let sink = Sink::builder()
+        .api_key("the-backends-key-0123456789abcdef")
+        .start();
+    let s = Scratch::new("test401");
+    let (ok, t) = selftest(&s, &sink.url(), Some("not-the-key-0123456789abcdef"), "600");
+    assert!(!ok, "{t}");
+    assert!(
+        t.contains("agent: ") && t.contains("backend answered 401"),
+        "the agent's own line, as it happened: {t}"
+    );
+    assert!(
+        t.contains("refused the API key (401)") && t.contains("setup rotate"),
+        "{t}"
+    );
+    assert!(!t.contains("not-the-key"), "the key was printed: {t}");
+    assert!(sink.events().is_empty());
+
+    let (ok, t) = selftest(&s, &sink.url(), None, "600");
+    assert!(!ok, "{t}");
+    assert!(
+        t.contains("HEALERT_API_KEY is not set") && t.contains("./healert.sh setup"),
+        "{t}"
+    );
+}
+
+#[test]
+fn test_against_an_unreachable_backend_says_so_at_once() {
+    let s = Scratch::new("testdown");
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let (ok, t) = selftest(&s, &dead, Some("k-0123456789abcdef0123456789"), "600");
+    assert!(!ok, "{t}");
+    assert!(
+        t.contains("no answer from") && t.contains("cannot connect"),
+        "{t}"
+    );
+    assert!(
+        t.contains("not reachable") && t.contains("start backend"),
+        "{t}"
+    );
+}
+
+#[test]
+fn test_ends_at_its_deadline_and_names_the_agents_last_reason() {
+    // A backend that answers /health but 503 to every event: the agent retries (as it should);
+    // the test shows each retry as it comes and gives up at HEALERT_TEST_TIMEOUT.
+    let sink = Sink::builder()
+        .script(vec![Action::Status(503); 10_000])
+        .start();
+    let s = Scratch::new("testdeadline");
+    let (ok, t) = selftest(&s, &sink.url(), Some("k-0123456789abcdef0123456789"), "3");
+    assert!(!ok, "{t}");
+    assert!(t.contains("gives up after 3s"), "{t}");
+    assert!(t.contains("not delivered within 3s"), "{t}");
+    assert!(t.contains("last word:") && t.contains("503"), "{t}");
+    assert!(!sink.statuses().is_empty(), "nothing was tried");
+
+    // A backend that never answers an event: nothing to show but the deadline.
+    let silent = Sink::builder().script(vec![Action::NoAnswer]).start();
+    let (ok, t) = selftest(&s, &silent.url(), Some("k-0123456789abcdef0123456789"), "2");
+    assert!(!ok, "{t}");
+    assert!(t.contains("not delivered within 2s"), "{t}");
+
+    // A refused payload (4xx) ends the wait too: it will never be accepted.
+    let picky = Sink::builder().reject_containing("selftest-", 422).start();
+    let (ok, t) = selftest(&s, &picky.url(), None, "600");
+    assert!(!ok, "{t}");
+    assert!(
+        t.contains("refused the event for good") && t.contains("422"),
+        "{t}"
+    );
+
+    // The deadline is a variable like any other: a bad value names itself.
+    let (ok, t) = selftest(&s, &sink.url(), None, "soon");
+    assert!(!ok, "{t}");
+    assert!(
+        t.contains(r#"HEALERT_TEST_TIMEOUT="soon""#)
+            && t.contains("example: HEALERT_TEST_TIMEOUT=30"),
+        "{t}"
+    );
+}
+
+#[test]
+fn test_passes_against_a_backend_that_keeps_events_30_days() {
+    // The self-test's event is timestamped now, so a backend that only shows the last 30 days
+    // (HEALERT_RETENTION_DAYS) shows it.
+    const KEY: &str = "k-0123456789abcdef0123456789";
+    let sink = Sink::builder().api_key(KEY).retention_days(30).start();
+    let s = Scratch::new("testok");
+    let (ok, t) = selftest(&s, &sink.url(), Some(KEY), "30");
+    assert!(ok, "{t}");
+    assert!(
+        t.contains("agent: ") && t.contains("[200] type=kubectl-exec"),
+        "{t}"
+    );
+    assert!(t.contains("backend stored it"), "{t}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// `start backend` only says "healthy" about the process it started (issue 18)
+// ---------------------------------------------------------------------------------------------
+
+/// A scratch backend directory whose `venv/bin/uvicorn` is `script`.
+fn fake_backend(s: &Scratch, script: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let venv = s.backend_dir().join("venv/bin");
+    std::fs::create_dir_all(&venv).unwrap();
+    std::fs::write(s.backend_dir().join("main.py"), "app = None\n").unwrap();
+    let uvicorn = venv.join("uvicorn");
+    std::fs::write(&uvicorn, script).unwrap();
+    std::fs::set_permissions(&uvicorn, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn start_backend_on(s: &Scratch, port: u16, args: &[&str]) -> (bool, String) {
+    let mut c = s.command(&repo().join("healert.sh"), args);
+    c.env("HEALERT_HOST", "127.0.0.1")
+        .env("HEALERT_PORT", port.to_string());
+    let o = run_bounded(c);
+    (o.status.success(), text(&o))
+}
+
+/// Kills the process named in a pid file on drop (a backend a failed test left running).
+struct KillPidFile(PathBuf);
+
+impl Drop for KillPidFile {
+    fn drop(&mut self) {
+        if let Ok(p) = std::fs::read_to_string(&self.0) {
+            let _ = Command::new("kill").arg("-KILL").arg(p.trim()).status();
+        }
+    }
+}
+
+#[test]
+fn start_backend_refuses_a_port_that_another_server_holds() {
+    let s = Scratch::new("portbusy");
+    fake_backend(&s, FAKE_UVICORN);
+    let _guard = KillPidFile(s.run_dir().join("backend.pid"));
+
+    // Another server that answers /health like a backend (an old one, not started here).
+    let other = Sink::start();
+    let (ok, t) = start_backend_on(&s, other.addr().port(), &["start", "backend"]);
+    assert!(!ok, "claimed success on a taken port: {t}");
+    assert!(!t.contains("backend healthy"), "{t}");
+    assert!(t.contains("already in use") && t.contains("answers"), "{t}");
+    assert!(
+        t.contains(&format!("PID {}", std::process::id())),
+        "names the holder: {t}"
+    );
+    assert!(
+        t.contains("HEALERT_PORT="),
+        "says how to use another port: {t}"
+    );
+    assert!(!s.run_dir().join("backend.pid").exists(), "{t}");
+    assert!(
+        !s.backend_dir().join("key_len").exists(),
+        "uvicorn was started anyway"
+    );
+
+    // Any program on the port, HTTP or not.
+    let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (ok, t) = start_backend_on(
+        &s,
+        plain.local_addr().unwrap().port(),
+        &["start", "backend"],
+    );
+    assert!(!ok, "{t}");
+    assert!(t.contains("already in use"), "{t}");
+    assert!(!t.contains("answers"), "{t}");
+}
+
+/// Serves /health from a forked child and never listens itself: "something answers", but not
+/// the process the script started. The child's pid goes to ../../child.pid.
+const FAKE_UVICORN_NOT_LISTENING: &str = r#"#!/usr/bin/env python3
+import http.server, os, sys, time
+args = sys.argv[1:]
+host, port = args[args.index("--host") + 1], int(args[args.index("--port") + 1])
+here = os.path.dirname(os.path.abspath(__file__))
+child = os.fork()
+if child == 0:
+    class H(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+    http.server.HTTPServer((host, port), H).serve_forever()
+with open(os.path.join(here, "..", "..", "child.pid"), "w") as f:
+    f.write(str(child))
+time.sleep(120)
+"#;
+
+/// Exits at once the way uvicorn does when the port was taken between the check and its bind.
+const FAKE_UVICORN_ADDRESS_IN_USE: &str = "#!/bin/sh\necho 'ERROR:    [Errno 98] error while attempting to bind on address: address already in use' >&2\nexit 1\n";
+
+#[test]
+fn start_backend_is_healthy_only_when_its_own_process_answers() {
+    let s = Scratch::new("notours");
+    let port = free_port();
+    let _guard = KillPidFile(s.run_dir().join("backend.pid"));
+    let _child = KillPidFile(s.backend_dir().join("child.pid"));
+
+    fake_backend(&s, FAKE_UVICORN_NOT_LISTENING);
+    let (ok, t) = start_backend_on(&s, port, &["start", "backend"]);
+    assert!(!ok, "claimed success for a server it did not start: {t}");
+    assert!(!t.contains("backend healthy"), "{t}");
+    assert!(t.contains("not from the backend started here"), "{t}");
+    assert!(!s.run_dir().join("backend.pid").exists(), "{t}");
+
+    fake_backend(&s, FAKE_UVICORN_ADDRESS_IN_USE);
+    let (ok, t) = start_backend_on(&s, free_port(), &["start", "backend"]);
+    assert!(!ok, "{t}");
+    assert!(
+        t.contains("exited at start") && t.contains("address already in use"),
+        "{t}"
+    );
+    assert!(
+        !s.run_dir().join("backend.pid").exists(),
+        "a stale pid file was left: {t}"
+    );
+}
+
+#[test]
+fn start_backend_reports_a_stale_pid_file_then_starts_and_verifies() {
+    let s = Scratch::new("stalebackend");
+    fake_backend(&s, FAKE_UVICORN);
+    let pidfile = s.run_dir().join("backend.pid");
+    let _guard = KillPidFile(pidfile.clone());
+    std::fs::create_dir_all(s.run_dir()).unwrap();
+    // The pid of a backend that died (uvicorn's "address already in use" left it behind).
+    let mut dead = Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id();
+    dead.wait().unwrap();
+    std::fs::write(&pidfile, format!("{dead_pid}\n")).unwrap();
+
+    let port = free_port();
+    let (ok, t) = start_backend_on(&s, port, &["status"]);
+    assert!(
+        ok && t.contains("stale pid file") && t.contains(&dead_pid.to_string()),
+        "{t}"
+    );
+
+    std::fs::write(&pidfile, format!("{dead_pid}\n")).unwrap();
+    let (ok, t) = start_backend_on(&s, port, &["start", "backend"]);
+    assert!(ok, "{t}");
+    assert!(t.contains("stale pid file"), "{t}");
+    let pid = read(&pidfile).trim().to_string();
+    assert!(
+        t.contains(&format!(
+            "backend healthy at http://127.0.0.1:{port} (PID {pid} listens on port {port})"
+        )),
+        "{t}"
+    );
+    let (ok, t) = start_backend_on(&s, port, &["stop", "backend"]);
+    assert!(ok && t.contains("backend stopped"), "{t}");
 }
 
 #[test]

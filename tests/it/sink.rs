@@ -90,6 +90,7 @@ pub struct SinkBuilder {
     ipv6: bool,
     idle_close: Option<Duration>,
     port: u16,
+    retention_days: Option<u32>,
 }
 
 impl SinkBuilder {
@@ -154,6 +155,13 @@ impl SinkBuilder {
     /// the agent, on the address the agent was given).
     pub fn port(mut self, port: u16) -> Self {
         self.port = port;
+        self
+    }
+    /// Like the real backend's `HEALERT_RETENTION_DAYS`: `GET /friction/...` shows and scores
+    /// only events whose `timestamp` is within the last `days` days (off by default, so that
+    /// tests with fixed timestamps do not age out).
+    pub fn retention_days(mut self, days: u32) -> Self {
+        self.retention_days = Some(days);
         self
     }
     /// Listen on [::1] instead of 127.0.0.1.
@@ -543,14 +551,18 @@ fn handle<R: BufRead>(st: &State, w: &mut TcpStream, r: &mut R, req: Request) ->
         }
         ("GET", p) if p.starts_with("/friction/") => {
             let want = percent_decode(&p["/friction/".len()..]);
-            let events = st.lock().events.clone();
-            let found: Vec<serde_json::Value> = events
-                .iter()
-                .filter_map(|b| serde_json::from_str::<serde_json::Value>(b).ok())
-                .filter(|v| v.get("entity_ref").and_then(|e| e.as_str()) == Some(want.as_str()))
-                .collect();
-            let b = serde_json::Value::Array(found).to_string();
-            respond(w, cfg.chunked, 200, &[], b.as_bytes(), close).is_ok() && !close
+            let (status, b) = match friction(st, &want) {
+                Ok(b) => (200, b),
+                Err(b) => (400, b),
+            };
+            respond(w, cfg.chunked, status, &[], b.as_bytes(), close).is_ok() && !close
+        }
+        ("GET", p) if p == "/events" || p.starts_with("/events?") => {
+            let (status, b) = match all_events(st, p) {
+                Ok(b) => (200, b),
+                Err(b) => (422, b),
+            };
+            respond(w, cfg.chunked, status, &[], b.as_bytes(), close).is_ok() && !close
         }
         ("POST", "/events") => post_event(st, w, r, &body, auth.as_deref()),
         _ => {
@@ -723,6 +735,7 @@ fn respond(
     let reason = match status {
         200 => "OK",
         201 => "Created",
+        400 => "Bad Request",
         401 => "Unauthorized",
         404 => "Not Found",
         422 => "Unprocessable Entity",
@@ -774,4 +787,270 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The read side of the real backend (healert-io/backend, as its README documents it), so that
+// the README's walkthrough and `healert.sh test` see the same shapes here as there: GET /events
+// (rows newest first, `limit` 1..500, default 100) and GET /friction/<entity_ref> (score with
+// exponential decay: high 10, medium 6, low 3 points, half-life 7 days, 50 points = score 100;
+// only the last 30 days count). Keys are written in the backend's order, compact like its JSON.
+// ---------------------------------------------------------------------------------------------
+
+/// A stored event as the backend's `friction_events` row.
+struct Row {
+    id: String,
+    v: serde_json::Value,
+    ts: String,
+}
+
+fn rows(st: &State) -> Vec<Row> {
+    let events = st.lock().events.clone();
+    let mut rows: Vec<Row> = events
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let v: serde_json::Value = serde_json::from_str(b).unwrap_or(serde_json::Value::Null);
+            let ts = v["timestamp"].as_str().unwrap_or("").to_string();
+            Row {
+                id: format!("{:032x}", (i as u128 + 1) * 0x9e37_79b9_7f4a_7c15),
+                v,
+                ts,
+            }
+        })
+        .collect();
+    // ORDER BY timestamp DESC (text order, as SQLite compares the stored strings).
+    rows.sort_by(|a, b| b.ts.cmp(&a.ts));
+    rows
+}
+
+fn js(v: &serde_json::Value) -> String {
+    if v.is_null() {
+        "null".into()
+    } else {
+        v.to_string()
+    }
+}
+
+fn points(v: &serde_json::Value) -> u64 {
+    v["points"]
+        .as_u64()
+        .unwrap_or(match v["severity"].as_str() {
+            Some("high") => 10,
+            Some("medium") => 6,
+            Some("low") => 3,
+            _ => 5,
+        })
+}
+
+fn all_events(st: &State, path: &str) -> Result<String, String> {
+    let mut limit: i64 = 100;
+    if let Some((_, q)) = path.split_once('?') {
+        for kv in q.split('&') {
+            if let Some(v) = kv.strip_prefix("limit=") {
+                limit = v.parse().map_err(|_| {
+                    r#"{"detail":[{"type":"int_parsing","loc":["query","limit"],"msg":"Input should be a valid integer"}]}"#.to_string()
+                })?;
+            }
+        }
+    }
+    let limit = limit.clamp(1, 500) as usize;
+    let out: Vec<String> = rows(st)
+        .iter()
+        .take(limit)
+        .map(|r| {
+            let f = |k: &str| js(&r.v[k]);
+            format!(
+                r#"{{"id":"{}","entity_ref":{},"type":{},"severity":{},"actor":{},"service":{},"namespace":{},"workflow":{},"description":{},"timestamp":{},"points":{}}}"#,
+                r.id,
+                f("entity_ref"),
+                f("type"),
+                f("severity"),
+                f("actor"),
+                f("service"),
+                f("namespace"),
+                f("workflow"),
+                f("description"),
+                f("timestamp"),
+                points(&r.v)
+            )
+        })
+        .collect();
+    Ok(format!("[{}]", out.join(",")))
+}
+
+fn friction(st: &State, entity: &str) -> Result<String, String> {
+    let ok_part = |s: &str, extra: &str| {
+        !s.is_empty()
+            && s.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || extra.contains(b as char)
+            })
+    };
+    let valid = entity.split_once(':').is_some_and(|(kind, rest)| {
+        rest.split_once('/')
+            .is_some_and(|(ns, name)| ok_part(kind, "") && ok_part(ns, "") && ok_part(name, "."))
+    });
+    if !valid {
+        return Err(format!(
+            r#"{{"detail":{}}}"#,
+            serde_json::Value::String(format!("Invalid entity_ref format: '{entity}'"))
+        ));
+    }
+    let now = unix_now();
+    let window = st.cfg.retention_days.map(|d| f64::from(d) * 86400.0);
+    let age = |r: &Row| parse_utc(&r.ts).map(|t| (now - t).max(0.0)).unwrap_or(0.0);
+    let shown: Vec<Row> = rows(st)
+        .into_iter()
+        .filter(|r| r.v["entity_ref"].as_str() == Some(entity))
+        .filter(|r| window.map_or(true, |w| age(r) <= w))
+        .take(500)
+        .collect();
+    let now_text = format_utc(now);
+    let score = if shown.is_empty() {
+        format!(
+            r#"{{"score":0,"severity":"low","bypassCount":0,"overheadHoursPerEngineer":0.0,"topFrictionWorkflow":"none","calculatedAt":"{now_text}"}}"#
+        )
+    } else {
+        let total: f64 = shown
+            .iter()
+            .map(|r| points(&r.v) as f64 * 0.5f64.powf(age(r) / 86400.0 / 7.0))
+            .sum();
+        let score = ((total / 50.0 * 100.0).round_ties_even() as u64).min(100);
+        let severity = match score {
+            80.. => "critical",
+            60.. => "high",
+            40.. => "medium",
+            _ => "low",
+        };
+        let mut counts: Vec<(String, usize)> = Vec::new();
+        for r in &shown {
+            if let Some(w) = r.v["workflow"].as_str().filter(|w| !w.is_empty()) {
+                match counts.iter_mut().find(|(k, _)| k == w) {
+                    Some((_, n)) => *n += 1,
+                    None => counts.push((w.to_string(), 1)),
+                }
+            }
+        }
+        let top = counts
+            .iter()
+            .max_by_key(|(_, n)| *n)
+            .map(|(w, _)| w.as_str())
+            .unwrap_or("deploy");
+        let hours = (shown.len() as f64 * 25.0 / 60.0 * 10.0).round_ties_even() / 10.0;
+        format!(
+            r#"{{"score":{score},"severity":"{severity}","bypassCount":{},"overheadHoursPerEngineer":{},"topFrictionWorkflow":{},"calculatedAt":"{now_text}"}}"#,
+            shown.len(),
+            serde_json::Value::from(hours),
+            serde_json::Value::from(top)
+        )
+    };
+    let recent: Vec<String> = shown
+        .iter()
+        .map(|r| {
+            let f = |k: &str| js(&r.v[k]);
+            format!(
+                r#"{{"timestamp":{},"actor":{},"type":{},"description":{},"workflow":{}}}"#,
+                f("timestamp"),
+                f("actor"),
+                f("type"),
+                f("description"),
+                f("workflow")
+            )
+        })
+        .collect();
+    Ok(format!(
+        r#"{{"entityRef":{},"frictionScore":{score},"recentEvents":[{}],"sources":{{"kubernetesAuditLog":true,"github":false,"jira":false}},"fetchedAt":"{now_text}"}}"#,
+        serde_json::Value::from(entity),
+        recent.join(",")
+    ))
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146097 + doe - 719468
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)` → seconds since the epoch; None otherwise.
+fn parse_utc(s: &str) -> Option<f64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d, h, mi, se) = (
+        n(0..4)?,
+        n(5..7)?,
+        n(8..10)?,
+        n(11..13)?,
+        n(14..16)?,
+        n(17..19)?,
+    );
+    let mut rest = &s[19..];
+    let mut frac = 0.0;
+    if let Some(r) = rest.strip_prefix('.') {
+        let digits = r.bytes().take_while(u8::is_ascii_digit).count();
+        frac = format!("0.{}", &r[..digits]).parse().ok()?;
+        rest = &r[digits..];
+    }
+    let offset = match rest {
+        "Z" | "z" | "+00:00" => 0,
+        o if o.len() == 6 && (o.starts_with('+') || o.starts_with('-')) => {
+            let sign = if o.starts_with('-') { -1 } else { 1 };
+            sign * (o[1..3].parse::<i64>().ok()? * 3600 + o[4..6].parse::<i64>().ok()? * 60)
+        }
+        _ => return None,
+    };
+    let secs = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + se - offset;
+    Some(secs as f64 + frac)
+}
+
+/// Seconds since the epoch → `YYYY-MM-DDTHH:MM:SS.ffffff+00:00` (Python's `isoformat()`).
+fn format_utc(t: f64) -> String {
+    let micros = (t * 1e6) as i64;
+    let (secs, us) = (micros.div_euclid(1_000_000), micros.rem_euclid(1_000_000));
+    let (days, sod) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // civil_from_days (H. Hinnant).
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{us:06}+00:00",
+        sod / 3600,
+        sod / 60 % 60,
+        sod % 60
+    )
+}
+
+#[test]
+fn sink_time_conversions_agree() {
+    for (text, want) in [
+        ("1970-01-01T00:00:00Z", 0.0),
+        ("2000-03-01T00:00:00Z", 951868800.0),
+        ("2026-11-25T22:50:01.5Z", 1795647001.5),
+        ("2026-11-25T23:50:01+01:00", 1795647001.0),
+    ] {
+        assert_eq!(parse_utc(text), Some(want), "{text}");
+    }
+    let t = 1795647001.25;
+    assert_eq!(format_utc(t), "2026-11-25T22:50:01.250000+00:00");
+    assert_eq!(parse_utc(&format_utc(t)), Some(t));
+    assert_eq!(parse_utc("yesterday"), None);
 }
