@@ -19,15 +19,17 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::deliver::{self, Queue};
+use crate::detect::audit::{EVENT_LIST, EVENT_SPEC};
 use crate::detect::rules::{self, RuleSet};
 use crate::detect::Detector;
 use crate::operate::log::{self as oplog, Redacted, Throttle};
 use crate::operate::metrics::{now_unix_ms, Metrics};
 use crate::operate::signal;
-use crate::pipeline::{self, Feeder, ResumePoint, Stage, Step};
+use crate::pipeline::{self, Feeder, ResumePoint, Stage, Step, TroubleLog};
 use crate::source::checkpoint::{self, Checkpoint};
 use crate::source::follow::{Follower, StartAt};
 use crate::source::position::Position;
+use crate::source::prune::Caps;
 use crate::source::Source;
 use crate::{error, info, validate, warn};
 
@@ -101,7 +103,8 @@ pub fn run() -> ExitCode {
         position: c.position,
         skip: c.skip_events,
     });
-    let follower = Follower::new(cfg.follow_options(), resume, Arc::clone(&metrics));
+    let follower = Follower::new(cfg.follow_options(), resume, Arc::clone(&metrics))
+        .streaming_long_lines(EVENT_SPEC, EVENT_LIST, Caps::default());
 
     banner(
         &cfg,
@@ -278,6 +281,7 @@ fn follow_loop(
     poll_interval: Duration,
 ) {
     let mut feeder = Feeder::new(queue, poll_interval);
+    let mut troubles = TroubleLog::default();
     // Audit lines come in bursts: for a second after new lines, look again four times as often
     // (lower latency while busy); a quiet log costs one look per POLL_INTERVAL.
     let mut saw_records = false;
@@ -307,19 +311,26 @@ fn follow_loop(
             stage.source_mut().hold();
             !stop.load(Ordering::Relaxed)
         };
-        let go_on = match stage.step() {
+        let step = stage.step();
+        pipeline::count(metrics, &step);
+        troubles.report(&step, || match &step {
+            Step::Record { start, .. } | Step::Skipped { start, .. } => {
+                stage.source().describe(start)
+            }
+            _ => String::new(),
+        });
+        let go_on = match step {
             Step::Record {
                 start,
                 end,
                 first_index,
-                verdict,
                 events,
+                ..
             } => {
                 saw_records = true;
-                pipeline::count(metrics, &verdict, &events);
                 feeder.record(start, end, first_index, events, || wait(&mut stage))
             }
-            Step::Skipped { start, end } => {
+            Step::Skipped { start, end, .. } => {
                 feeder.record(start, end, 0, Vec::new(), || wait(&mut stage))
             }
             Step::Idle => {

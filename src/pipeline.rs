@@ -16,9 +16,14 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::deliver::{Queue, Room};
-use crate::detect::{Detector, FrictionEvent, LineVerdict, Verdict};
+use crate::detect::audit::{extract, EVENT_LIST, EVENT_SPEC};
+use crate::detect::json::JsonError;
+use crate::detect::{Detector, FrictionEvent, LineVerdict, ListTally, Verdict};
+use crate::operate::log::Throttle;
 use crate::operate::metrics::Metrics;
-use crate::source::{Next, Place, Source};
+use crate::source::prune::{prune_all, Caps, PruneError, PruneErrorKind};
+use crate::source::{Next, Place, Read, Source, Unreadable};
+use crate::warn;
 
 /// Where to resume: the first place not acknowledged, and how many events of the record that
 /// starts there were already accepted (a checkpoint's `offset` and `skip_events`).
@@ -40,13 +45,44 @@ pub enum Step<P> {
         first_index: u32,
         verdict: Verdict,
         events: Vec<FrictionEvent>,
+        /// How the record was read.
+        how: Read,
+        /// What was wrong with it, if anything.
+        trouble: Option<Trouble>,
     },
-    /// A line over `MAX_LINE_BYTES` was skipped unread (counted by the source).
-    Skipped { start: P, end: P },
+    /// A line (or, `start == end`, one record of a streamed line) could not be read.
+    Skipped { start: P, end: P, why: Unreadable },
     /// Nothing to read now: the caller waits a poll interval.
     Idle,
     /// The source ended.
     End,
+}
+
+/// What was wrong with a record that was judged anyway, or could not be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trouble {
+    /// Not valid JSON as a whole (`strict`), but the fields the rules read are: evaluated from
+    /// those (a broken request or response body costs nothing).
+    Recovered {
+        strict: JsonError,
+        audit_id: Option<String>,
+    },
+    /// Not valid JSON, and the fields the rules read cannot be told unambiguously either
+    /// (`pruned`: why; `None` when they can be told apart but one of them is itself invalid):
+    /// not evaluated.
+    Dropped {
+        strict: JsonError,
+        pruned: Option<PruneError>,
+    },
+}
+
+/// Progress through the records of one line (several when a streamed line holds a list).
+struct LineProgress<P> {
+    start: P,
+    /// Events produced for the line so far (the index of the next one).
+    emitted: u32,
+    /// Events of the line still to drop: accepted before a clean stop (the resume point).
+    skip_left: u32,
 }
 
 /// A source and the detector it feeds. See the module documentation.
@@ -54,6 +90,7 @@ pub struct Stage<S: Source> {
     source: S,
     detector: Detector,
     resume: Option<ResumePoint<S::Pos>>,
+    line: Option<LineProgress<S::Pos>>,
     events: Vec<FrictionEvent>,
 }
 
@@ -63,31 +100,57 @@ impl<S: Source> Stage<S> {
             source,
             detector,
             resume,
+            line: None,
             events: Vec::new(),
         }
     }
 
     /// Reads and evaluates the next record.
     pub fn step(&mut self) -> Step<S::Pos> {
-        let (start, end, verdict) = match self.source.next() {
+        let (start, end, how, verdict, trouble) = match self.source.next() {
             Next::Record(r) => {
-                let verdict = self.detector.detect_record(r.bytes, &mut self.events);
-                (r.start, r.end, verdict)
+                let (verdict, trouble) = judge(&self.detector, r.bytes, r.how, &mut self.events);
+                (r.start, r.end, r.how, verdict, trouble)
             }
-            Next::Skipped { start, end } => return Step::Skipped { start, end },
+            Next::Skipped { start, end, why } => {
+                if end != start {
+                    self.line = None;
+                }
+                return Step::Skipped { start, end, why };
+            }
             Next::Idle => return Step::Idle,
             Next::End => return Step::End,
         };
-        let mut first_index = 0u32;
-        if let Some(resume) = self.resume.take() {
-            // A clean stop in the middle of a record: its first `skip` events were accepted.
-            // Only the record that starts exactly there (same file, whose fingerprint may
-            // have grown since, same offset) is concerned.
-            if resume.skip > 0 && resume.position.same_place(&start) {
-                let n = (resume.skip as usize).min(self.events.len());
-                self.events.drain(..n);
-                first_index = n as u32;
-            }
+        // Which line this record belongs to: records pruned out of one streamed line share its
+        // start, and their events are numbered across the line.
+        let continuing = self
+            .line
+            .as_ref()
+            .is_some_and(|l| l.start.same_place(&start));
+        if !continuing {
+            // A clean stop in the middle of a line: its first `skip` events were accepted.
+            // Only the line that starts exactly there (same file, whose fingerprint may have
+            // grown since, same offset), the first one read, is concerned.
+            let skip_left = match self.resume.take() {
+                Some(r) if r.position.same_place(&start) => r.skip,
+                _ => 0,
+            };
+            self.line = Some(LineProgress {
+                start,
+                emitted: 0,
+                skip_left,
+            });
+        }
+        let mut first_index = 0;
+        if let Some(line) = self.line.as_mut() {
+            let n = (line.skip_left as usize).min(self.events.len());
+            self.events.drain(..n);
+            line.skip_left -= n as u32;
+            first_index = line.emitted + n as u32;
+            line.emitted = first_index + self.events.len() as u32;
+        }
+        if end != start {
+            self.line = None;
         }
         // Only records with events allocate: the next detection starts a new vector.
         let events = std::mem::take(&mut self.events);
@@ -97,6 +160,8 @@ impl<S: Source> Stage<S> {
             first_index,
             verdict,
             events,
+            how,
+            trouble,
         }
     }
 
@@ -123,27 +188,210 @@ impl<S: Source> Stage<S> {
     }
 }
 
-/// Counts one record's verdict and events into `m` (the engine counts nothing itself).
-pub fn count(m: &Metrics, verdict: &Verdict, events: &[FrictionEvent]) {
+/// Evaluates one record. A whole line that is not valid JSON is read again by the pruner: when
+/// the fields the rules read are unambiguous, those are evaluated (a damaged body must not hide
+/// an event); otherwise the line is dropped with both reasons.
+fn judge(
+    detector: &Detector,
+    bytes: &[u8],
+    how: Read,
+    out: &mut Vec<FrictionEvent>,
+) -> (Verdict, Option<Trouble>) {
+    let verdict = detector.detect_record(bytes, out);
+    let Verdict::Malformed(strict) = verdict else {
+        return (verdict, None);
+    };
+    if how != Read::Whole {
+        // Pruned records are small and already what the rules read.
+        return (Verdict::Malformed(strict), None);
+    }
+    let all = prune_all(bytes, EVENT_SPEC, EVENT_LIST, Caps::default());
+    let pruned_error = match all.end {
+        Err(e) => Some(e),
+        Ok(()) => all
+            .records
+            .iter()
+            .find_map(|r| r.record.as_ref().err())
+            .cloned(),
+    };
+    if let Some(pruned) = pruned_error {
+        return (
+            Verdict::Malformed(strict),
+            Some(Trouble::Dropped {
+                strict,
+                pruned: Some(pruned),
+            }),
+        );
+    }
+    let mut tally = ListTally::default();
+    let mut single = None;
+    let mut audit_id = None;
+    for r in &all.records {
+        let Ok(record) = &r.record else { continue };
+        if audit_id.is_none() {
+            audit_id = extract(record)
+                .ok()
+                .map(|f| f.audit_id.chars().take(128).collect::<String>())
+                .filter(|id| !id.is_empty());
+        }
+        let v = detector.detect_record(record, out);
+        match v {
+            Verdict::Event(lv) => tally.count(lv),
+            Verdict::Malformed(_) => tally.count(LineVerdict::Malformed),
+            Verdict::List(t) => tally.add(&t),
+        }
+        single = Some(v);
+    }
+    let verdict = match single {
+        Some(v) if !all.container => v,
+        _ => Verdict::List(tally),
+    };
+    if matches!(verdict, Verdict::Malformed(_)) {
+        // A field the rules read is itself not valid: nothing can be recovered.
+        return (
+            Verdict::Malformed(strict),
+            Some(Trouble::Dropped {
+                strict,
+                pruned: None,
+            }),
+        );
+    }
+    (verdict, Some(Trouble::Recovered { strict, audit_id }))
+}
+
+/// Counts one step into `m` (the engine counts nothing itself): the verdict, the events per
+/// rule, and what could not be read whole.
+pub fn count<P>(m: &Metrics, step: &Step<P>) {
     let add = |c: &std::sync::atomic::AtomicU64, n: u64| {
         if n > 0 {
             c.fetch_add(n, Ordering::Relaxed);
         }
     };
-    match verdict {
-        Verdict::Event(LineVerdict::Blank) => add(&m.blank_lines, 1),
-        Verdict::Event(LineVerdict::Malformed) | Verdict::Malformed(_) => {
-            add(&m.malformed_lines, 1)
+    match step {
+        Step::Record {
+            verdict,
+            events,
+            how,
+            trouble,
+            ..
+        } => {
+            match verdict {
+                Verdict::Event(LineVerdict::Blank) => add(&m.blank_lines, 1),
+                Verdict::Event(LineVerdict::Malformed) | Verdict::Malformed(_) => {
+                    add(&m.malformed_lines, 1)
+                }
+                Verdict::Event(LineVerdict::SkippedStage) => add(&m.stages_skipped, 1),
+                Verdict::Event(LineVerdict::Evaluated) => {}
+                Verdict::List(t) => {
+                    add(&m.malformed_lines, t.malformed);
+                    add(&m.stages_skipped, t.skipped_stages);
+                }
+            }
+            match trouble {
+                Some(Trouble::Dropped { .. }) => m.inc_dropped("malformed"),
+                Some(Trouble::Recovered { .. }) => m.inc_recovered("damaged"),
+                None if *how == Read::Streamed && !matches!(verdict, Verdict::Malformed(_)) => {
+                    m.inc_recovered("streamed")
+                }
+                None => {}
+            }
+            for e in events {
+                m.inc_matched(&e.kind);
+            }
         }
-        Verdict::Event(LineVerdict::SkippedStage) => add(&m.stages_skipped, 1),
-        Verdict::Event(LineVerdict::Evaluated) => {}
-        Verdict::List(t) => {
-            add(&m.malformed_lines, t.malformed);
-            add(&m.stages_skipped, t.skipped_stages);
+        Step::Skipped { why, .. } => m.inc_dropped(drop_reason(why)),
+        Step::Idle | Step::End => {}
+    }
+}
+
+/// The `reason` label of a line that could not be read.
+pub fn drop_reason(why: &Unreadable) -> &'static str {
+    match why {
+        Unreadable::OverCap => "over_max_line",
+        Unreadable::Pruner(e) => match e.kind {
+            PruneErrorKind::TooLarge => "too_large",
+            PruneErrorKind::TooDeep => "too_deep",
+            _ => "malformed",
+        },
+    }
+}
+
+/// Logs what could not be read whole, at most once a minute per kind (with how many more of
+/// that kind there were): where, the `auditID` when readable, and what was wrong.
+pub struct TroubleLog {
+    throttles: std::collections::BTreeMap<&'static str, Throttle>,
+}
+
+impl Default for TroubleLog {
+    fn default() -> TroubleLog {
+        TroubleLog {
+            throttles: std::collections::BTreeMap::new(),
         }
     }
-    for e in events {
-        m.inc_matched(&e.kind);
+}
+
+impl TroubleLog {
+    /// Logs `step` if something was wrong with it; `at` says where it is (the source's
+    /// description of its start).
+    pub fn report<P>(&mut self, step: &Step<P>, at: impl FnOnce() -> String) {
+        let (kind, audit_id, what, dropped): (&'static str, Option<&str>, String, bool) = match step
+        {
+            Step::Record {
+                trouble: Some(Trouble::Dropped { strict, pruned }),
+                ..
+            } => (
+                "malformed",
+                pruned.as_ref().and_then(|p| p.audit_id.as_deref()),
+                match pruned {
+                    Some(p) => format!("{strict}; the fields the rules read: {p}"),
+                    None => format!("{strict}, in a field the rules read"),
+                },
+                true,
+            ),
+            Step::Record {
+                trouble: Some(Trouble::Recovered { strict, audit_id }),
+                ..
+            } => ("damaged", audit_id.as_deref(), strict.to_string(), false),
+            Step::Record {
+                verdict: Verdict::Malformed(e),
+                ..
+            } => ("malformed", None, e.to_string(), true),
+            Step::Skipped { why, .. } => {
+                let id = match why {
+                    Unreadable::Pruner(e) => e.audit_id.as_deref(),
+                    Unreadable::OverCap => None,
+                };
+                (drop_reason(why), id, why.to_string(), true)
+            }
+            _ => return,
+        };
+        let throttle = self
+            .throttles
+            .entry(kind)
+            .or_insert_with(|| Throttle::new(Duration::from_secs(60)));
+        let Some(others) = throttle.hit(kind) else {
+            return;
+        };
+        let audit_id = audit_id.unwrap_or("(unreadable)");
+        if dropped {
+            warn!(
+                "an audit line could not be evaluated; it is skipped",
+                "kind" => kind,
+                "at" => at(),
+                "auditID" => audit_id,
+                "why" => what,
+                "more_of_this_kind_last_minute" => others,
+            );
+        } else {
+            warn!(
+                "an audit line is damaged where no rule looks; evaluated from the fields the rules read",
+                "kind" => kind,
+                "at" => at(),
+                "auditID" => audit_id,
+                "why" => what,
+                "more_of_this_kind_last_minute" => others,
+            );
+        }
     }
 }
 
@@ -273,7 +521,9 @@ mod tests {
             let mut got = Vec::new();
             let m = Metrics::new();
             loop {
-                match stage.step() {
+                let step = stage.step();
+                count(&m, &step);
+                match step {
                     Step::Record {
                         start,
                         first_index,
@@ -281,7 +531,6 @@ mod tests {
                         events,
                         ..
                     } => {
-                        count(&m, &verdict, &events);
                         if !matches!(verdict, Verdict::Malformed(_)) {
                             assert_eq!(events.len() as u32 + first_index, 2);
                             got.push((start, first_index));

@@ -19,16 +19,19 @@ use std::time::{Duration, Instant};
 use crate::config::{self, Config};
 use crate::deliver::{self, Queue, SenderHandle};
 use crate::detect::audit::extract;
+use crate::detect::audit::{EVENT_LIST, EVENT_SPEC};
 use crate::detect::json::ErrorKind;
 use crate::detect::rules::{self, Diagnostic, Level, LoadError};
 use crate::detect::{Detector, FrictionEvent, LineVerdict, Verdict};
 use crate::operate::log::{self as oplog, sanitize};
 use crate::operate::metrics::Metrics;
 use crate::operate::signal;
-use crate::pipeline::{Feeder, Stage, Step};
+use crate::pipeline::{drop_reason, Feeder, Stage, Step, Trouble};
+use crate::source::document::DocumentSource;
 use crate::source::lines::find_byte;
+use crate::source::prune::Caps;
 use crate::source::stream::StreamSource;
-use crate::source::{Next, Record as SourceRecord, Source};
+use crate::source::{Next, Read as How, Source};
 
 /// Arguments of `healert-agent replay`.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -70,15 +73,89 @@ pub struct Stats {
     pub events_per_rule: BTreeMap<String, u64>,
     /// The first few malformed lines: (1-based line number, what is wrong).
     pub first_malformed: Vec<(u64, String)>,
+    /// Records evaluated from the fields the rules read although the line is damaged.
+    pub recovered: u64,
+    /// Records pruned out of lines over MAX_LINE_BYTES (one per event, one per list item).
+    pub streamed: u64,
+    /// Lines (or list items) not evaluated, per reason.
+    pub dropped: BTreeMap<&'static str, u64>,
+    /// The first few damaged or dropped lines: (1-based line number, what happened).
+    pub first_problems: Vec<(u64, String)>,
+    input_kind: InputKind,
+}
+
+/// What replay read.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum InputKind {
+    #[default]
+    Lines,
+    Document,
 }
 
 /// How many malformed lines the summary describes one by one.
 pub const SHOWN_MALFORMED: usize = 5;
 
 impl Stats {
+    /// What could not be read whole, and the first problems with their line numbers.
+    fn note(&mut self, step: &Step<u64>) {
+        let (problem, line) = match step {
+            Step::Record {
+                trouble: Some(Trouble::Recovered { strict, .. }),
+                ..
+            } => {
+                self.recovered += 1;
+                (
+                    format!("damaged, evaluated from the fields the rules read: {strict}"),
+                    self.lines + 1,
+                )
+            }
+            Step::Record {
+                trouble: Some(Trouble::Dropped { strict, pruned }),
+                ..
+            } => {
+                *self.dropped.entry("malformed").or_insert(0) += 1;
+                let why = match pruned {
+                    Some(p) => format!("{strict}; the fields the rules read: {p}"),
+                    None => format!("{strict}, in a field the rules read"),
+                };
+                (format!("not evaluated: {why}"), self.lines + 1)
+            }
+            Step::Record { how: How::Item, .. } => {
+                self.list_items += 1;
+                return;
+            }
+            Step::Record {
+                how: How::Streamed,
+                verdict,
+                start,
+                end,
+                ..
+            } => {
+                if !matches!(verdict, Verdict::Malformed(_)) {
+                    self.streamed += 1;
+                }
+                if end > start {
+                    self.oversized += 1;
+                }
+                return;
+            }
+            Step::Skipped { why, start, end } => {
+                *self.dropped.entry(drop_reason(why)).or_insert(0) += 1;
+                if end > start && matches!(self.input_kind, InputKind::Lines) {
+                    self.oversized += 1;
+                }
+                (format!("not evaluated: {why}"), self.lines + 1)
+            }
+            _ => return,
+        };
+        if self.first_problems.len() < SHOWN_MALFORMED {
+            self.first_problems.push((line, problem));
+        }
+    }
+
     fn count(&mut self, verdict: Option<&Verdict>, events: &[FrictionEvent]) {
         match verdict {
-            None => self.oversized += 1,
+            None => {}
             Some(Verdict::Event(v)) => match v {
                 LineVerdict::Blank => self.blank += 1,
                 LineVerdict::Malformed => self.malformed += 1,
@@ -123,24 +200,28 @@ fn starts_document(first: &[u8]) -> bool {
         && extract(t).is_err_and(|e| e.kind == ErrorKind::UnexpectedEnd)
 }
 
-/// What replay reads: lines, or — when the first non-blank line opens a multi-line JSON
-/// document (a pretty-printed EventList) — that whole document as one record.
+/// How far ahead [`Input::open`] looks for the end of the first non-blank line.
+const SNIFF: usize = 64 << 10;
+
+type Sniffed<R> = Chain<Cursor<Vec<u8>>, R>;
+
+/// What replay reads: lines (NDJSON; a line over MAX_LINE_BYTES, such as a compact EventList
+/// export, is streamed item by item), or — when the first non-blank line opens a multi-line
+/// JSON document (a pretty-printed EventList) — that document, streamed item by item.
 pub enum Input<R> {
-    Lines(StreamSource<Chain<Cursor<Vec<u8>>, R>>),
-    Document { bytes: Vec<u8>, given: bool },
+    Lines(StreamSource<Sniffed<R>>),
+    Document(DocumentSource<Sniffed<R>>),
 }
 
 impl<R: Read> Input<R> {
-    /// Looks at the first non-blank line (reading at most about `max_line` bytes ahead) to
-    /// tell NDJSON from a pretty-printed document. A document is read whole into memory.
+    /// Looks at the first non-blank line (at most 64 KiB ahead) to tell NDJSON from a
+    /// pretty-printed document. Memory stays bounded whatever the input's size.
     pub fn open(mut input: R, max_line: usize) -> io::Result<Input<R>> {
-        const STEP: usize = 64 * 1024;
         let mut prefix = Vec::new();
         let mut at = 0usize;
         let document = loop {
             while let Some(i) = find_byte(&prefix[at..], b'\n') {
-                let line = &prefix[at..at + i];
-                if !is_blank(line) {
+                if !is_blank(&prefix[at..at + i]) {
                     break;
                 }
                 at += i + 1;
@@ -148,11 +229,13 @@ impl<R: Read> Input<R> {
             if let Some(i) = find_byte(&prefix[at..], b'\n') {
                 break starts_document(&prefix[at..at + i]);
             }
-            if prefix.len() > max_line.saturating_add(STEP) {
+            if prefix.len() >= SNIFF {
+                // A first line this long is a line (streamed if over the cap), not the
+                // opening of a pretty-printed document.
                 break false;
             }
             let old = prefix.len();
-            prefix.resize(old + STEP, 0);
+            prefix.resize(SNIFF, 0);
             let n = loop {
                 match input.read(&mut prefix[old..]) {
                     Ok(n) => break n,
@@ -166,32 +249,29 @@ impl<R: Read> Input<R> {
                 break !is_blank(rest) && starts_document(rest);
             }
         };
-        if !document {
-            return Ok(Input::Lines(StreamSource::new(
-                Cursor::new(prefix).chain(input),
-                max_line,
-            )));
-        }
-        let mut bytes = prefix;
-        input.read_to_end(&mut bytes)?;
-        if crate::detect::json::validate(&bytes).is_ok() {
-            return Ok(Input::Document {
-                bytes,
-                given: false,
-            });
-        }
-        // Not one valid document after all: its lines, each judged on its own.
-        Ok(Input::Lines(StreamSource::new(
-            Cursor::new(bytes).chain(input),
-            max_line,
-        )))
+        let all = Cursor::new(prefix).chain(input);
+        Ok(if document {
+            Input::Document(DocumentSource::new(
+                all,
+                EVENT_SPEC,
+                EVENT_LIST,
+                Caps::default(),
+                false,
+            ))
+        } else {
+            Input::Lines(StreamSource::new(all, max_line).streaming_long_lines(
+                EVENT_SPEC,
+                EVENT_LIST,
+                Caps::default(),
+            ))
+        })
     }
 
     /// The read error that ended the input early, if any.
     pub fn take_error(&mut self) -> Option<io::Error> {
         match self {
             Input::Lines(s) => s.take_error(),
-            Input::Document { .. } => None,
+            Input::Document(d) => d.take_error(),
         }
     }
 }
@@ -202,29 +282,19 @@ impl<R: Read> Source for Input<R> {
     fn next(&mut self) -> Next<'_, u64> {
         match self {
             Input::Lines(s) => s.next(),
-            Input::Document { given: true, .. } => Next::End,
-            Input::Document { bytes, given } => {
-                *given = true;
-                Next::Record(SourceRecord {
-                    bytes,
-                    start: 0,
-                    end: bytes.len() as u64,
-                })
-            }
+            Input::Document(d) => d.next(),
         }
     }
 
     fn position(&self) -> u64 {
         match self {
             Input::Lines(s) => s.position(),
-            Input::Document { bytes, given } => {
-                if *given {
-                    bytes.len() as u64
-                } else {
-                    0
-                }
-            }
+            Input::Document(d) => d.position(),
         }
+    }
+
+    fn describe(&self, place: &u64) -> String {
+        format!("offset {place}")
     }
 }
 
@@ -252,10 +322,18 @@ pub fn scan_capped<R: Read>(
     mut sink: impl FnMut(Record<'_>) -> io::Result<()>,
 ) -> io::Result<Stats> {
     let input = Input::open(input, max_line)?;
+    let mut st = Stats {
+        input_kind: match &input {
+            Input::Lines(_) => InputKind::Lines,
+            Input::Document(_) => InputKind::Document,
+        },
+        ..Stats::default()
+    };
     let mut stage = Stage::new(input, det.clone(), None);
-    let mut st = Stats::default();
     loop {
-        let (start, end, verdict, events) = match stage.step() {
+        let step = stage.step();
+        st.note(&step);
+        let (start, end, verdict, events) = match step {
             Step::Record {
                 start,
                 end,
@@ -263,19 +341,14 @@ pub fn scan_capped<R: Read>(
                 events,
                 ..
             } => (start, end, Some(verdict), events),
-            Step::Skipped { start, end } => (start, end, None, Vec::new()),
+            Step::Skipped { start, end, .. } => (start, end, None, Vec::new()),
             Step::Idle => continue,
             Step::End => break,
         };
-        st.lines += match (&verdict, stage.source()) {
-            // A document counts its lines.
-            (Some(_), Input::Document { bytes, .. }) => {
-                bytes.iter().filter(|&&b| b == b'\n').count() as u64
-                    + u64::from(bytes.last().is_some_and(|&b| b != b'\n'))
-            }
-            _ => 1,
-        };
-        st.bytes = end;
+        if end > start {
+            st.lines += 1;
+        }
+        st.bytes = st.bytes.max(end);
         st.count(verdict.as_ref(), &events);
         sink(Record {
             start,
@@ -283,6 +356,12 @@ pub fn scan_capped<R: Read>(
             verdict: verdict.as_ref(),
             events: &events,
         })?;
+    }
+    if let Input::Document(d) = stage.source() {
+        // A document counts its lines and every byte read.
+        st.lines = d.lines_read();
+        st.bytes = d.bytes_read();
+        st.event_lists += u64::from(d.is_list());
     }
     match stage.source_mut().take_error() {
         Some(e) => Err(e),
@@ -333,8 +412,8 @@ pub fn summary(st: &Stats, elapsed_s: f64, cpu_s: Option<f64>, rss_kb: Option<u6
     if st.oversized > 0 {
         let _ = writeln!(
             s,
-            "  lines over MAX_LINE_BYTES (skipped unread): {}",
-            st.oversized
+            "  lines over MAX_LINE_BYTES: {} (read in streaming mode: {} records evaluated)",
+            st.oversized, st.streamed
         );
     }
     if st.event_lists > 0 {
@@ -343,6 +422,17 @@ pub fn summary(st: &Stats, elapsed_s: f64, cpu_s: Option<f64>, rss_kb: Option<u6
             "  EventList documents: {} ({} items)",
             st.event_lists, st.list_items
         );
+    }
+    if st.recovered > 0 {
+        let _ = writeln!(
+            s,
+            "  damaged lines evaluated from the fields the rules read: {}",
+            st.recovered
+        );
+    }
+    if !st.dropped.is_empty() {
+        let reasons: Vec<String> = st.dropped.iter().map(|(r, n)| format!("{r} {n}")).collect();
+        let _ = writeln!(s, "  not evaluated: {}", reasons.join(", "));
     }
     for (line, why) in &st.first_malformed {
         let _ = writeln!(s, "    line {line}: {why}");
@@ -353,6 +443,9 @@ pub fn summary(st: &Stats, elapsed_s: f64, cpu_s: Option<f64>, rss_kb: Option<u6
             "    ... and {} more malformed lines",
             st.malformed - st.first_malformed.len() as u64
         );
+    }
+    for (line, why) in &st.first_problems {
+        let _ = writeln!(s, "    line {line}: {why}");
     }
     let _ = writeln!(s, "  friction events: {}", st.events);
     for (rule, n) in &st.events_per_rule {
@@ -366,9 +459,10 @@ pub fn summary(st: &Stats, elapsed_s: f64, cpu_s: Option<f64>, rss_kb: Option<u6
     );
     let _ = writeln!(
         s,
-        "summary lines={} bytes={} blank={} malformed={} skipped_stages={} evaluated={} events={} elapsed_s={:.3} cpu_s={} mb_per_s={:.1} peak_rss_kb={} oversized={}",
+        "summary lines={} bytes={} blank={} malformed={} skipped_stages={} evaluated={} events={} elapsed_s={:.3} cpu_s={} mb_per_s={:.1} peak_rss_kb={} oversized={} streamed={} recovered={} dropped={}",
         st.lines, st.bytes, st.blank, st.malformed, st.skipped_stages, st.evaluated, st.events,
-        elapsed_s, cpu, rate, rss, st.oversized
+        elapsed_s, cpu, rate, rss, st.oversized, st.streamed, st.recovered,
+        st.dropped.values().sum::<u64>()
     );
     s
 }
@@ -488,6 +582,15 @@ pub fn run(args: ReplayArgs) -> ExitCode {
             eprint!("{}", summary(&st, elapsed, cpu, rss));
             if let Some(Err(code)) = delivery {
                 return code;
+            }
+            let skipped = st.malformed + st.dropped.values().sum::<u64>();
+            if st.evaluated == 0 && skipped > 0 {
+                // "No friction" must not be mistaken for "nothing could be read".
+                eprintln!(
+                    "replay: nothing was evaluated and {skipped} lines were skipped (see above): \
+                     this is not a log without friction"
+                );
+                return ExitCode::from(1);
             }
             if let Err(e) = flushed {
                 if e.kind() != io::ErrorKind::BrokenPipe {
@@ -625,12 +728,16 @@ mod tests {
     }
 
     #[test]
-    fn lines_over_the_cap_are_skipped_unread_and_counted() {
-        // A 3 MB line (longer than the 1 MiB read chunk) with a cap of 4 KiB, between two
-        // matching lines, delivered through short reads too.
-        let long = format!(
-            "{{\"stage\":\"ResponseComplete\",\"x\":\"{}\"}}",
-            "y".repeat(3 << 20)
+    fn lines_over_the_cap_are_evaluated_as_they_stream() {
+        // A 3 MB matching line (longer than the read chunk) with a cap of 4 KiB, between two
+        // matching lines, delivered through short reads too: read in streaming mode, its
+        // event found, its memory never held.
+        let long = EXEC.replace(
+            "\"verb\"",
+            &format!(
+                "\"requestObject\":{{\"x\":\"{}\"}},\"verb\"",
+                "y".repeat(3 << 20)
+            ),
         );
         let input = format!("{EXEC}\n{long}\n{EXEC}\n{long}");
         let l = EXEC.len() as u64 + 1;
@@ -647,21 +754,67 @@ mod tests {
                 scan_capped(input.as_bytes(), &det(), 4096, &mut sink)
             }
             .unwrap();
-            assert_eq!((st.lines, st.oversized, st.events), (4, 2, 2));
+            assert_eq!(
+                (st.lines, st.oversized, st.streamed, st.events),
+                (4, 2, 2, 4)
+            );
             assert_eq!(st.bytes, input.len() as u64);
             assert_eq!(
                 recs,
                 vec![
                     (0, l, 1, "evaluated"),
-                    (l, l + ll + 1, 0, "oversized"),
+                    (l, l + ll + 1, 1, "evaluated"),
                     (l + ll + 1, 2 * l + ll + 1, 1, "evaluated"),
-                    (2 * l + ll + 1, 2 * l + 2 * ll + 1, 0, "oversized"),
+                    (2 * l + ll + 1, 2 * l + 2 * ll + 1, 1, "evaluated"),
                 ]
             );
         }
-        // Under the cap, the same line is evaluated.
+        // Under the cap, the same lines are read whole.
         let st = scan_capped(input.as_bytes(), &det(), 4 << 20, |_| Ok(())).unwrap();
-        assert_eq!((st.oversized, st.evaluated), (0, 4));
+        assert_eq!(
+            (st.oversized, st.streamed, st.evaluated, st.events),
+            (0, 0, 4, 4)
+        );
+    }
+
+    #[test]
+    fn a_compact_event_list_over_the_cap_streams_item_by_item() {
+        let items: Vec<&str> = vec![EXEC; 300];
+        let list = format!(
+            "{{\"kind\":\"EventList\",\"items\":[{}]}}\n",
+            items.join(",")
+        );
+        let mut spans = Vec::new();
+        let st = scan_capped(list.as_bytes(), &det(), 4096, |r| {
+            spans.push((r.start, r.end, r.events.len()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!((st.lines, st.streamed, st.events), (1, 300, 300));
+        // Every item's record starts at the line; only the last one ends it.
+        assert!(spans[..299]
+            .iter()
+            .all(|&(s, e, n)| s == 0 && e == 0 && n == 1));
+        assert_eq!(spans[299], (0, list.len() as u64, 1));
+    }
+
+    #[test]
+    fn a_damaged_body_costs_nothing_a_damaged_field_costs_the_line() {
+        let damaged = EXEC.replace("\"verb\"", "\"requestObject\":{\"a\":tru, 01},\"verb\"");
+        let broken = EXEC.replace("\"a\"}", "\"a\\q\"}");
+        let input = format!("{damaged}\n{broken}\n");
+        let (st, recs) = collect(input.as_bytes());
+        assert_eq!(recs.iter().map(|r| r.2).collect::<Vec<_>>(), [1, 0]);
+        assert_eq!((st.recovered, st.malformed, st.evaluated), (1, 1, 1));
+        assert_eq!(st.dropped.get("malformed"), Some(&1));
+        let s = summary(&st, 1.0, None, None);
+        assert!(
+            s.contains(
+                "line 1: damaged, evaluated from the fields the rules read: invalid JSON at 1:"
+            ),
+            "{s}"
+        );
+        assert!(s.contains("line 2: not evaluated: "), "{s}");
     }
 
     #[test]
@@ -728,15 +881,21 @@ mod tests {
         let pretty =
             format!("{{\n \"kind\": \"EventList\",\n \"items\": [\n  {EXEC},\n  {EXEC}\n ]\n}}\n");
         let (st, recs) = collect(pretty.as_bytes());
-        assert_eq!(recs, vec![(0, pretty.len() as u64, 2)]);
+        // Streamed item by item, each with its own span in the document.
+        let first = pretty.find(EXEC).unwrap() as u64;
+        let second = pretty.rfind(EXEC).unwrap() as u64;
+        let e = EXEC.len() as u64;
+        assert_eq!(recs, vec![(first, first + e, 1), (second, second + e, 1)]);
         assert_eq!((st.event_lists, st.list_items, st.events), (1, 2, 2));
+        assert_eq!((st.lines, st.bytes), (7, pretty.len() as u64));
         let compact = format!("{{\"kind\":\"EventList\",\"items\":[{EXEC}]}}\n{EXEC}\n");
         let (st, recs) = collect(compact.as_bytes());
         assert_eq!(recs.len(), 2);
         assert_eq!((st.event_lists, st.events, st.lines), (1, 2, 2));
-        // A broken multi-line document falls back to lines, each malformed.
+        // A broken multi-line document: what follows the break is not evaluated, and says so.
         let (st, _) = collect(b"{\n\"kind\":\n");
-        assert_eq!((st.lines, st.malformed), (2, 2));
+        assert_eq!((st.lines, st.evaluated), (2, 0));
+        assert_eq!(st.dropped.get("malformed"), Some(&1));
         // A truncated first line is just malformed; the rest streams as NDJSON.
         let input = format!("{}\n{EXEC}\n", &EXEC[..40]);
         let (st, recs) = collect(input.as_bytes());

@@ -10,6 +10,50 @@
 use std::borrow::Cow;
 
 use crate::detect::json::{ErrorKind, JsonError, Peek, Scanner};
+use crate::source::prune::{Keep, Spec};
+
+/// What [`extract`] reads of an audit event, as a [`crate::source::prune::Pruner`] spec: the
+/// members a streamed or damaged record keeps (everything else is skipped as it passes).
+pub static EVENT_SPEC: &Spec = &[
+    ("kind", Keep::Value),
+    ("stage", Keep::Value),
+    ("verb", Keep::Value),
+    ("auditID", Keep::Value),
+    ("requestReceivedTimestamp", Keep::Value),
+    ("user", Keep::Members(USER)),
+    ("objectRef", Keep::Members(OBJECT_REF)),
+    ("annotations", Keep::Value),
+    ("requestObject", Keep::Search(BODY)),
+    ("responseObject", Keep::Search(BODY)),
+    ("items", Keep::Records(ITEM_SPEC)),
+];
+
+/// An `EventList` item: an event (items are not lists themselves).
+pub static ITEM_SPEC: &Spec = &[
+    ("kind", Keep::Value),
+    ("stage", Keep::Value),
+    ("verb", Keep::Value),
+    ("auditID", Keep::Value),
+    ("requestReceivedTimestamp", Keep::Value),
+    ("user", Keep::Members(USER)),
+    ("objectRef", Keep::Members(OBJECT_REF)),
+    ("annotations", Keep::Value),
+    ("requestObject", Keep::Search(BODY)),
+    ("responseObject", Keep::Search(BODY)),
+];
+
+/// The container kind whose `items` are events.
+pub const EVENT_LIST: &str = "EventList";
+
+static USER: &Spec = &[("username", Keep::Value)];
+static OBJECT_REF: &Spec = &[
+    ("resource", Keep::Value),
+    ("subresource", Keep::Value),
+    ("namespace", Keep::Value),
+    ("name", Keep::Value),
+];
+static BODY: &Spec = &[("metadata", Keep::Search(METADATA))];
+static METADATA: &Spec = &[("annotations", Keep::Value)];
 
 /// The fields of one audit event that detection uses. Strings borrow from the line unless
 /// they held escapes or invalid UTF-8.

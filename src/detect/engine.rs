@@ -70,7 +70,8 @@ pub struct ListTally {
 }
 
 impl ListTally {
-    fn count(&mut self, v: LineVerdict) {
+    /// Counts one item's verdict.
+    pub fn count(&mut self, v: LineVerdict) {
         self.items += 1;
         match v {
             LineVerdict::Malformed => self.malformed += 1,
@@ -79,6 +80,14 @@ impl ListTally {
             // Items are values inside the list; none is blank.
             LineVerdict::Blank => {}
         }
+    }
+
+    /// Adds another tally.
+    pub fn add(&mut self, other: &ListTally) {
+        self.items += other.items;
+        self.malformed += other.malformed;
+        self.skipped_stages += other.skipped_stages;
+        self.evaluated += other.evaluated;
     }
 }
 

@@ -31,8 +31,6 @@ pub enum ErrorKind {
     BadEscape,
     /// `\u` not followed by four hex digits.
     BadUnicodeEscape,
-    /// A `\uD800`–`\uDFFF` escape that is not part of a high+low surrogate pair.
-    UnpairedSurrogate,
     /// A number that does not follow the JSON grammar (`01`, `1.`, `-`, `1e`).
     BadNumber,
     /// `tru`, `nul`…
@@ -99,10 +97,6 @@ impl fmt::Display for JsonError {
             ErrorKind::BadUnicodeEscape => (
                 "\\u escape without four hex digits".to_string(),
                 "write \\u followed by exactly four hex digits",
-            ),
-            ErrorKind::UnpairedSurrogate => (
-                "unpaired UTF-16 surrogate escape".to_string(),
-                "a \\uD800-\\uDBFF escape must be followed by a \\uDC00-\\uDFFF escape",
             ),
             ErrorKind::BadNumber => (
                 "malformed number".to_string(),
@@ -555,31 +549,28 @@ impl<'a> Scanner<'a> {
     }
 
     /// Decodes `\uXXXX` (and its low-surrogate partner) at `esc`; leaves `pos` after it.
+    /// RFC 8259's grammar accepts any four hex digits; like Go's decoder (kube-apiserver, the
+    /// Go agent), a surrogate escape that is not half of a high+low pair becomes U+FFFD, and
+    /// an escape after a lone high surrogate is decoded on its own.
     fn unicode_escape(&mut self, esc: usize) -> Result<char, JsonError> {
-        let bad = |s: &mut Self, at: usize, k| {
-            s.pos = at;
-            Err(s.err(k))
-        };
         let Some(hi) = hex4(self.buf, esc + 2) else {
-            return bad(self, esc, ErrorKind::BadUnicodeEscape);
+            self.pos = esc;
+            return Err(self.err(ErrorKind::BadUnicodeEscape));
         };
+        self.pos = esc + 6;
         if !(0xD800..=0xDFFF).contains(&hi) {
-            self.pos = esc + 6;
             return Ok(char::from_u32(hi as u32).unwrap_or('\u{FFFD}'));
         }
-        if hi >= 0xDC00 {
-            return bad(self, esc, ErrorKind::UnpairedSurrogate);
-        }
         let lo_at = esc + 6;
-        if self.buf.get(lo_at) != Some(&b'\\') || self.buf.get(lo_at + 1) != Some(&b'u') {
-            return bad(self, esc, ErrorKind::UnpairedSurrogate);
-        }
-        let Some(lo) = hex4(self.buf, lo_at + 2) else {
-            return bad(self, lo_at, ErrorKind::BadUnicodeEscape);
+        let lo = (hi < 0xDC00
+            && self.buf.get(lo_at) == Some(&b'\\')
+            && self.buf.get(lo_at + 1) == Some(&b'u'))
+        .then(|| hex4(self.buf, lo_at + 2))
+        .flatten()
+        .filter(|lo| (0xDC00..=0xDFFF).contains(lo));
+        let Some(lo) = lo else {
+            return Ok('\u{FFFD}');
         };
-        if !(0xDC00..=0xDFFF).contains(&lo) {
-            return bad(self, esc, ErrorKind::UnpairedSurrogate);
-        }
         self.pos = lo_at + 6;
         let cp = 0x10000 + (((hi as u32) - 0xD800) << 10) + ((lo as u32) - 0xDC00);
         Ok(char::from_u32(cp).unwrap_or('\u{FFFD}'))
@@ -867,14 +858,20 @@ mod tests {
             "a\"\\/\u{8}\u{c}\n\r\t&é"
         );
         assert_eq!(decode(r#""\ud83d\ude00!""#).unwrap(), "😀!");
-        for bad in [
-            r#""\ud83d""#,
-            r#""\ud83dx""#,
-            r#""\ude00""#,
-            r#""\ud83d\u0041""#,
-            r#""\u12""#,
-            r#""\u12g4""#,
+        // Lone surrogates are valid JSON (RFC 8259's grammar) and decode to U+FFFD, as Go's
+        // decoder does; the escape after a lone high surrogate is decoded on its own.
+        for (lone, want) in [
+            (r#""\ud83d""#, "\u{FFFD}"),
+            (r#""\ud83dx""#, "\u{FFFD}x"),
+            (r#""\ude00""#, "\u{FFFD}"),
+            (r#""\udc00\udc00""#, "\u{FFFD}\u{FFFD}"),
+            (r#""\ud83d\u0041""#, "\u{FFFD}A"),
+            (r#""\ud800\ud83d\ude00""#, "\u{FFFD}😀"),
         ] {
+            assert_eq!(decode(lone).unwrap(), want, "{lone}");
+            assert!(ok(&format!("[{lone}]")), "{lone}");
+        }
+        for bad in [r#""\u12""#, r#""\u12g4""#, r#""\ud800\u12""#] {
             assert!(decode(bad).is_err(), "{bad}");
             assert!(!ok(&format!("[{bad}]")), "{bad}");
         }

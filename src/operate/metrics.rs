@@ -66,6 +66,10 @@ pub struct Metrics {
     pub malformed_lines: AtomicU64,
     pub blank_lines: AtomicU64,
     pub stages_skipped: AtomicU64,
+    /// Lines (or records of a streamed line) not evaluated, per reason.
+    pub lines_dropped: Mutex<BTreeMap<&'static str, u64>>,
+    /// Records evaluated although not read whole, per how they were read.
+    pub records_recovered: Mutex<BTreeMap<&'static str, u64>>,
     pub events_matched: Mutex<BTreeMap<String, u64>>,
     // deliver
     pub events_sent: Mutex<BTreeMap<String, u64>>,
@@ -136,6 +140,8 @@ impl Metrics {
             malformed_lines: AtomicU64::new(0),
             blank_lines: AtomicU64::new(0),
             stages_skipped: AtomicU64::new(0),
+            lines_dropped: Mutex::new(BTreeMap::new()),
+            records_recovered: Mutex::new(BTreeMap::new()),
             events_matched: Mutex::new(BTreeMap::new()),
             events_sent: Mutex::new(BTreeMap::new()),
             events_rejected: Mutex::new(BTreeMap::new()),
@@ -157,6 +163,18 @@ impl Metrics {
 
     pub fn inc_matched(&self, rule: &str) {
         bump(&self.events_matched, rule.to_string());
+    }
+
+    /// A line (or record) not evaluated: `reason` is `malformed`, `too_large`, `too_deep` or
+    /// `over_max_line`.
+    pub fn inc_dropped(&self, reason: &'static str) {
+        bump(&self.lines_dropped, reason);
+    }
+
+    /// A record evaluated although not read whole: `how` is `damaged` (a broken body
+    /// skipped) or `streamed` (a line over MAX_LINE_BYTES read as it passed).
+    pub fn inc_recovered(&self, how: &'static str) {
+        bump(&self.records_recovered, how);
     }
 
     pub fn inc_sent(&self, rule: &str) {
@@ -267,12 +285,12 @@ pub fn render_prometheus_at(m: &Metrics, now_ms: u64) -> String {
         ),
         (
             "healert_agent_oversized_lines_total",
-            "Lines longer than MAX_LINE_BYTES, skipped unparsed.",
+            "Lines longer than MAX_LINE_BYTES (read in streaming mode).",
             &m.oversized_lines,
         ),
         (
             "healert_agent_malformed_lines_total",
-            "Lines that are not a valid audit event (bad JSON or missing fields).",
+            "Lines (or list items) not evaluated because they are not JSON the agent can read.",
             &m.malformed_lines,
         ),
         (
@@ -336,6 +354,34 @@ pub fn render_prometheus_at(m: &Metrics, now_ms: u64) -> String {
         now_ms.saturating_sub(last) as f64 / 1000.0
     };
     w.sample("healert_agent_seconds_since_last_line", &[], Float(since));
+
+    // What could not be read whole: dropped, or evaluated from what the rules read.
+    let dropped = snapshot(&m.lines_dropped);
+    w.family(
+        "healert_agent_lines_dropped_total",
+        "counter",
+        "Lines (or records of a streamed line) not evaluated, per reason: malformed, too_large, too_deep, over_max_line.",
+    );
+    for reason in ["malformed", "too_large", "too_deep", "over_max_line"] {
+        w.sample(
+            "healert_agent_lines_dropped_total",
+            &[("reason", reason)],
+            dropped.get(reason).copied().unwrap_or(0),
+        );
+    }
+    let recovered = snapshot(&m.records_recovered);
+    w.family(
+        "healert_agent_records_recovered_total",
+        "counter",
+        "Records evaluated although not read whole: damaged (a broken body skipped), streamed (a line over MAX_LINE_BYTES read as it passed).",
+    );
+    for how in ["damaged", "streamed"] {
+        w.sample(
+            "healert_agent_records_recovered_total",
+            &[("how", how)],
+            recovered.get(how).copied().unwrap_or(0),
+        );
+    }
 
     // Detect and deliver, per rule. Both families carry the same rule labels so that
     // `sent / matched` works for a rule that matched but never got through.

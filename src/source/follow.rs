@@ -44,8 +44,9 @@ use crate::operate::metrics::{now_unix_ms, Metrics};
 use crate::source::checkpoint::{self, Checkpoint};
 use crate::source::lines::{Found, LineBuffer};
 use crate::source::position::{self, FileId, Position, FINGERPRINT_MAX};
-use crate::source::{Next, Record, Source};
-use crate::{error, info, warn};
+use crate::source::prune::{Caps, Spec};
+use crate::source::{Next, Read, Record, Source};
+use crate::{debug, error, info, warn};
 
 /// Bytes asked for per read.
 const CHUNK: usize = 64 * 1024;
@@ -135,6 +136,19 @@ pub struct Follower {
 }
 
 impl Follower {
+    /// Lines longer than `max_line_bytes` are streamed through a pruner with `spec` rather
+    /// than skipped (see [`LineBuffer::stream_long_lines`]).
+    pub fn streaming_long_lines(
+        mut self,
+        spec: &'static Spec,
+        container_kind: &'static str,
+        caps: Caps,
+    ) -> Follower {
+        let lines = std::mem::replace(&mut self.lines, LineBuffer::new(1, 64));
+        self.lines = lines.stream_long_lines(spec, container_kind, caps);
+        self
+    }
+
     /// Never fails: a missing/unreadable file is waited for (logged once, then throttled).
     /// `resume`: a checkpoint loaded by the caller (may be foreign/stale: decide, log, fall back
     /// to start_at). `metrics`: where the follow counters and gauges go.
@@ -262,12 +276,11 @@ impl Follower {
             if self.sources.len() > 1 {
                 // It was rotated away and a read after the rotation was noticed found nothing
                 // more: it is complete. Hand out its unterminated last line, then switch.
-                let old = self.sources.front().map(|s| s.id).unwrap_or_default();
-                let last = self.lines.finish();
-                self.finish_rotated();
-                if let Some(found) = last {
-                    return self.found_in(old, found);
+                self.lines.end_of_input();
+                if let Some(found) = self.lines.next_line() {
+                    return self.found(found);
                 }
+                self.finish_rotated();
                 continue;
             }
             match self.check_path() {
@@ -277,13 +290,9 @@ impl Follower {
         }
     }
 
-    /// A line or skipped line of the front file.
+    /// A line, record or unreadable line of the front file.
     fn found(&mut self, found: Found) -> Next<'_, Position> {
         let file = self.sources.front().map(|s| s.id).unwrap_or_default();
-        self.found_in(file, found)
-    }
-
-    fn found_in(&mut self, file: FileId, found: Found) -> Next<'_, Position> {
         let at = |offset| Position { file, offset };
         match found {
             Found::Line(span) => {
@@ -293,10 +302,45 @@ impl Follower {
                     bytes: self.lines.bytes(&span),
                     start: at(span.start),
                     end: at(span.end),
+                    how: Read::Whole,
                 })
             }
-            Found::Skipped { start, end } => self.skipped(at(start), at(end)),
+            Found::Pruned { start, end } => {
+                if end > start {
+                    self.long_line_done(start, end);
+                }
+                Next::Record(Record {
+                    bytes: self.lines.pruned(),
+                    start: at(start),
+                    end: at(end),
+                    how: Read::Streamed,
+                })
+            }
+            Found::Unreadable { start, end, why } => {
+                if end > start {
+                    self.long_line_done(start, end);
+                }
+                Next::Skipped {
+                    start: at(start),
+                    end: at(end),
+                    why,
+                }
+            }
         }
+    }
+
+    /// An over-long line is complete: counted, and the read offset moves past it.
+    fn long_line_done(&mut self, start: u64, end: u64) {
+        self.metrics.lines_read.fetch_add(1, Ordering::Relaxed);
+        self.metrics.oversized_lines.fetch_add(1, Ordering::Relaxed);
+        self.metrics.read_offset.store(end, Ordering::Relaxed);
+        debug!(
+            "read an over-long line in streaming mode",
+            "file" => self.front_name().display(),
+            "offset" => start,
+            "bytes" => end - start,
+            "max_line_bytes" => self.opts.max_line_bytes,
+        );
     }
 
     fn front_name(&self) -> PathBuf {
@@ -304,21 +348,6 @@ impl Follower {
             .front()
             .map(|s| s.name.clone())
             .unwrap_or_else(|| self.opts.path.clone())
-    }
-
-    fn skipped(&mut self, start: Position, end: Position) -> Next<'static, Position> {
-        self.metrics.oversized_lines.fetch_add(1, Ordering::Relaxed);
-        self.metrics
-            .read_offset
-            .store(end.offset, Ordering::Relaxed);
-        warn!(
-            "skipped an over-long line; raise MAX_LINE_BYTES if such lines must be read",
-            "file" => self.front_name().display(),
-            "offset" => start.offset,
-            "bytes" => end.offset.saturating_sub(start.offset),
-            "max_line_bytes" => self.opts.max_line_bytes,
-        );
-        Next::Skipped { start, end }
     }
 
     /// Reads more of the front file; Ok(0) at EOF.
@@ -943,6 +972,15 @@ impl Source for Follower {
     /// unread lines away.
     fn hold(&mut self) {
         self.watch();
+    }
+
+    fn describe(&self, place: &Position) -> String {
+        let name = self
+            .sources
+            .iter()
+            .find(|s| s.id.same_file(&place.file))
+            .map_or_else(|| self.opts.path.clone(), |s| s.name.clone());
+        format!("{} offset {}", name.display(), place.offset)
     }
 }
 

@@ -5,29 +5,60 @@
 //! room ([`LineBuffer::space`]), reads into it (a `pread` at [`LineBuffer::read_offset`], or a
 //! plain `read`), says how much arrived ([`LineBuffer::commit`]), then takes lines
 //! ([`LineBuffer::next_line`]) until it needs more. At the end of an input that will not grow
-//! (a drained rotated file, the end of a stream) [`LineBuffer::finish`] hands out the
-//! unterminated last line.
+//! (a drained rotated file, the end of a stream) [`LineBuffer::end_of_input`] makes the
+//! unterminated last line complete.
 //!
 //! The edge rules, the same for every input:
 //! - a line ends at `\n`; one `\r` right before it is not part of the line (CRLF logs);
-//! - a line longer than `max_line` bytes (without its line ending) is never held whole: its
-//!   bytes are discarded as they arrive and only its span is reported ([`Found::Skipped`]);
-//!   the buffer therefore never grows past `max_line` + two read chunks, and shrinks back after
-//!   a long line;
+//! - a line longer than `max_line` bytes (without its line ending) is never held whole. With a
+//!   [`Spec`] ([`LineBuffer::stream_long_lines`]) its bytes are streamed through a
+//!   [`Pruner`] as they arrive, and what the rules read comes out as small records
+//!   ([`Found::Pruned`]: one for an event, one per item for an `EventList`); without one, its
+//!   bytes are discarded ([`Found::Unreadable`]). Either way the buffer never grows past
+//!   `max_line` + two read chunks, and shrinks back after a long line;
 //! - a newline is searched for once per byte, however the input trickles in.
 //!
-//! What this module does not do: open, read or watch files, or parse lines.
+//! What this module does not do: open, read or watch files, or evaluate lines.
 
-/// `MAX_LINE_BYTES`' default: longer lines are skipped and counted.
+use crate::source::prune::{Caps, PruneError, Pruned, Pruner, Spec};
+
+/// `MAX_LINE_BYTES`' default: longer lines are streamed (or, without a spec, skipped).
 pub const DEFAULT_MAX_LINE_BYTES: usize = 16 << 20;
 
-/// What [`LineBuffer::next_line`] and [`LineBuffer::finish`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What [`LineBuffer::next_line`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Found {
     /// A complete line: read its bytes with [`LineBuffer::bytes`].
     Line(Span),
-    /// A line longer than the cap was discarded; `[start, end)` is its span, newline included.
-    Skipped { start: u64, end: u64 },
+    /// A record pruned out of a line longer than the cap: read its bytes with
+    /// [`LineBuffer::pruned`]. `start` is the line's start; `end` is the line's end for its
+    /// last record and equals `start` for the others (the line is not done before its last).
+    Pruned { start: u64, end: u64 },
+    /// A line longer than the cap that could not be read (in part: `end == start` while more
+    /// of the line follows); `[start, end)` is its span, line ending included.
+    Unreadable {
+        start: u64,
+        end: u64,
+        why: Unreadable,
+    },
+}
+
+/// Why a line over the cap was not read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unreadable {
+    /// No spec to stream it with: skipped unread.
+    OverCap,
+    /// The pruner could not read it (or one of its records) unambiguously within its caps.
+    Pruner(PruneError),
+}
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unreadable::OverCap => f.write_str("longer than MAX_LINE_BYTES; skipped unread"),
+            Unreadable::Pruner(e) => write!(f, "{e}"),
+        }
+    }
 }
 
 /// Where a line is: its input offsets `[start, end)` (the line ending included in `end`) and
@@ -40,7 +71,7 @@ pub struct Span {
     len: usize,
 }
 
-/// Discarding bytes up to the next newline.
+/// Discarding (or streaming) bytes up to the next newline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Skip {
     No,
@@ -48,6 +79,23 @@ enum Skip {
     OverLong(u64),
     /// The rest of a line whose beginning was never read (a start in the middle of a line).
     Partial,
+}
+
+/// Streaming of over-long lines.
+#[derive(Debug)]
+struct Long {
+    spec: &'static Spec,
+    container_kind: &'static str,
+    caps: Caps,
+    /// The pruner of the line being streamed.
+    pruner: Option<Pruner>,
+    /// The line's span once its end is known.
+    line: Option<(u64, u64)>,
+    line_start: u64,
+    /// Records handed out for the current line.
+    handed: u64,
+    /// The record handed out last (its bytes).
+    record: Vec<u8>,
 }
 
 /// A bounded buffer of input bytes that yields complete lines. See the module documentation.
@@ -64,6 +112,11 @@ pub struct LineBuffer {
     max_line: usize,
     chunk: usize,
     skip: Skip,
+    /// The input ended for good: the pending bytes are the last line.
+    at_end: bool,
+    long: Option<Long>,
+    /// An over-long line skipped unread (no spec), to be reported.
+    unread: Option<(u64, u64)>,
 }
 
 impl LineBuffer {
@@ -80,7 +133,30 @@ impl LineBuffer {
             max_line: max_line.max(1),
             chunk,
             skip: Skip::No,
+            at_end: false,
+            long: None,
+            unread: None,
         }
+    }
+
+    /// Lines over the cap are streamed through a [`Pruner`] with `spec` instead of skipped.
+    pub fn stream_long_lines(
+        mut self,
+        spec: &'static Spec,
+        container_kind: &'static str,
+        caps: Caps,
+    ) -> LineBuffer {
+        self.long = Some(Long {
+            spec,
+            container_kind,
+            caps,
+            pruner: None,
+            line: None,
+            line_start: 0,
+            handed: 0,
+            record: Vec::new(),
+        });
+        self
     }
 
     /// Forgets everything buffered; the next byte read is at input offset `offset`.
@@ -90,6 +166,11 @@ impl LineBuffer {
         self.scanned = 0;
         self.base = offset;
         self.skip = Skip::No;
+        self.at_end = false;
+        if let Some(l) = &mut self.long {
+            l.pruner = None;
+            l.line = None;
+        }
     }
 
     /// The bytes up to the next newline are the rest of a line whose beginning was never read
@@ -99,10 +180,17 @@ impl LineBuffer {
     }
 
     /// The input offset of the next byte not handed out: after the last line returned (while
-    /// an over-long line is being discarded: its start).
+    /// an over-long line is being read: its start).
     pub fn position(&self) -> u64 {
-        match self.skip {
-            Skip::OverLong(start) => start,
+        match (self.skip, &self.long) {
+            (Skip::OverLong(start), _) => start,
+            (_, Some(Long { line: Some(_), .. }))
+            | (
+                _,
+                Some(Long {
+                    pruner: Some(_), ..
+                }),
+            ) => self.long.as_ref().map_or(0, |l| l.line_start),
             _ => self.offset(self.start),
         }
     }
@@ -112,12 +200,12 @@ impl LineBuffer {
         self.offset(self.end)
     }
 
-    /// Bytes allocated (bounded by `max_line` + two chunks).
+    /// Bytes allocated (bounded by `max_line` + two chunks, plus a pruner's kept bytes).
     pub fn capacity(&self) -> usize {
         self.buf.capacity()
     }
 
-    /// The longest line handed out.
+    /// The longest line handed out whole.
     pub fn max_line(&self) -> usize {
         self.max_line
     }
@@ -126,10 +214,15 @@ impl LineBuffer {
         self.base + i as u64
     }
 
-    /// The bytes of a line just returned by [`LineBuffer::next_line`] or [`LineBuffer::finish`];
-    /// valid until the next [`LineBuffer::space`].
+    /// The bytes of a line just returned by [`LineBuffer::next_line`]; valid until the next
+    /// [`LineBuffer::space`].
     pub fn bytes(&self, span: &Span) -> &[u8] {
         &self.buf[span.at..span.at + span.len]
+    }
+
+    /// The bytes of the record just returned as [`Found::Pruned`].
+    pub fn pruned(&self) -> &[u8] {
+        self.long.as_ref().map_or(&[][..], |l| &l.record)
     }
 
     /// Whether the pending, unterminated line is already over the cap whatever ends it (one
@@ -140,18 +233,33 @@ impl LineBuffer {
             || pending == self.max_line + 1 && self.buf[self.end - 1] != b'\r'
     }
 
-    /// The next complete line (or the end of a discarded one) in what was read, or `None` when
-    /// more input is needed.
+    /// The input ended for good (a stream's end, a rotated file read to its end): the bytes
+    /// after the last newline are the last line. Take it (and, for an over-long one, its
+    /// records) with [`LineBuffer::next_line`]; afterwards the buffer is empty.
+    pub fn end_of_input(&mut self) {
+        self.at_end = true;
+    }
+
+    /// The next complete line (or record of an over-long one) in what was read, or `None`
+    /// when more input is needed (or, after [`LineBuffer::end_of_input`], when all is taken).
     pub fn next_line(&mut self) -> Option<Found> {
         loop {
+            if let Some(found) = self.take_pruned() {
+                return Some(found);
+            }
             let Some(i) = find_byte(&self.buf[self.scanned..self.end], b'\n') else {
                 self.scanned = self.end;
-                if self.skip != Skip::No {
-                    // Never hold a line that is being discarded.
-                    self.start = self.end;
-                    self.scanned = self.end;
-                } else if self.too_long_so_far() {
+                if self.at_end {
+                    return self.last_line();
+                }
+                if self.skip == Skip::No && self.too_long_so_far() {
                     self.skip = Skip::OverLong(self.offset(self.start));
+                }
+                if let Skip::OverLong(_) = self.skip {
+                    // Never hold a line that is being discarded or streamed.
+                    self.stream_long(self.start, self.end);
+                }
+                if self.skip != Skip::No {
                     self.start = self.end;
                     self.scanned = self.end;
                 }
@@ -162,19 +270,26 @@ impl LineBuffer {
             self.start = nl + 1;
             self.scanned = nl + 1;
             let end = self.offset(nl + 1);
-            match std::mem::replace(&mut self.skip, Skip::No) {
-                Skip::Partial => continue,
-                Skip::OverLong(start) => return Some(Found::Skipped { start, end }),
-                Skip::No => {}
-            }
             let e = if nl > s && self.buf[nl - 1] == b'\r' {
                 nl - 1
             } else {
                 nl
             };
+            match std::mem::replace(&mut self.skip, Skip::No) {
+                Skip::Partial => continue,
+                Skip::OverLong(start) => {
+                    self.stream_long(s, e);
+                    self.line_ended(start, end);
+                    continue;
+                }
+                Skip::No => {}
+            }
             let start = self.offset(s);
             if e - s > self.max_line {
-                return Some(Found::Skipped { start, end });
+                self.stream_long_start(start);
+                self.stream_long(s, e);
+                self.line_ended(start, end);
+                continue;
             }
             return Some(Found::Line(Span {
                 start,
@@ -185,10 +300,9 @@ impl LineBuffer {
         }
     }
 
-    /// The input ended for good (a stream's end, a rotated file read to its end): the
-    /// unterminated last line (its bytes as they are), or the end of a line being discarded.
-    /// Afterwards the buffer is empty and positioned at the end of the input.
-    pub fn finish(&mut self) -> Option<Found> {
+    /// At the end of the input: the unterminated last line, then nothing; the buffer is then
+    /// positioned at the end.
+    fn last_line(&mut self) -> Option<Found> {
         let (s, e) = (self.start, self.end);
         let (start, end) = (self.offset(s), self.offset(e));
         let skip = std::mem::replace(&mut self.skip, Skip::No);
@@ -198,9 +312,18 @@ impl LineBuffer {
         self.end = 0;
         self.scanned = 0;
         match skip {
-            Skip::OverLong(first) => Some(Found::Skipped { start: first, end }),
+            Skip::OverLong(first) => {
+                self.stream_long(s, e);
+                self.line_ended(first, end);
+                self.take_pruned()
+            }
             Skip::Partial => None,
-            Skip::No if e - s > self.max_line => Some(Found::Skipped { start, end }),
+            Skip::No if e - s > self.max_line => {
+                self.stream_long_start(start);
+                self.stream_long(s, e);
+                self.line_ended(start, end);
+                self.take_pruned()
+            }
             Skip::No if e > s => Some(Found::Line(Span {
                 start,
                 end,
@@ -208,6 +331,120 @@ impl LineBuffer {
                 len: e - s,
             })),
             Skip::No => None,
+        }
+    }
+
+    /// An over-long line starts at `start` (its bytes follow through `stream_long`).
+    fn stream_long_start(&mut self, start: u64) {
+        if let Some(l) = &mut self.long {
+            l.pruner = Some(Pruner::new(l.spec, l.container_kind, l.caps));
+            l.line = None;
+            l.line_start = start;
+            l.handed = 0;
+        }
+    }
+
+    /// Feeds `buf[a..b]` of the over-long line to its pruner (nothing without a spec).
+    fn stream_long(&mut self, a: usize, b: usize) {
+        let start = match self.skip {
+            Skip::OverLong(start) => Some(start),
+            _ => None,
+        };
+        let Some(l) = &mut self.long else {
+            return;
+        };
+        if l.pruner.is_none() {
+            if let Some(start) = start {
+                l.pruner = Some(Pruner::new(l.spec, l.container_kind, l.caps));
+                l.line = None;
+                l.line_start = start;
+                l.handed = 0;
+            }
+        }
+        if let Some(p) = &mut l.pruner {
+            p.feed(&self.buf[a..b]);
+        }
+    }
+
+    /// The over-long line `[start, end)` is complete: its pruner (if any) finishes.
+    fn line_ended(&mut self, start: u64, end: u64) {
+        match &mut self.long {
+            Some(l) => {
+                if l.pruner.is_none() {
+                    // It was over the cap before a spec could stream it: nothing was fed.
+                    l.pruner = Some(Pruner::new(l.spec, l.container_kind, l.caps));
+                    l.line_start = start;
+                    l.handed = 0;
+                }
+                if let Some(p) = &mut l.pruner {
+                    let _ = p.finish();
+                }
+                l.line = Some((start, end));
+            }
+            None => {
+                self.unread = Some((start, end));
+            }
+        }
+    }
+
+    /// The next record of the over-long line being streamed: one is held back until the line
+    /// ends, so that the last one can carry the line's end.
+    fn take_pruned(&mut self) -> Option<Found> {
+        if let Some((start, end)) = self.unread.take() {
+            return Some(Found::Unreadable {
+                start,
+                end,
+                why: Unreadable::OverCap,
+            });
+        }
+        let l = self.long.as_mut()?;
+        let p = l.pruner.as_mut()?;
+        let line = l.line;
+        if p.ready() < 2 && (line.is_none() || p.ready() == 0) {
+            if let Some((start, end)) = line {
+                // The line is done and every record was handed out.
+                let error = p.error().cloned();
+                let empty_container = l.handed == 0 && error.is_none();
+                l.pruner = None;
+                l.line = None;
+                if let Some(e) = error {
+                    // The rest of the line (after the records handed out) was unreadable.
+                    return Some(Found::Unreadable {
+                        start,
+                        end,
+                        why: Unreadable::Pruner(e),
+                    });
+                }
+                if empty_container {
+                    // A list without items: nothing to evaluate, but the line is read.
+                    l.record =
+                        format!("{{\"kind\":\"{}\",\"items\":[]}}", l.container_kind).into_bytes();
+                    return Some(Found::Pruned { start, end });
+                }
+            }
+            return None;
+        }
+        let Pruned { record, .. } = p.take()?;
+        let last = line.is_some() && p.ready() == 0 && p.error().is_none();
+        let (start, end) = match line {
+            Some((s, e)) if last => (s, e),
+            _ => (l.line_start, l.line_start),
+        };
+        if last {
+            l.pruner = None;
+            l.line = None;
+        }
+        l.handed += 1;
+        match record {
+            Ok(bytes) => {
+                l.record = bytes;
+                Some(Found::Pruned { start, end })
+            }
+            Err(e) => Some(Found::Unreadable {
+                start,
+                end,
+                why: Unreadable::Pruner(e),
+            }),
         }
     }
 
@@ -259,25 +496,42 @@ const HIGHS: u64 = 0x8080_8080_8080_8080;
 /// Index of the first `needle` byte in `hay`: a std-only memchr, 32 bytes per turn with one
 /// branch, then the word that hit.
 pub fn find_byte(hay: &[u8], needle: u8) -> Option<usize> {
-    let pat = ONES * needle as u64;
-    let hit = |w: u64| {
-        let x = w ^ pat;
-        x.wrapping_sub(ONES) & !x & HIGHS
-    };
+    let p = ONES * needle as u64;
+    find_with(hay, |w| zero_bytes(w ^ p), |c| c == needle)
+}
+
+/// Index of the first `a` or `b` byte in `hay`, in one pass (see [`find_byte`]).
+pub fn find_either(hay: &[u8], a: u8, b: u8) -> Option<usize> {
+    let (pa, pb) = (ONES * a as u64, ONES * b as u64);
+    find_with(
+        hay,
+        |w| zero_bytes(w ^ pa) | zero_bytes(w ^ pb),
+        |c| c == a || c == b,
+    )
+}
+
+/// High bit set in each zero byte of `x` (exact for the lowest one, which is all we use).
+#[inline(always)]
+fn zero_bytes(x: u64) -> u64 {
+    x.wrapping_sub(ONES) & !x & HIGHS
+}
+
+#[inline(always)]
+fn find_with(hay: &[u8], hit: impl Fn(u64) -> u64, is: impl Fn(u8) -> bool) -> Option<usize> {
     let load8 = |i: usize| {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(&hay[i..i + 8]);
-        u64::from_le_bytes(a)
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&hay[i..i + 8]);
+        u64::from_le_bytes(w)
     };
     let mut i = 0;
     while i + 32 <= hay.len() {
-        let (a, b, c, d) = (
+        let (w0, w1, w2, w3) = (
             hit(load8(i)),
             hit(load8(i + 8)),
             hit(load8(i + 16)),
             hit(load8(i + 24)),
         );
-        if a | b | c | d != 0 {
+        if w0 | w1 | w2 | w3 != 0 {
             break;
         }
         i += 32;
@@ -289,7 +543,7 @@ pub fn find_byte(hay: &[u8], needle: u8) -> Option<usize> {
         }
         i += 8;
     }
-    hay[i..].iter().position(|&b| b == needle).map(|p| i + p)
+    hay[i..].iter().position(|&c| is(c)).map(|p| i + p)
 }
 
 #[cfg(test)]
@@ -305,7 +559,8 @@ mod tests {
         let mut at = 0;
         let take = |lb: &LineBuffer, f: Found, out: &mut Vec<_>| match f {
             Found::Line(s) => out.push((Some(lb.bytes(&s).to_vec()), s.start, s.end)),
-            Found::Skipped { start, end } => out.push((None, start, end)),
+            Found::Unreadable { start, end, .. } => out.push((None, start, end)),
+            Found::Pruned { start, end } => out.push((Some(lb.pruned().to_vec()), start, end)),
         };
         loop {
             while let Some(f) = lb.next_line() {
@@ -320,7 +575,8 @@ mod tests {
             lb.commit(n);
             at += n;
         }
-        if let Some(f) = lb.finish() {
+        lb.end_of_input();
+        while let Some(f) = lb.next_line() {
             take(&lb, f, &mut out);
         }
         out
@@ -446,6 +702,10 @@ mod tests {
             hay in proptest::collection::vec(prop_oneof![9 => 0u8..=255, 1 => Just(b'\n')], 0..300)
         ) {
             prop_assert_eq!(find_byte(&hay, b'\n'), hay.iter().position(|&b| b == b'\n'));
+            prop_assert_eq!(
+                find_either(&hay, b'"', b'\\'),
+                hay.iter().position(|&b| b == b'"' || b == b'\\')
+            );
         }
     }
 }

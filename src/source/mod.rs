@@ -14,9 +14,11 @@
 //! Nothing here parses JSON, decides what is friction or talks to the backend.
 
 pub mod checkpoint;
+pub mod document;
 pub mod follow;
 pub mod lines;
 pub mod position;
+pub mod prune;
 pub mod stream;
 
 /// How a source names a place in its input.
@@ -30,13 +32,16 @@ pub trait Place: Copy + Eq + std::fmt::Debug + Send + 'static {
 /// A stream offset.
 impl Place for u64 {}
 
+pub use lines::Unreadable;
+
 /// One result of [`Source::next`].
 #[derive(Debug)]
 pub enum Next<'a, P> {
     /// A complete record.
     Record(Record<'a, P>),
-    /// A line longer than `MAX_LINE_BYTES` was skipped unread; nothing in it is known.
-    Skipped { start: P, end: P },
+    /// A line (or one record of it, `start == end` while more of the line follows) that could
+    /// not be read, and why.
+    Skipped { start: P, end: P, why: Unreadable },
     /// Nothing complete now; ask again after a poll interval.
     Idle,
     /// The input ended (a stream read to its end); a followed file never ends.
@@ -48,9 +53,25 @@ pub enum Next<'a, P> {
 pub struct Record<'a, P> {
     /// The record's bytes, without its line ending.
     pub bytes: &'a [u8],
-    /// Where it starts, and where the next record starts (its line ending included).
+    /// Where it starts, and where the next record starts (its line ending included). Records
+    /// pruned out of one over-long line all start at the line's start; all but the last end
+    /// there too (the line is acknowledged only once its last record is).
     pub start: P,
     pub end: P,
+    /// How the record was read.
+    pub how: Read,
+}
+
+/// How a record was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// The whole line, as written.
+    Whole,
+    /// Pruned out of a line longer than `MAX_LINE_BYTES` as it streamed past: only what the
+    /// rules read.
+    Streamed,
+    /// One item of a document (an `EventList` read item by item).
+    Item,
 }
 
 /// An input of audit records. See the module documentation.
@@ -67,4 +88,9 @@ pub trait Source {
     /// Called about every poll interval while the pipeline cannot take records (delivery is
     /// behind), so the source can keep hold of what it must not lose meanwhile.
     fn hold(&mut self) {}
+
+    /// Where `place` is, for a log line (a file and an offset).
+    fn describe(&self, place: &Self::Pos) -> String {
+        format!("{place:?}")
+    }
 }

@@ -4,7 +4,8 @@
 use std::io::{self, Read};
 
 use crate::source::lines::{Found, LineBuffer};
-use crate::source::{Next, Record, Source};
+use crate::source::prune::{Caps, Spec};
+use crate::source::{Next, Read as How, Record, Source};
 
 /// Bytes asked for per read at least: large reads keep the syscall cost of a whole-file scan
 /// small; the buffer starts at two of them (1 MiB).
@@ -28,6 +29,18 @@ impl<R: Read> StreamSource<R> {
             eof: false,
             error: None,
         }
+    }
+
+    /// Lines longer than `max_line` are streamed through a pruner with `spec` (see
+    /// [`LineBuffer::stream_long_lines`]).
+    pub fn streaming_long_lines(
+        mut self,
+        spec: &'static Spec,
+        container_kind: &'static str,
+        caps: Caps,
+    ) -> StreamSource<R> {
+        self.lines = self.lines.stream_long_lines(spec, container_kind, caps);
+        self
     }
 
     /// The read error that ended the stream early, if any.
@@ -70,12 +83,12 @@ impl<R: Read> Source for StreamSource<R> {
         loop {
             let found = match self.lines.next_line() {
                 Some(f) => f,
-                None if self.eof => match self.lines.finish() {
-                    Some(f) => f,
-                    None => return Next::End,
-                },
+                None if self.eof => return Next::End,
                 None => {
                     self.fill();
+                    if self.eof {
+                        self.lines.end_of_input();
+                    }
                     continue;
                 }
             };
@@ -84,14 +97,25 @@ impl<R: Read> Source for StreamSource<R> {
                     bytes: self.lines.bytes(&span),
                     start: span.start,
                     end: span.end,
+                    how: How::Whole,
                 }),
-                Found::Skipped { start, end } => Next::Skipped { start, end },
+                Found::Pruned { start, end } => Next::Record(Record {
+                    bytes: self.lines.pruned(),
+                    start,
+                    end,
+                    how: How::Streamed,
+                }),
+                Found::Unreadable { start, end, why } => Next::Skipped { start, end, why },
             };
         }
     }
 
     fn position(&self) -> u64 {
         self.lines.position()
+    }
+
+    fn describe(&self, place: &u64) -> String {
+        format!("offset {place}")
     }
 }
 
@@ -115,7 +139,7 @@ mod tests {
         loop {
             match src.next() {
                 Next::Record(r) => out.push((Some(r.bytes.to_vec()), r.start, r.end)),
-                Next::Skipped { start, end } => out.push((None, start, end)),
+                Next::Skipped { start, end, .. } => out.push((None, start, end)),
                 Next::Idle => panic!("a stream is never idle"),
                 Next::End => return out,
             }
