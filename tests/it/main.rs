@@ -8,6 +8,7 @@ mod e2e_follow;
 mod e2e_ops;
 mod follow;
 mod gen;
+mod harden;
 mod ops;
 mod perf_replay;
 mod rules;
