@@ -460,3 +460,498 @@ fn a_pid_file_from_the_previous_script_still_stops_the_agent_it_names() {
     assert!(o.status.success() && t.contains("agent stopped"), "{t}");
     wait_until(GUARD, "the agent to exit", || !alive_pid(pid), String::new);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Item 7: TLS to the backend through stunnel, end to end
+// ---------------------------------------------------------------------------------------------
+
+/// A loopback TCP relay that records every byte it passes (client→server and server→client
+/// separately): the test's view of what crosses the network on the TLS hop. Stops on drop.
+struct Relay {
+    addr: SocketAddr,
+    up: Arc<Mutex<Vec<u8>>>,
+    down: Arc<Mutex<Vec<u8>>>,
+    stop: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+    pumps: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Relay {
+    fn start(to: SocketAddr) -> Relay {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap();
+        let up = Arc::new(Mutex::new(Vec::new()));
+        let down = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let pumps: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let (u, d, st, ps) = (up.clone(), down.clone(), stop.clone(), pumps.clone());
+        let accept = std::thread::spawn(move || {
+            while !st.load(Ordering::SeqCst) {
+                let Ok((client, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                let Ok(server) = TcpStream::connect(to) else {
+                    continue;
+                };
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let mut g = ps.lock().unwrap();
+                g.push(pump(client, server, u.clone(), st.clone()));
+                g.push(pump(s2, c2, d.clone(), st.clone()));
+            }
+        });
+        Relay {
+            addr,
+            up,
+            down,
+            stop,
+            accept: Some(accept),
+            pumps,
+        }
+    }
+    fn up(&self) -> Vec<u8> {
+        self.up.lock().unwrap().clone()
+    }
+    fn down(&self) -> Vec<u8> {
+        self.down.lock().unwrap().clone()
+    }
+}
+
+/// Copies `from` → `to`, appending what passes to `log`, until EOF, an error or `stop`.
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    log: Arc<Mutex<Vec<u8>>>,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let _ = from.set_read_timeout(Some(Duration::from_millis(100)));
+        let mut buf = [0u8; 16384];
+        while !stop.load(Ordering::SeqCst) {
+            match from.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    log.lock().unwrap().extend_from_slice(&buf[..n]);
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => break,
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    })
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+        for t in std::mem::take(&mut *self.pumps.lock().unwrap()) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Runs openssl with `args` in `dir`; panics with its output on failure.
+fn openssl(openssl: &Path, dir: &Path, args: &[&str]) {
+    let o = Command::new(openssl)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A CA, a server certificate for IP 127.0.0.1 and a client certificate signed by it, and an
+/// unrelated "wrong" CA: ca.pem, server.pem/.key, client.pem/.key, wrong-ca.pem in `dir`.
+fn make_pki(ossl: &Path, dir: &Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for (ca, cn) in [("ca", "healert-test-ca"), ("wrong-ca", "someone-else-ca")] {
+        let (key, pem, subj) = (
+            format!("{ca}.key"),
+            format!("{ca}.pem"),
+            format!("/CN={cn}"),
+        );
+        let mut a = vec!["req", "-x509", "-days", "2", "-subj", &subj];
+        a.extend(ec);
+        a.extend(["-keyout", &key, "-out", &pem]);
+        openssl(ossl, dir, &a);
+    }
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for (who, cn) in [("server", "127.0.0.1"), ("client", "healert-agent-test")] {
+        let (key, csr, pem, ext, subj) = (
+            format!("{who}.key"),
+            format!("{who}.csr"),
+            format!("{who}.pem"),
+            format!("{who}.ext"),
+            format!("/CN={cn}"),
+        );
+        let mut a = vec!["req", "-new", "-subj", &subj];
+        a.extend(ec);
+        a.extend(["-keyout", &key, "-out", &csr]);
+        openssl(ossl, dir, &a);
+        openssl(
+            ossl,
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+                "-out",
+                &pem,
+            ],
+        );
+    }
+}
+
+/// stunnel as a child (killed on drop) with `conf` written to `dir/name.conf`, its log in
+/// `dir/name.log`; returns once it has read its configuration and accepts on `port`.
+fn stunnel_child(stunnel: &Path, dir: &Path, name: &str, conf: &str, port: u16) -> (Proc, PathBuf) {
+    let conf_path = dir.join(format!("{name}.conf"));
+    std::fs::write(&conf_path, conf).unwrap();
+    let log = dir.join(format!("{name}.log"));
+    let f = std::fs::File::create(&log).unwrap();
+    let mut p = Proc::new(
+        Command::new(stunnel)
+            .arg(&conf_path)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(f.try_clone().unwrap()))
+            .stderr(Stdio::from(f))
+            .spawn()
+            .unwrap(),
+    );
+    let at: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_until(
+        GUARD,
+        &format!("stunnel {name} to listen on {at}"),
+        || {
+            assert!(
+                p.try_wait().is_none(),
+                "stunnel {name} exited:\n{}",
+                read_lossy(&log)
+            );
+            read_lossy(&log).contains("Configuration successful") && TcpStream::connect(at).is_ok()
+        },
+        || read_lossy(&log),
+    );
+    (p, log)
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn tls_chain_agent_stunnel_tls_stunnel_backend_key_never_in_clear_events_exactly_once() {
+    const TEST: &str =
+        "tls_chain_agent_stunnel_tls_stunnel_backend_key_never_in_clear_events_exactly_once";
+    let Some(stunnel) = tool_or_skip(TEST, &["stunnel", "stunnel4"], "apt install stunnel4") else {
+        return;
+    };
+    let Some(ossl) = tool_or_skip(TEST, &["openssl"], "apt install openssl") else {
+        return;
+    };
+    const KEY: &str = "tls-e2e-key-5f0c2a9e7b1d43f8a6c0e2b4d6f81357";
+    let pki = TempDir::new("harden", "pki");
+    make_pki(&ossl, pki.path());
+    let p = |f: &str| pki.join(f).display().to_string();
+
+    // The backend: the test sink behind a stunnel server that requires a client certificate
+    // of the same CA (mutual TLS), behind a relay that records the TLS hop.
+    let sink = Sink::builder().api_key(KEY).start();
+    let tls_port = free_port();
+    let server_conf = format!(
+        "foreground = yes\npid =\nsyslog = no\n[backend]\naccept = 127.0.0.1:{tls_port}\n\
+         connect = {}\ncert = {}\nkey = {}\nverifyChain = yes\nCAfile = {}\nrequireCert = yes\n",
+        sink.addr(),
+        p("server.pem"),
+        p("server.key"),
+        p("ca.pem"),
+    );
+    let (_server, server_log) =
+        stunnel_child(&stunnel, pki.path(), "server", &server_conf, tls_port);
+    let relay = Relay::start(format!("127.0.0.1:{tls_port}").parse().unwrap());
+
+    let mut l = Local::new("tls");
+    let local_port = free_port();
+    l.set("HEALERT_BACKEND_URL", format!("https://{}", relay.addr));
+    l.set("HEALERT_API_KEY", KEY);
+    l.set("HEALERT_TLS_CA", p("ca.pem"));
+    l.set("HEALERT_TLS_CERT", p("client.pem"));
+    l.set("HEALERT_TLS_KEY", p("client.key"));
+    l.set("HEALERT_TLS_LOCAL_PORT", local_port.to_string());
+    l.set("HEALERT_STUNNEL", stunnel.display().to_string());
+    let _g = l.guard();
+
+    // 1. healert.sh starts stunnel, checks the backend through it, then the agent.
+    let (o, t) = l.sh(&["start", "agent"]);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains(&format!("TLS to 127.0.0.1:{} verified", relay.addr.port())),
+        "{t}"
+    );
+    assert!(t.contains("agent started"), "{t}");
+    assert!(!t.contains(KEY), "healert.sh printed the key: {t}");
+    let pid: u32 = read_lossy(&l.run("agent.pid")).trim().parse().unwrap();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let want = format!("HEALERT_BACKEND_URL=http://127.0.0.1:{local_port}");
+    assert!(
+        environ.split(|b| *b == 0).any(|v| v == want.as_bytes()),
+        "the agent must be given the local tunnel, plain http: {want}"
+    );
+    let stunnel_pid = read_lossy(&l.run("stunnel.pid")).trim().to_string();
+    let (o, t) = l.sh(&["status"]);
+    assert!(
+        o.status.success()
+            && t.contains(&format!(
+                "PID {stunnel_pid}  stunnel: 127.0.0.1:{local_port}"
+            )),
+        "{t}"
+    );
+
+    // 2. Events written to the audit log arrive, through the chain, exactly once.
+    let actors: Vec<String> = (0..5)
+        .map(|i| format!("tls-user-{i}@example.com"))
+        .collect();
+    for a in &actors {
+        l.append(&exec_line(a));
+    }
+    let want = expected_exec(&actors);
+    let n: usize = want.values().sum();
+    assert!(
+        sink.wait_for_events(n, GUARD),
+        "{} of {n} events arrived; agent log:\n{}\nstunnel client log:\n{}\nserver log:\n{}",
+        sink.events().len(),
+        read_lossy(&l.run("agent.log")),
+        read_lossy(&l.run("stunnel.log")),
+        read_lossy(&server_log)
+    );
+    // stop drains the agent through the tunnel, then stops stunnel.
+    let (o, t) = l.sh(&["stop", "agent"]);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("agent stopped") && t.contains("stunnel stopped"),
+        "{t}"
+    );
+    assert!(!l.run("stunnel.pid").exists());
+    let got = multiset(&[&sink]);
+    assert_eq!(got, want, "not exactly once");
+    for r in sink.requests().iter().filter(|r| r.method == "POST") {
+        assert_eq!(
+            r.header("authorization"),
+            Some(format!("Bearer {KEY}").as_str())
+        );
+    }
+
+    // 3. On the TLS hop: TLS records both ways, and neither the key nor any event in clear.
+    let (up, down) = (relay.up(), relay.down());
+    assert!(
+        !up.is_empty() && !down.is_empty(),
+        "nothing crossed the relay"
+    );
+    assert_eq!(
+        up[0], 0x16,
+        "the client's first byte is not a TLS handshake record"
+    );
+    assert_eq!(
+        down[0], 0x16,
+        "the server's first byte is not a TLS handshake record"
+    );
+    for (dir, bytes) in [("to the backend", &up), ("from the backend", &down)] {
+        for needle in [
+            KEY,
+            "Bearer",
+            "POST /events",
+            "HTTP/1.1",
+            "kubectl-exec",
+            actors[0].as_str(),
+        ] {
+            assert!(
+                !contains(bytes, needle.as_bytes()),
+                "{needle:?} crossed the TLS hop in clear ({dir})"
+            );
+        }
+    }
+
+    // 4. A wrong CA: healert.sh shows stunnel's verification error and starts nothing.
+    let before = sink.events().len();
+    let mut wrong = Local {
+        s: Scratch::new("tls-wrong"),
+        audit: l.audit.clone(),
+        env: l.env.clone(),
+    };
+    wrong.set("HEALERT_TLS_CA", p("wrong-ca.pem"));
+    let _g2 = wrong.guard();
+    let (o, t) = wrong.sh(&["start", "agent"]);
+    assert!(
+        !o.status.success(),
+        "started with a CA that did not sign the backend: {t}"
+    );
+    assert!(
+        t.contains("certificate verify failed") && t.contains("CERT: Pre-verification error"),
+        "stunnel's own words are shown: {t}"
+    );
+    assert!(
+        t.contains("the agent was not started") && t.contains("HEALERT_TLS_CA"),
+        "{t}"
+    );
+    assert!(!wrong.run("agent.pid").exists() && !wrong.run("stunnel.pid").exists());
+
+    // What the agent itself sees behind a client with the wrong CA (the DaemonSet's sidecar
+    // case): the backend is unreachable; stunnel's log has the reason; nothing is delivered.
+    let (mut client, client_log) = stunnel_child(
+        &stunnel,
+        &wrong.s.run_dir(),
+        "sidecar",
+        &read_lossy(&wrong.run("stunnel.conf")),
+        local_port,
+    );
+    let agent_log = wrong.s.root().join("agent.stderr");
+    let mut agent_cmd = Command::new(bin());
+    for (name, _, _) in healert_agent::config::VARS {
+        agent_cmd.env_remove(name);
+    }
+    let agent = Proc::new(
+        agent_cmd
+            .arg("run")
+            .env(
+                "HEALERT_BACKEND_URL",
+                format!("http://127.0.0.1:{local_port}"),
+            )
+            .env("HEALERT_API_KEY", KEY)
+            .env("AUDIT_LOG_PATH", &l.audit)
+            .env("RULES_PATH", repo().join("rules.yaml"))
+            .current_dir(wrong.s.root())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(&agent_log).unwrap()))
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(
+        GUARD,
+        "the agent to report the backend unreachable",
+        || read_lossy(&agent_log).contains("not reachable"),
+        || read_lossy(&agent_log),
+    );
+    assert!(
+        read_lossy(&client_log).contains("certificate verify failed"),
+        "{}",
+        read_lossy(&client_log)
+    );
+    assert_eq!(
+        sink.events().len(),
+        before,
+        "delivered despite the wrong CA"
+    );
+    drop(agent);
+    assert!(client.try_wait().is_none());
+}
+
+#[test]
+fn tls_settings_errors_name_the_variable_and_the_fix() {
+    let l = Local::new("tlserr");
+    let _g = l.guard();
+    let ca = l.s.root().join("ca.pem");
+    std::fs::write(&ca, "not really a CA, but readable\n").unwrap();
+    let ca = ca.display().to_string();
+    let missing = l.s.root().join("missing.pem").display().to_string();
+    let https = "https://127.0.0.1:9443";
+    let cases: Vec<(Vec<(&str, String)>, String)> = vec![
+        (
+            vec![
+                ("HEALERT_STUNNEL", "/nonexistent/stunnel".into()),
+                ("HEALERT_TLS_CA", ca.clone()),
+            ],
+            "HEALERT_STUNNEL=/nonexistent/stunnel is not an executable file".into(),
+        ),
+        (
+            vec![("HEALERT_TLS_CA", missing.clone())],
+            format!("HEALERT_TLS_CA={missing} is not a readable file"),
+        ),
+        (
+            vec![
+                ("HEALERT_TLS_CA", ca.clone()),
+                ("HEALERT_TLS_CERT", ca.clone()),
+            ],
+            "HEALERT_TLS_CERT and HEALERT_TLS_KEY go together".into(),
+        ),
+        (
+            vec![
+                ("HEALERT_TLS_CA", ca.clone()),
+                ("HEALERT_TLS_LOCAL_PORT", "99999".into()),
+            ],
+            "HEALERT_TLS_LOCAL_PORT=99999: must be a port number 1..65535 (example: 18000)".into(),
+        ),
+        (
+            vec![
+                ("HEALERT_TLS_CA", ca.clone()),
+                (
+                    "HEALERT_BACKEND_URL",
+                    "https://user:hunter2@backend.example".into(),
+                ),
+            ],
+            "credentials in the URL are not allowed".into(),
+        ),
+        (
+            vec![
+                ("HEALERT_TLS_CA", ca.clone()),
+                ("HEALERT_BACKEND_URL", "https://backend example".into()),
+            ],
+            "cannot read HOST[:PORT]".into(),
+        ),
+    ];
+    for (env, want) in cases {
+        let mut c = l.command(&["start", "agent"]);
+        c.env("HEALERT_BACKEND_URL", https);
+        for (k, v) in &env {
+            c.env(k, v);
+        }
+        let o = run_bounded(c);
+        let t = text(&o);
+        assert!(!o.status.success(), "{env:?}: {t}");
+        assert!(t.contains(&want), "{env:?}: want {want:?} in:\n{t}");
+        assert!(!t.contains("hunter2"), "the URL's password was echoed: {t}");
+        assert!(
+            !l.run("agent.pid").exists(),
+            "{env:?}: an agent was started"
+        );
+    }
+}
