@@ -864,13 +864,23 @@ _k8s_ensure_namespace() {
   _kubectl get namespace "$K8S_NS" >/dev/null 2>&1 || _kubectl create namespace "$K8S_NS" >/dev/null
 }
 
-# _manifest_sync [--check]: copy rules.yaml into the ConfigMap block of daemonset.yaml
-# (between the BEGIN/END markers) and its SHA-256 into the pod template annotation, so a
-# rules change rolls the pods. With --check only report whether daemonset.yaml is current.
+# _manifest_sync [--check]: copy rules.yaml into the ConfigMap block of daemonset.yaml and of
+# its TLS variant docs/examples/daemonset-tls.yaml (between the BEGIN/END markers), and its
+# SHA-256 into each pod template's annotation, so a rules change rolls the pods. With --check
+# only report whether they are current.
 _manifest_sync() {
-  local check=${1:-} src=${HEALERT_RULES_SOURCE:-$SCRIPT_DIR/rules.yaml} sum tmp bad
+  _manifest_sync_file "${1:-}" "$DAEMONSET_YAML"
+  # The TLS variant ships in the repository, not necessarily beside an installed script.
+  if [[ -f "$SCRIPT_DIR/docs/examples/daemonset-tls.yaml" ]]; then
+    _manifest_sync_file "${1:-}" "$SCRIPT_DIR/docs/examples/daemonset-tls.yaml"
+  fi
+}
+
+_manifest_sync_file() {
+  local check=$1 file=$2 src=${HEALERT_RULES_SOURCE:-$SCRIPT_DIR/rules.yaml} sum tmp bad name
+  name=${file#"$SCRIPT_DIR"/}
   [[ -f "$src" ]] || _die "rules source not found: $src (set HEALERT_RULES_SOURCE)"
-  [[ -f "$DAEMONSET_YAML" ]] || _die "not found: $DAEMONSET_YAML"
+  [[ -f "$file" ]] || _die "not found: $file"
   # A YAML literal block (|) reproduces the file exactly only if: the first line is not
   # indented, no line is whitespace only, and the file ends in exactly one newline.
   bad=$(awk 'NR==1 && /^[ \t]/ {print "line 1 starts with whitespace"; exit}
@@ -880,10 +890,10 @@ _manifest_sync() {
     [[ "$(tail -c 1 "$src" | od -An -c | tr -d ' ')" == '\n' ]] || _die "$src: add a newline at the end of the file"
     [[ "$(tail -c 2 "$src" | od -An -c | tr -d ' ')" != '\n\n' ]] || _die "$src: remove the empty lines at the end of the file"
   fi
-  [[ $(grep -c '^  # BEGIN rules.yaml' "$DAEMONSET_YAML") == 1 && $(grep -c '^  # END rules.yaml' "$DAEMONSET_YAML") == 1 ]] ||
-    _die "$DAEMONSET_YAML: expected one '  # BEGIN rules.yaml' and one '  # END rules.yaml' marker line"
+  [[ $(grep -c '^  # BEGIN rules.yaml' "$file") == 1 && $(grep -c '^  # END rules.yaml' "$file") == 1 ]] ||
+    _die "$file: expected one '  # BEGIN rules.yaml' and one '  # END rules.yaml' marker line"
   sum=$(sha256sum <"$src" | cut -c1-64)
-  tmp=$(mktemp "$SCRIPT_DIR/.daemonset.XXXXXX")
+  tmp=$(mktemp "$(dirname "$file")/.manifest.XXXXXX")
   awk -v src="$src" -v sum="$sum" '
     /^  # BEGIN rules.yaml/ {
       print
@@ -899,23 +909,23 @@ _manifest_sync() {
       print substr($0, 1, RLENGTH) "healert.io/rules-sha256: \"" sum "\""
       next
     }
-    { print }' "$DAEMONSET_YAML" >"$tmp"
+    { print }' "$file" >"$tmp"
   if [[ "$check" == "--check" ]]; then
-    if cmp -s "$tmp" "$DAEMONSET_YAML"; then
+    if cmp -s "$tmp" "$file"; then
       rm -f "$tmp"
-      _ok "daemonset.yaml carries $src (sha256 $sum)"
+      _ok "$name carries $src (sha256 $sum)"
       return 0
     fi
     rm -f "$tmp"
-    _die "daemonset.yaml is out of date with $src. Fix: ./$SCRIPT_NAME update manifest"
+    _die "$name is out of date with $src. Fix: ./$SCRIPT_NAME update manifest"
   fi
   chmod 644 "$tmp"
-  if cmp -s "$tmp" "$DAEMONSET_YAML"; then
+  if cmp -s "$tmp" "$file"; then
     rm -f "$tmp"
-    _ok "daemonset.yaml already carries $src (sha256 $sum)"
+    _ok "$name already carries $src (sha256 $sum)"
   else
-    mv -f "$tmp" "$DAEMONSET_YAML"
-    _ok "daemonset.yaml updated from $src (sha256 $sum)"
+    mv -f "$tmp" "$file"
+    _ok "$name updated from $src (sha256 $sum)"
   fi
 }
 

@@ -600,7 +600,7 @@ fn make_pki(ossl: &Path, dir: &Path) {
     }
     std::fs::write(
         dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
     )
     .unwrap();
     std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
@@ -737,6 +737,38 @@ fn tls_chain_agent_stunnel_tls_stunnel_backend_key_never_in_clear_events_exactly
         "the agent must be given the local tunnel, plain http: {want}"
     );
     let stunnel_pid = read_lossy(&l.run("stunnel.pid")).trim().to_string();
+    // healert.sh's stunnel options are the Kubernetes sidecar's (docs/examples/daemonset-tls.yaml),
+    // except how the name is checked (an IP here) and the client certificate (set here).
+    let local = stunnel_options(&read_lossy(&l.run("stunnel.conf")));
+    let side = stunnel_options(&stunnel_conf_of(&tls_manifest()));
+    for k in [
+        "foreground",
+        "pid",
+        "syslog",
+        "client",
+        "delay",
+        "sslVersionMin",
+        "verifyChain",
+    ] {
+        assert_eq!(
+            local.get(k),
+            side.get(k),
+            "stunnel option {k}: healert.sh vs the sidecar"
+        );
+    }
+    let keys =
+        |m: &std::collections::BTreeMap<String, String>, drop: &[&str]| -> BTreeSet<String> {
+            m.keys()
+                .filter(|k| !drop.contains(&k.as_str()))
+                .cloned()
+                .collect()
+        };
+    assert_eq!(
+        keys(&local, &["checkIP", "cert", "key"]),
+        keys(&side, &["checkHost", "sni"]),
+        "healert.sh and the sidecar set different stunnel options"
+    );
+    assert_eq!(local.get("checkIP").map(String::as_str), Some("127.0.0.1"));
     let (o, t) = l.sh(&["status"]);
     assert!(
         o.status.success()
@@ -833,56 +865,131 @@ fn tls_chain_agent_stunnel_tls_stunnel_backend_key_never_in_clear_events_exactly
         "{t}"
     );
     assert!(!wrong.run("agent.pid").exists() && !wrong.run("stunnel.pid").exists());
+    assert_eq!(sink.events().len(), before, "something was delivered");
 
-    // What the agent itself sees behind a client with the wrong CA (the DaemonSet's sidecar
-    // case): the backend is unreachable; stunnel's log has the reason; nothing is delivered.
-    let (mut client, client_log) = stunnel_child(
-        &stunnel,
-        &wrong.s.run_dir(),
-        "sidecar",
-        &read_lossy(&wrong.run("stunnel.conf")),
-        local_port,
+    // 5. The Kubernetes variant's sidecar (docs/examples/daemonset-tls.yaml): its stunnel.conf,
+    //    with the placeholders and mount paths pointed at this test's files, carries the agent's
+    //    events (mutual TLS, the backend checked by name: localhost); with the wrong CA in the
+    //    Secret's place the agent reports the backend unreachable and stunnel's log says why.
+    let docs = tls_manifest();
+    let side_conf = stunnel_conf_of(&docs);
+    let agent_url = env_value(agent_container(&docs), "HEALERT_BACKEND_URL");
+    assert_eq!(
+        agent_url, "http://127.0.0.1:8000",
+        "the agent talks to the sidecar"
     );
-    let agent_log = wrong.s.root().join("agent.stderr");
-    let mut agent_cmd = Command::new(bin());
-    for (name, _, _) in healert_agent::config::VARS {
-        agent_cmd.env_remove(name);
+    let tls_dir = pki.join("healert-tls");
+    std::fs::create_dir_all(&tls_dir).unwrap();
+    for (from, to) in [
+        ("ca.pem", "ca.crt"),
+        ("client.pem", "tls.crt"),
+        ("client.key", "tls.key"),
+    ] {
+        std::fs::copy(pki.join(from), tls_dir.join(to)).unwrap();
     }
-    let agent = Proc::new(
-        agent_cmd
-            .arg("run")
-            .env(
-                "HEALERT_BACKEND_URL",
-                format!("http://127.0.0.1:{local_port}"),
-            )
-            .env("HEALERT_API_KEY", KEY)
-            .env("AUDIT_LOG_PATH", &l.audit)
-            .env("RULES_PATH", repo().join("rules.yaml"))
-            .current_dir(wrong.s.root())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(&agent_log).unwrap()))
-            .spawn()
-            .unwrap(),
-    );
+    let side_port = free_port();
+    let mut conf = side_conf.clone();
+    for (from, to) in [
+        (
+            "REPLACE-WITH-BACKEND-HOST:443".to_string(),
+            format!("localhost:{}", relay.addr.port()),
+        ),
+        (
+            "REPLACE-WITH-BACKEND-HOST".to_string(),
+            "localhost".to_string(),
+        ),
+        (
+            "/etc/healert-tls/".to_string(),
+            format!("{}/", tls_dir.display()),
+        ),
+        ("; cert = ".to_string(), "cert = ".to_string()),
+        ("; key = ".to_string(), "key = ".to_string()),
+        (
+            "accept = 127.0.0.1:8000".to_string(),
+            format!("accept = 127.0.0.1:{side_port}"),
+        ),
+    ] {
+        assert!(
+            conf.contains(&from),
+            "the sidecar's stunnel.conf has no {from:?}:\n{side_conf}"
+        );
+        conf = conf.replace(&from, &to);
+    }
+    let side_dir = TempDir::new("harden", "sidecar");
+    let sidecar_agent = |tag: &str, actor: &str| -> (Proc, PathBuf) {
+        let audit = side_dir.join(&format!("{tag}.audit.log"));
+        std::fs::write(&audit, format!("{}\n", exec_line(actor))).unwrap();
+        let log = side_dir.join(&format!("{tag}.agent.stderr"));
+        let mut c = Command::new(bin());
+        for (name, _, _) in healert_agent::config::VARS {
+            c.env_remove(name);
+        }
+        let agent = Proc::new(
+            c.arg("run")
+                .env(
+                    "HEALERT_BACKEND_URL",
+                    agent_url.replace(":8000", &format!(":{side_port}")),
+                )
+                .env("HEALERT_API_KEY", KEY)
+                .env("AUDIT_LOG_PATH", &audit)
+                .env("START_AT", "beginning")
+                .env("RULES_PATH", repo().join("rules.yaml"))
+                .current_dir(side_dir.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+                .spawn()
+                .unwrap(),
+        );
+        (agent, log)
+    };
+    {
+        let (_sidecar, side_log) =
+            stunnel_child(&stunnel, side_dir.path(), "sidecar", &conf, side_port);
+        let (mut agent, agent_log) = sidecar_agent("right", "sidecar-user@example.com");
+        let mut actors_all = actors.clone();
+        actors_all.push("sidecar-user@example.com".into());
+        let want = expected_exec(&actors_all);
+        let n: usize = want.values().sum();
+        assert!(
+            sink.wait_for_events(n, GUARD),
+            "the sidecar's config delivered nothing; agent:\n{}\nsidecar:\n{}",
+            read_lossy(&agent_log),
+            read_lossy(&side_log)
+        );
+        agent.signal("TERM");
+        agent.wait_exit(GUARD, || read_lossy(&agent_log));
+        assert_eq!(
+            multiset(&[&sink]),
+            want,
+            "not exactly once through the sidecar"
+        );
+    }
+    std::fs::copy(pki.join("wrong-ca.pem"), tls_dir.join("ca.crt")).unwrap();
+    let before = sink.events().len();
+    let (_sidecar, side_log) =
+        stunnel_child(&stunnel, side_dir.path(), "sidecar-wrong", &conf, side_port);
+    let (_agent, agent_log) = sidecar_agent("wrong", "wrong-ca-user@example.com");
     wait_until(
         GUARD,
-        "the agent to report the backend unreachable",
-        || read_lossy(&agent_log).contains("not reachable"),
-        || read_lossy(&agent_log),
-    );
-    assert!(
-        read_lossy(&client_log).contains("certificate verify failed"),
-        "{}",
-        read_lossy(&client_log)
+        "the agent to report the backend unreachable, and stunnel why",
+        || {
+            read_lossy(&agent_log).contains("not reachable")
+                && read_lossy(&side_log).contains("certificate verify failed")
+        },
+        || {
+            format!(
+                "agent:\n{}\nsidecar:\n{}",
+                read_lossy(&agent_log),
+                read_lossy(&side_log)
+            )
+        },
     );
     assert_eq!(
         sink.events().len(),
         before,
         "delivered despite the wrong CA"
     );
-    drop(agent);
-    assert!(client.try_wait().is_none());
 }
 
 #[test]
@@ -954,4 +1061,383 @@ fn tls_settings_errors_name_the_variable_and_the_fix() {
             "{env:?}: an agent was started"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The manifests: findings 1, 2, 12 and the TLS variant
+// ---------------------------------------------------------------------------------------------
+
+fn load(rel: &str) -> Vec<Yaml> {
+    let text = std::fs::read_to_string(repo().join(rel)).unwrap();
+    YamlLoader::load_from_str(&text).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+fn tls_manifest() -> Vec<Yaml> {
+    load("docs/examples/daemonset-tls.yaml")
+}
+
+fn find<'a>(docs: &'a [Yaml], kind: &str, name: &str) -> &'a Yaml {
+    docs.iter()
+        .find(|d| d["kind"].as_str() == Some(kind) && d["metadata"]["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+fn pod_spec(docs: &[Yaml]) -> &Yaml {
+    &find(docs, "DaemonSet", "healert-agent")["spec"]["template"]["spec"]
+}
+
+fn agent_container(docs: &[Yaml]) -> &Yaml {
+    pod_spec(docs)["containers"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"].as_str() == Some("agent"))
+        .expect("container agent")
+}
+
+fn env_value(container: &Yaml, name: &str) -> String {
+    container["env"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"].as_str() == Some(name))
+        .and_then(|e| e["value"].as_str())
+        .unwrap_or_else(|| panic!("env {name} has no value"))
+        .to_string()
+}
+
+fn stunnel_conf_of(docs: &[Yaml]) -> String {
+    find(docs, "ConfigMap", "healert-stunnel")["data"]["stunnel.conf"]
+        .as_str()
+        .expect("stunnel.conf")
+        .to_string()
+}
+
+/// `key = value` lines of a stunnel configuration (comments and sections left out).
+fn stunnel_options(conf: &str) -> std::collections::BTreeMap<String, String> {
+    conf.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with(';') && !l.starts_with('['))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// The volume mounted at `path`'s directory in `container`, as (mount, volume).
+fn volume_of<'a>(docs: &'a [Yaml], container: &'a Yaml, path: &str) -> (&'a Yaml, &'a Yaml) {
+    let dir = Path::new(path).parent().unwrap().to_str().unwrap();
+    let m = container["volumeMounts"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"].as_str() == Some(dir))
+        .unwrap_or_else(|| panic!("nothing mounted at {dir}"));
+    let v = pod_spec(docs)["volumes"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == m["name"])
+        .unwrap();
+    (m, v)
+}
+
+#[test]
+fn daemonsets_dead_letter_on_the_node_beside_the_checkpoint() {
+    for rel in ["daemonset.yaml", "docs/examples/daemonset-tls.yaml"] {
+        let docs = load(rel);
+        let c = agent_container(&docs);
+        let dead = env_value(c, "DEAD_LETTER_PATH");
+        let checkpoint = env_value(c, "CHECKPOINT_PATH");
+        assert_eq!(
+            Path::new(&dead).parent(),
+            Path::new(&checkpoint).parent(),
+            "{rel}: dead letters beside the checkpoint"
+        );
+        assert_ne!(dead, checkpoint);
+        let (m, v) = volume_of(&docs, c, &dead);
+        assert_ne!(m["readOnly"].as_bool(), Some(true), "{rel}: writable");
+        assert_eq!(
+            v["hostPath"]["path"].as_str(),
+            Some("/var/lib/healert-agent"),
+            "{rel}: on the node, so it survives the pod"
+        );
+    }
+}
+
+/// Each peer of a NetworkPolicy rule selects pods by namespace AND labels (both in one peer),
+/// never "everything".
+fn selected_peers(rule: &Yaml, key: &str, what: &str) {
+    let peers = rule[key]
+        .as_vec()
+        .unwrap_or_else(|| panic!("{what}: a rule without `{key}` admits every source"));
+    assert!(!peers.is_empty(), "{what}: empty `{key}`");
+    for p in peers {
+        let ns = p["namespaceSelector"]["matchLabels"].as_hash();
+        let pods = p["podSelector"]["matchLabels"].as_hash();
+        assert!(
+            ns.is_some_and(|h| !h.is_empty()) && pods.is_some_and(|h| !h.is_empty()),
+            "{what}: each peer names a namespace and pod labels: {p:?}"
+        );
+    }
+}
+
+#[test]
+fn network_policies_admit_only_the_node_and_a_named_prometheus_and_reach_only_the_backend() {
+    for (rel, backend_port) in [
+        ("daemonset.yaml", 8000),
+        ("docs/examples/daemonset-tls.yaml", 443),
+    ] {
+        let docs = load(rel);
+        let np = &find(&docs, "NetworkPolicy", "healert-agent")["spec"];
+        let health = env_value(agent_container(&docs), "HEALTH_ADDR");
+        let health: i64 = health.rsplit(':').next().unwrap().parse().unwrap();
+        for r in np["ingress"].as_vec().unwrap() {
+            selected_peers(r, "from", &format!("{rel} ingress"));
+            let ports: Vec<i64> = r["ports"]
+                .as_vec()
+                .unwrap()
+                .iter()
+                .filter_map(|p| p["port"].as_i64())
+                .collect();
+            assert_eq!(
+                ports,
+                vec![health],
+                "{rel}: ingress only to the health port"
+            );
+        }
+        let mut backend_rules = 0;
+        for r in np["egress"].as_vec().unwrap() {
+            let ports: BTreeSet<i64> = r["ports"]
+                .as_vec()
+                .unwrap()
+                .iter()
+                .filter_map(|p| p["port"].as_i64())
+                .collect();
+            if ports == BTreeSet::from([53]) {
+                continue; // DNS, to whatever resolver the cluster runs
+            }
+            assert_eq!(ports, BTreeSet::from([backend_port]), "{rel}: egress");
+            selected_peers(r, "to", &format!("{rel} egress to the backend"));
+            backend_rules += 1;
+        }
+        assert_eq!(backend_rules, 1, "{rel}");
+    }
+    // The TLS variant's backend port is the one stunnel connects to.
+    let side = stunnel_options(&stunnel_conf_of(&tls_manifest()));
+    assert!(side["connect"].ends_with(":443"), "{side:?}");
+}
+
+#[test]
+fn tls_variant_is_daemonset_yaml_plus_the_sidecar_and_nothing_else() {
+    let base = load("daemonset.yaml");
+    let tls = tls_manifest();
+    for (kind, name) in [
+        ("Namespace", "healert-system"),
+        ("ServiceAccount", "healert-agent"),
+        ("ConfigMap", "healert-rules"),
+    ] {
+        assert_eq!(
+            find(&base, kind, name),
+            find(&tls, kind, name),
+            "{kind} {name} differs"
+        );
+    }
+    assert_eq!(
+        base.len() + 1,
+        tls.len(),
+        "the TLS variant adds exactly one object (the healert-stunnel ConfigMap)"
+    );
+    // NetworkPolicy: the same but the backend's port (TLS 443 instead of 8000).
+    let np = |d: &[Yaml]| {
+        let mut s = format!("{:?}", find(d, "NetworkPolicy", "healert-agent"));
+        s = s
+            .replace("Integer(8000)", "BACKEND")
+            .replace("Integer(443)", "BACKEND");
+        s
+    };
+    assert_eq!(
+        np(&base),
+        np(&tls),
+        "NetworkPolicy differs beyond the backend port"
+    );
+    // DaemonSet: the same but the agent's backend URL, the sidecar and its two volumes.
+    let normalize = |d: &[Yaml]| -> Yaml {
+        let mut ds = find(d, "DaemonSet", "healert-agent").clone();
+        let Yaml::Hash(ref mut top) = ds else {
+            unreachable!()
+        };
+        let spec = top.get_mut(&Yaml::String("spec".into())).unwrap();
+        let Yaml::Hash(spec) = spec else {
+            unreachable!()
+        };
+        let tpl = spec.get_mut(&Yaml::String("template".into())).unwrap();
+        let Yaml::Hash(tpl) = tpl else { unreachable!() };
+        let ps = tpl.get_mut(&Yaml::String("spec".into())).unwrap();
+        let Yaml::Hash(ps) = ps else { unreachable!() };
+        ps.remove(&Yaml::String("initContainers".into()));
+        if let Some(Yaml::Array(vols)) = ps.get_mut(&Yaml::String("volumes".into())) {
+            vols.retain(|v| !matches!(v["name"].as_str(), Some("stunnel-config" | "backend-tls")));
+        }
+        if let Some(Yaml::Array(cs)) = ps.get_mut(&Yaml::String("containers".into())) {
+            for c in cs {
+                if let Yaml::Hash(c) = c {
+                    if let Some(Yaml::Array(env)) = c.get_mut(&Yaml::String("env".into())) {
+                        env.retain(|e| e["name"].as_str() != Some("HEALERT_BACKEND_URL"));
+                    }
+                }
+            }
+        }
+        ds
+    };
+    assert_eq!(
+        normalize(&base),
+        normalize(&tls),
+        "DaemonSet differs beyond the TLS additions"
+    );
+
+    // The sidecar: a native sidecar (starts first, stops last), locked down like the agent,
+    // its two volumes read-only, the Secret in it only.
+    let ps = pod_spec(&tls);
+    let init = ps["initContainers"].as_vec().expect("initContainers");
+    assert_eq!(init.len(), 1);
+    let side = &init[0];
+    assert_eq!(
+        side["restartPolicy"].as_str(),
+        Some("Always"),
+        "native sidecar"
+    );
+    assert_eq!(
+        side["securityContext"],
+        agent_container(&tls)["securityContext"]
+    );
+    for c in ["requests", "limits"] {
+        assert!(side["resources"][c]["memory"].as_str().is_some(), "{c}");
+    }
+    let conf_path = side["args"][0].as_str().unwrap();
+    let (m, v) = volume_of(&tls, side, conf_path);
+    assert_eq!(m["readOnly"].as_bool(), Some(true));
+    assert_eq!(v["configMap"]["name"].as_str(), Some("healert-stunnel"));
+    let opts = stunnel_options(&stunnel_conf_of(&tls));
+    let (m, v) = volume_of(&tls, side, &opts["CAfile"]);
+    assert_eq!(m["readOnly"].as_bool(), Some(true));
+    assert_eq!(
+        v["secret"]["secretName"].as_str(),
+        Some("healert-backend-tls")
+    );
+    let agent_mounts = format!("{:?}", agent_container(&tls)["volumeMounts"]);
+    assert!(
+        !agent_mounts.contains("backend-tls"),
+        "the agent must not mount the TLS Secret"
+    );
+    // The agent's URL is the sidecar's loopback listener, plain http.
+    let url = env_value(agent_container(&tls), "HEALERT_BACKEND_URL");
+    assert_eq!(format!("http://{}", opts["accept"]), url);
+    assert!(
+        opts["accept"].starts_with("127.0.0.1:"),
+        "loopback only: no other pod may use it"
+    );
+    assert_eq!(opts.get("verifyChain").map(String::as_str), Some("yes"));
+}
+
+#[test]
+fn every_docs_reference_in_the_shipped_files_names_an_existing_section() {
+    // "docs/NAME.md → Section" in the manifests and the script must lead somewhere.
+    let mut seen = 0;
+    for rel in [
+        "daemonset.yaml",
+        "docs/examples/daemonset-tls.yaml",
+        "healert.sh",
+        "docs/examples/stunnel.Dockerfile",
+    ] {
+        // Comments wrap: join the lines, without their indentation and comment marks.
+        let text: String = std::fs::read_to_string(repo().join(rel))
+            .unwrap()
+            .lines()
+            .map(|l| l.trim_start().trim_start_matches(['#', ';']).trim())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find("docs/") {
+            rest = &rest[i..];
+            let Some(end) = rest.find(".md") else { break };
+            let doc = &rest[..end + 3];
+            let after = &rest[end + 3..];
+            if doc.contains(char::is_whitespace) || doc.len() > 40 {
+                rest = &rest[5..];
+                continue;
+            }
+            let body = std::fs::read_to_string(repo().join(doc))
+                .unwrap_or_else(|e| panic!("{rel} names {doc}: {e}"));
+            if let Some(sec) = after.strip_prefix(" → ") {
+                let sec: String = sec
+                    .split([')', ',', ';', '"', '\n'])
+                    .next()
+                    .unwrap()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let heading = body.lines().any(|l| {
+                    l.starts_with('#') && l.trim_start_matches('#').trim().starts_with(sec.as_str())
+                });
+                assert!(
+                    heading,
+                    "{rel} names {doc} → {sec}, which has no such heading"
+                );
+            }
+            seen += 1;
+            rest = after;
+        }
+    }
+    assert!(
+        seen >= 8,
+        "only {seen} references found: is the scan broken?"
+    );
+}
+
+#[test]
+fn update_manifest_keeps_the_tls_variant_current_too() {
+    // Private copies, so the repository's files are not touched.
+    let s = Scratch::new("tlsmanifest");
+    let dir = s.root().join("repo");
+    std::fs::create_dir_all(dir.join("docs/examples")).unwrap();
+    for f in [
+        "healert.sh",
+        "daemonset.yaml",
+        "docs/examples/daemonset-tls.yaml",
+    ] {
+        std::fs::copy(repo().join(f), dir.join(f)).unwrap();
+    }
+    let rules = s.root().join("edited.yaml");
+    let content = "rules:\n  - name: only-in-this-test\n";
+    std::fs::write(&rules, content).unwrap();
+    let run = |args: &[&str]| {
+        let mut c = s.command(&dir.join("healert.sh"), args);
+        c.env("HEALERT_RULES_SOURCE", &rules);
+        let o = run_bounded(c);
+        (o.status.success(), text(&o))
+    };
+    let (ok, t) = run(&["update", "manifest"]);
+    assert!(ok, "{t}");
+    assert!(
+        t.contains("docs/examples/daemonset-tls.yaml updated from"),
+        "{t}"
+    );
+    let (ok, t) = run(&["update", "manifest", "--check"]);
+    assert!(ok, "{t}");
+    let tls = YamlLoader::load_from_str(&read_lossy(&dir.join("docs/examples/daemonset-tls.yaml")))
+        .unwrap();
+    assert_eq!(
+        find(&tls, "ConfigMap", "healert-rules")["data"]["rules.yaml"].as_str(),
+        Some(content)
+    );
+    // A stale copy in the TLS variant alone is caught by --check, and named.
+    let path = dir.join("docs/examples/daemonset-tls.yaml");
+    let stale = read_lossy(&path).replace("only-in-this-test", "stale-name");
+    std::fs::write(&path, stale).unwrap();
+    let (ok, t) = run(&["update", "manifest", "--check"]);
+    assert!(!ok, "{t}");
+    assert!(
+        t.contains("docs/examples/daemonset-tls.yaml is out of date"),
+        "{t}"
+    );
 }
