@@ -53,6 +53,12 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// One line on the real stderr, past libtest's capture (which hides a passing test's output):
+/// a test that cannot run its check says so where the person running the tests sees it.
+fn loud(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 /// `name` in PATH, if any.
 fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
@@ -77,7 +83,7 @@ fn tool_or_skip(test: &str, names: &[&str], install: &str) -> Option<PathBuf> {
             "{msg}, and HEALERT_REQUIRE_SHARED=1 requires this test to run (.ci/run installs it)"
         );
     }
-    eprintln!("SKIPPED {msg}: this test did NOT run (set HEALERT_REQUIRE_SHARED=1 to make that a failure)");
+    loud(&format!("SKIPPED {msg}: this test did NOT run (set HEALERT_REQUIRE_SHARED=1 to make that a failure)"));
     None
 }
 
@@ -294,9 +300,9 @@ fn script_never_writes_through_a_link_in_run() {
 #[test]
 fn script_refuses_a_run_directory_or_file_of_another_user() {
     if !is_root() {
-        eprintln!(
+        loud(
             "SKIPPED harden::script_refuses_a_run_directory_or_file_of_another_user: needs root \
-             to chown files to another uid; this check did NOT run"
+             to chown files to another uid; this check did NOT run",
         );
         return;
     }
