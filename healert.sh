@@ -368,8 +368,11 @@ _record_process() {
   local name=$1 pid=$2 exe
   exe=$(_proc_exe "$pid")
   [[ -n "$exe" && "$exe" != *" "* ]] || exe=-
-  # Still the shell that is about to exec the program: record the start time only.
-  [[ "$exe" != "$BASH" && "$(basename "$exe")" != bash && "$(basename "$exe")" != nohup ]] || exe=-
+  # Still the shell (or env, nohup) that is about to exec the program: record the start time
+  # only; the executable is recorded by the second call.
+  case "$(basename "$exe")" in
+    bash | sh | env | nohup) exe=- ;;
+  esac
   _run_write "$name.ident" "$pid $(_proc_start "$pid") $(_boot_id) $exe"$'\n'
   _run_write "$name.pid" "$pid"$'\n'
 }
