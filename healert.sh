@@ -46,8 +46,8 @@ AGENT_VARS=(
   LOG_FORMAT
   LOG_LEVEL
 )
-# Variables only this script reads (documented in `help` and docs/local-mode.md).
-SCRIPT_VARS=(HEALERT_HOST HEALERT_PORT HEALERT_AGENT_BIN KUBECTL HEALERT_RULES_SOURCE)
+# Variables only this script reads (documented in `help`, docs/local-mode.md and docs/tls.md).
+SCRIPT_VARS=(HEALERT_HOST HEALERT_PORT HEALERT_AGENT_BIN KUBECTL HEALERT_RULES_SOURCE HEALERT_TLS_CA HEALERT_TLS_CERT HEALERT_TLS_KEY HEALERT_TLS_LOCAL_PORT HEALERT_STUNNEL)
 
 readonly DEFAULT_AUDIT_LOG="/var/log/kubernetes/audit/audit.log"
 readonly SELFTEST_WORKLOAD="healert-selftest"
@@ -58,6 +58,11 @@ readonly K8S_NS="healert-system"
 SELFTEST_TMP=""
 SELFTEST_PID=""
 TEST_DEADLINE=0
+# Where the script was started: processes we start run there (commands that use run/ change
+# into it), and relative paths from the environment mean paths from there.
+ORIG_PWD=$PWD
+RUN_ENTERED=false
+RUN_PID=""
 
 if [[ -t 1 && -z "${NO_COLOR:-}" ]]; then
   RED=$'\033[0;31m' GREEN=$'\033[0;32m' TEAL=$'\033[0;36m' AMBER=$'\033[0;33m'
@@ -180,12 +185,16 @@ _load_dirs() {
   fi
   BACKEND_DIR=${HEALERT_BACKEND_DIR:-$HOME/healert-backend}
   AGENT_DIR=${HEALERT_AGENT_DIR:-$SCRIPT_DIR}
+  # Absolute, because commands that use run/ change into it (see _run_enter).
+  [[ "$BACKEND_DIR" == /* ]] || BACKEND_DIR="$ORIG_PWD/$BACKEND_DIR"
+  [[ "$AGENT_DIR" == /* ]] || AGENT_DIR="$ORIG_PWD/$AGENT_DIR"
+  if [[ -n "${HEALERT_AGENT_BIN:-}" && "$HEALERT_AGENT_BIN" != /* ]]; then
+    export HEALERT_AGENT_BIN="$ORIG_PWD/$HEALERT_AGENT_BIN"
+  fi
   RUN_DIR="$AGENT_DIR/run"
   AGENT_ENV="$AGENT_DIR/.env"
   BACKEND_ENV="$BACKEND_DIR/.env"
-  AGENT_PIDFILE="$RUN_DIR/agent.pid"
   AGENT_LOG="$RUN_DIR/agent.log"
-  BACKEND_PIDFILE="$RUN_DIR/backend.pid"
   BACKEND_LOG="$RUN_DIR/backend.log"
   DAEMONSET_YAML="$SCRIPT_DIR/daemonset.yaml"
 }
@@ -203,6 +212,7 @@ _load_agent_config() {
   # The agent runs with its own working directory; give it absolute paths.
   [[ "$RULES_PATH" == /* ]] || RULES_PATH="$PWD/$RULES_PATH"
   export RULES_PATH
+  [[ "$AUDIT_LOG_PATH" == /* ]] || AUDIT_LOG_PATH="$PWD/$AUDIT_LOG_PATH"
   export ENTITY_NAMESPACE=${ENTITY_NAMESPACE:-default}
   # The DaemonSet's namespace: excluded from detection in local mode too.
   export K8S_NAMESPACE=${K8S_NAMESPACE:-healert-system}
@@ -246,38 +256,190 @@ _agent_bin() {
 }
 
 # =============================================================================
-# Processes: pid files under run/, stale ones detected and removed
+# run/: pid files, logs and the TLS tunnel's configuration, never written through a link
 # =============================================================================
+# When this script runs as root in a checkout another user can write, a planted link (run/
+# itself, or run/agent.log) would make root append to or chmod any file. So run/ must be a real
+# directory owned by the user running the script (created 700), and each file in it a regular
+# file of that user (created 600 with O_EXCL, whatever the umask). The checks are made on the
+# directory the script then works in: it changes into run/ and compares the physical path with
+# the expected one, and from then on names files relative to it, so renaming run/ (or a parent)
+# after the check cannot redirect a write.
 
-# _cmdline PID: the command line of PID, or nothing when it does not exist.
-_cmdline() {
-  if [[ -r "/proc/$1/cmdline" ]]; then
-    tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null || true
+_owner() { stat -c '%u' "$1" 2>/dev/null || stat -f '%u' "$1"; }
+
+# _run_enter [create]: change into run/ after the checks above (once per invocation). Without
+# `create`, returns 1 when run/ does not exist (nothing was ever started).
+_run_enter() {
+  local want here owner
+  [[ "$RUN_ENTERED" == true ]] && return 0
+  if [[ -L "$RUN_DIR" ]]; then
+    _die "$RUN_DIR is a symbolic link (to $(readlink "$RUN_DIR")); healert.sh never writes through a link. Fix: rm '$RUN_DIR' (it is created again as a directory)"
+  fi
+  if [[ ! -e "$RUN_DIR" ]]; then
+    [[ "${1:-}" == create ]] || return 1
+    mkdir -p "$AGENT_DIR"
+    mkdir -m 700 "$RUN_DIR" || _die "cannot create $RUN_DIR"
+  fi
+  [[ -d "$RUN_DIR" ]] || _die "$RUN_DIR is not a directory. Fix: remove it (it is created again as a directory)"
+  want="$(cd -P "$AGENT_DIR" && pwd)/run"
+  cd -P "$RUN_DIR" || _die "cannot enter $RUN_DIR"
+  here=$(pwd -P)
+  [[ "$here" == "$want" ]] || _die "$RUN_DIR changed while it was being checked (it is now $here); refusing to use it"
+  owner=$(_owner .)
+  [[ "$owner" == "$(id -u)" ]] ||
+    _die "$RUN_DIR belongs to uid $owner, not to you (uid $(id -u)); refusing to write pid files and logs there. Fix: run as uid $owner, or remove the directory (it is created again)"
+  chmod 700 .
+  RUN_ENTERED=true
+}
+
+# _run_file NAME: make run/NAME a regular file of ours, mode 600: created with O_EXCL (bash's
+# noclobber) when missing; a link, another user's file or a non-file is refused.
+_run_file() {
+  local f=$1 owner
+  _run_enter create
+  if [[ -L "$f" ]]; then
+    _die "$RUN_DIR/$f is a symbolic link (to $(readlink "$f")); healert.sh never writes through a link. Fix: rm '$RUN_DIR/$f'"
+  fi
+  if [[ -e "$f" ]]; then
+    [[ -f "$f" ]] || _die "$RUN_DIR/$f is not a regular file. Fix: remove it"
+    owner=$(_owner "$f")
+    [[ "$owner" == "$(id -u)" ]] ||
+      _die "$RUN_DIR/$f belongs to uid $owner, not to you (uid $(id -u)); refusing to write it. Fix: rm '$RUN_DIR/$f'"
   else
-    ps -p "$1" -o args= 2>/dev/null || true
+    (set -o noclobber && : >"$f") 2>/dev/null || _die "cannot create $RUN_DIR/$f"
+  fi
+  chmod 600 "$f"
+}
+
+# _run_write NAME TEXT: replace run/NAME by TEXT atomically (a new O_EXCL temporary file, mode
+# 600, renamed over NAME: a link named NAME is replaced, never followed).
+_run_write() {
+  local f=$1 tmp
+  _run_enter create
+  [[ -L "$f" || ! -d "$f" ]] || _die "$RUN_DIR/$f is a directory. Fix: remove it"
+  tmp=$(mktemp "$f.XXXXXX") || _die "cannot create a file in $RUN_DIR"
+  printf '%s' "$2" >"$tmp"
+  chmod 600 "$tmp"
+  mv -f "$tmp" "$f"
+}
+
+# =============================================================================
+# Processes: which process a pid file names
+# =============================================================================
+# A pid file alone cannot tell our process from an unrelated one that got the same pid later
+# (after a crash or a reboot), and its command line proves nothing (any process can mention
+# "healert-agent" in its arguments). So beside run/NAME.pid the script records run/NAME.ident:
+# "PID START BOOT EXE", where START is the process's start time (field 22 of /proc/PID/stat,
+# clock ticks since boot), BOOT the kernel's boot id and EXE the real path of its executable
+# (/proc/PID/exe). A process is ours only if all of them match; `stop` signals nothing else.
+
+# _proc_start PID: the start time of PID (empty if it does not exist).
+_proc_start() {
+  local stat f
+  if [[ -d /proc/self ]]; then
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+    # The command name (field 2) is in parentheses and may contain spaces or parentheses.
+    stat=${stat##*) }
+    read -r -a f <<<"$stat"
+    # A zombie has exited: it is not running, whatever its pid and start time.
+    [[ "${f[0]:-}" != Z ]] || return 0
+    printf '%s' "${f[19]:-}"
+  else
+    ps -p "$1" -o lstart= 2>/dev/null | tr -s ' \t' '__'
   fi
 }
 
-# _running NAME: print the pid of our running NAME (agent|backend). A pid file whose process
-# is gone, or whose pid now belongs to another program, is stale: reported and removed.
-_running() {
-  local name=$1 file pid cmd pattern
-  file="$RUN_DIR/$name.pid"
-  [[ -f "$file" ]] || return 1
-  pid=$(head -c 32 "$file" | tr -dc '0-9')
-  case "$name" in
-    agent) pattern="healert-agent" ;;
-    backend) pattern="uvicorn" ;;
+# _proc_exe PID: the real path of PID's executable ("" if unknown, e.g. another user's process).
+_proc_exe() {
+  local e
+  if [[ -d /proc/self ]]; then
+    e=$(readlink "/proc/$1/exe" 2>/dev/null) || return 0
+    printf '%s' "${e% (deleted)}"
+  else
+    ps -p "$1" -o comm= 2>/dev/null || true
+  fi
+}
+
+_boot_id() {
+  cat /proc/sys/kernel/random/boot_id 2>/dev/null || printf 'unknown'
+}
+
+# _record_process NAME PID: write run/NAME.ident, then run/NAME.pid. Called right after the
+# start (the executable may not be exec'd yet: recorded as "-") and again once it runs.
+_record_process() {
+  local name=$1 pid=$2 exe
+  exe=$(_proc_exe "$pid")
+  [[ -n "$exe" && "$exe" != *" "* ]] || exe=-
+  # Still the shell (or env, nohup) that is about to exec the program: record the start time
+  # only; the executable is recorded by the second call.
+  case "$(basename "$exe")" in
+    bash | sh | env | nohup) exe=- ;;
   esac
-  if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
-    cmd=$(_cmdline "$pid")
-    if [[ "$cmd" == *"$pattern"* ]]; then
-      printf '%s\n' "$pid"
-      return 0
+  _run_write "$name.ident" "$pid $(_proc_start "$pid") $(_boot_id) $exe"$'\n'
+  _run_write "$name.pid" "$pid"$'\n'
+}
+
+# _forget_process NAME: remove run/NAME.pid and run/NAME.ident (links are removed, not followed).
+_forget_process() {
+  _run_enter || return 0
+  rm -f "$1.pid" "$1.ident"
+}
+
+# _expected_exe NAME: for a pid file without .ident (written by healert.sh 0.2.0), the
+# executable the process must run; empty when unknown.
+_expected_exe() {
+  case "$1" in
+    agent) readlink -f "${HEALERT_AGENT_BIN:-$SCRIPT_DIR/target/release/healert-agent}" 2>/dev/null || true ;;
+  esac
+}
+
+# _running NAME: is our NAME (agent|backend|stunnel) running? Prints its pid and sets RUN_PID.
+# A pid file naming a process that is gone or not ours is stale: reported and removed.
+_running() {
+  local name=$1 file line pid="" why="" ipid istart iboot iexe exe start
+  RUN_PID=""
+  _run_enter || return 1
+  file="$name.pid"
+  [[ -e "$file" || -L "$file" ]] || return 1
+  if [[ -L "$file" || ! -f "$file" || "$(_owner "$file")" != "$(id -u)" ]]; then
+    why="the pid file is a link, not a regular file, or not yours: not trusted"
+  else
+    IFS= read -r line <"$file" || true
+    [[ "$line" =~ ^[1-9][0-9]{0,9}$ ]] && pid=$line
+    if [[ -z "$pid" ]]; then
+      why="no pid in it"
+    elif ! kill -0 "$pid" 2>/dev/null; then
+      why="process $pid is gone"
+    elif [[ -f "$name.ident" && ! -L "$name.ident" ]]; then
+      read -r ipid istart iboot iexe <"$name.ident" || true
+      start=$(_proc_start "$pid")
+      exe=$(_proc_exe "$pid")
+      if [[ "$ipid" != "$pid" ]]; then
+        why="$name.ident names pid ${ipid:-?}, the pid file $pid"
+      elif [[ "$iboot" != "$(_boot_id)" ]]; then
+        why="recorded before the last reboot"
+      elif [[ -z "$start" || "$start" != "$istart" ]]; then
+        why="process $pid started at ${start:-?}, ours at ${istart:-?} (the pid was reused)"
+      elif [[ "${iexe:--}" != - && "$exe" != "$iexe" ]]; then
+        why="process $pid runs ${exe:-an unknown program}, ours ran $iexe"
+      fi
+    else
+      # A pid file from healert.sh 0.2.0 (no .ident): the executable must be the agent's.
+      exe=$(_proc_exe "$pid")
+      iexe=$(_expected_exe "$name")
+      if [[ -z "$iexe" || "$exe" != "$iexe" ]]; then
+        why="process $pid runs ${exe:-an unknown program}, not ${iexe:-a program this script can verify}"
+      fi
     fi
   fi
-  _warn "stale pid file $file (process ${pid:-?} is not a running $name); removed"
-  rm -f "$file"
+  if [[ -z "$why" ]]; then
+    RUN_PID=$pid
+    printf '%s\n' "$pid"
+    return 0
+  fi
+  _warn "stale pid file $RUN_DIR/$file (${why}; it is not a running $name); removed"
+  rm -f "$file" "$name.ident"
   return 1
 }
 
@@ -294,24 +456,29 @@ _grace_seconds() {
   printf '%s' $((n + 5))
 }
 
-# _stop_process NAME SECONDS: SIGTERM, wait, then SIGKILL.
+# _stop_process NAME SECONDS: SIGTERM, wait, then SIGKILL; only ever to the process that
+# _running identified (its start time is checked again before each signal, so a pid that is
+# reused while we wait is left alone).
 _stop_process() {
-  local name=$1 wait_s=$2 pid i
-  if ! pid=$(_running "$name"); then
+  local name=$1 wait_s=$2 pid start i
+  _run_enter || true
+  if ! _running "$name" >/dev/null; then
     _dim "$name is not running"
     return 0
   fi
+  pid=$RUN_PID
+  start=$(_proc_start "$pid")
   _info "Stopping $name (PID $pid; SIGTERM, up to ${wait_s}s)..."
   kill -TERM "$pid" 2>/dev/null || true
   for ((i = 0; i < wait_s * 5; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
+    [[ "$(_proc_start "$pid")" == "$start" ]] || break
     sleep 0.2
   done
-  if kill -0 "$pid" 2>/dev/null; then
+  if [[ "$(_proc_start "$pid")" == "$start" ]]; then
     kill -KILL "$pid" 2>/dev/null || true
     _warn "$name did not stop within ${wait_s}s; killed (the agent re-reads unacknowledged lines from its checkpoint)"
   fi
-  rm -f "$RUN_DIR/$name.pid"
+  _forget_process "$name"
   _ok "$name stopped"
 }
 
@@ -330,6 +497,179 @@ _health_url() {
 }
 
 # =============================================================================
+# TLS to an https:// backend: a local stunnel client (docs/tls.md)
+# =============================================================================
+# The agent is one std-only binary and speaks plain HTTP. When HEALERT_BACKEND_URL is
+# https://HOST[:PORT][/base], `start agent` first runs stunnel as a TLS client listening on
+# 127.0.0.1:HEALERT_TLS_LOCAL_PORT and gives the agent http://127.0.0.1:PORT[/base]. stunnel
+# checks the backend's certificate chain against HEALERT_TLS_CA (default: the system's CA
+# bundle) and its name against HOST, and presents HEALERT_TLS_CERT/HEALERT_TLS_KEY when both are
+# set (mutual TLS). So the API key and the events cross the network only inside TLS. `stop`
+# stops stunnel after the agent, which drains its queue through it.
+
+readonly DEFAULT_TLS_LOCAL_PORT=18000
+# Set by _tls_start: the URL the agent is given.
+TLS_AGENT_URL=""
+
+# _tls_abs NAME VALUE: VALUE as an absolute path to a readable file, or an error naming NAME.
+_tls_abs() {
+  local v=$2
+  [[ "$v" == /* ]] || v="$ORIG_PWD/$v"
+  [[ -f "$v" && -r "$v" ]] || _die "$1=$2 is not a readable file (docs/tls.md)"
+  TLS_ABS=$v
+}
+
+# _tls_config: parse HEALERT_BACKEND_URL and the HEALERT_TLS_* settings into TLS_HOST,
+# TLS_PORT, TLS_BASE, TLS_LPORT, TLS_CA, TLS_CERT, TLS_KEY, TLS_IS_IP; exit with the reason
+# when something is wrong.
+_tls_config() {
+  local rest=${HEALERT_BACKEND_URL#https://} authority f
+  [[ "$rest" != *[?#]* ]] || _die "HEALERT_BACKEND_URL: a query or fragment is not allowed in the base URL"
+  authority=${rest%%/*}
+  TLS_BASE=${rest:${#authority}}
+  TLS_BASE=${TLS_BASE%/}
+  [[ "$authority" != *@* ]] || _die "HEALERT_BACKEND_URL: credentials in the URL are not allowed; put the key in HEALERT_API_KEY"
+  TLS_IS_IP=false
+  if [[ "$authority" =~ ^\[([0-9A-Fa-f:.]+)\](:([0-9]{1,5}))?$ ]]; then
+    TLS_HOST=${BASH_REMATCH[1]} TLS_PORT=${BASH_REMATCH[3]:-443} TLS_IS_IP=true
+  elif [[ "$authority" =~ ^([A-Za-z0-9._-]+)(:([0-9]{1,5}))?$ ]]; then
+    TLS_HOST=${BASH_REMATCH[1]} TLS_PORT=${BASH_REMATCH[3]:-443}
+    [[ ! "$TLS_HOST" =~ ^[0-9.]+$ ]] || TLS_IS_IP=true
+  else
+    _die "HEALERT_BACKEND_URL=https://$authority: cannot read HOST[:PORT] (example: https://healert.example.com or https://10.0.0.5:8443)"
+  fi
+  ((10#$TLS_PORT >= 1 && 10#$TLS_PORT <= 65535)) || _die "HEALERT_BACKEND_URL: port $TLS_PORT is not in 1..65535"
+  TLS_LPORT=${HEALERT_TLS_LOCAL_PORT:-$DEFAULT_TLS_LOCAL_PORT}
+  if [[ ! "$TLS_LPORT" =~ ^[0-9]{1,5}$ ]] || ((10#$TLS_LPORT < 1 || 10#$TLS_LPORT > 65535)); then
+    _die "HEALERT_TLS_LOCAL_PORT=$TLS_LPORT: must be a port number 1..65535 (example: $DEFAULT_TLS_LOCAL_PORT)"
+  fi
+  if [[ -n "${HEALERT_TLS_CA:-}" ]]; then
+    _tls_abs HEALERT_TLS_CA "$HEALERT_TLS_CA"
+    TLS_CA=$TLS_ABS
+  else
+    TLS_CA=""
+    for f in /etc/ssl/certs/ca-certificates.crt /etc/pki/tls/certs/ca-bundle.crt /etc/ssl/cert.pem; do
+      if [[ -r "$f" ]]; then
+        TLS_CA=$f
+        break
+      fi
+    done
+    [[ -n "$TLS_CA" ]] || _die "no system CA bundle found to verify https://$TLS_HOST: set HEALERT_TLS_CA=/path/to/ca.pem (docs/tls.md)"
+  fi
+  TLS_CERT="" TLS_KEY=""
+  if [[ -n "${HEALERT_TLS_CERT:-}" || -n "${HEALERT_TLS_KEY:-}" ]]; then
+    [[ -n "${HEALERT_TLS_CERT:-}" && -n "${HEALERT_TLS_KEY:-}" ]] ||
+      _die "HEALERT_TLS_CERT and HEALERT_TLS_KEY go together (a client certificate and its private key); set both or neither (docs/tls.md)"
+    _tls_abs HEALERT_TLS_CERT "$HEALERT_TLS_CERT"
+    TLS_CERT=$TLS_ABS
+    _tls_abs HEALERT_TLS_KEY "$HEALERT_TLS_KEY"
+    TLS_KEY=$TLS_ABS
+  fi
+}
+
+_stunnel_bin() {
+  if [[ -n "${HEALERT_STUNNEL:-}" ]]; then
+    [[ -x "$HEALERT_STUNNEL" && -f "$HEALERT_STUNNEL" ]] || _die "HEALERT_STUNNEL=$HEALERT_STUNNEL is not an executable file"
+    STUNNEL_BIN=$HEALERT_STUNNEL
+    return 0
+  fi
+  STUNNEL_BIN=$(command -v stunnel || command -v stunnel4 || true)
+  [[ -n "$STUNNEL_BIN" ]] ||
+    _die "HEALERT_BACKEND_URL is https://: the agent reaches it through a local TLS client (stunnel), which is not installed. Fix: apt install stunnel4 (Debian/Ubuntu) or dnf install stunnel (Fedora/RHEL), or set HEALERT_STUNNEL=/path/to/stunnel (docs/tls.md)"
+}
+
+# _tls_new_log OFFSET: what stunnel logged since OFFSET bytes of run/stunnel.log.
+_tls_new_log() { tail -c +"$(($1 + 1))" stunnel.log 2>/dev/null || true; }
+
+# _tls_start: (re)start the TLS client and check the backend through it; sets TLS_AGENT_URL.
+# A certificate or handshake failure stops here with stunnel's own words; an unreachable
+# backend is only a warning (the agent keeps events and retries, as with http://).
+_tls_start() {
+  local pid i offset new conf rc code errs
+  _tls_config
+  _stunnel_bin
+  _run_enter create
+  if _running stunnel >/dev/null; then
+    _stop_process stunnel 5 >/dev/null
+  fi
+  conf="; run/stunnel.conf, written by healert.sh (docs/tls.md). The agent sends plain HTTP to
+; 127.0.0.1:$TLS_LPORT; stunnel carries it over TLS to $TLS_HOST:$TLS_PORT.
+foreground = yes
+pid =
+syslog = no
+
+[healert-backend]
+client = yes
+accept = 127.0.0.1:$TLS_LPORT
+connect = $TLS_HOST:$TLS_PORT
+delay = yes
+sslVersionMin = TLSv1.2
+verifyChain = yes
+CAfile = $TLS_CA
+"
+  if [[ "$TLS_IS_IP" == true ]]; then
+    conf+="checkIP = $TLS_HOST"$'\n'
+  else
+    conf+="checkHost = $TLS_HOST"$'\n'"sni = $TLS_HOST"$'\n'
+  fi
+  if [[ -n "$TLS_CERT" ]]; then
+    conf+="cert = $TLS_CERT"$'\n'"key = $TLS_KEY"$'\n'
+  fi
+  _run_write stunnel.conf "$conf"
+  _run_file stunnel.log
+  offset=$(wc -c <stunnel.log)
+  # stunnel reads stunnel.conf relative to run/ (its working directory), never through a path.
+  (exec nohup "$STUNNEL_BIN" stunnel.conf) </dev/null >>stunnel.log 2>&1 &
+  pid=$!
+  _record_process stunnel "$pid"
+  # Ready when it accepts on the local port (curl exit 7: could not connect yet).
+  rc=7
+  for ((i = 0; i < 50; i++)); do
+    new=$(_tls_new_log "$offset")
+    if ! kill -0 "$pid" 2>/dev/null || [[ "$new" == *"Binding service"*"failed"* ]]; then
+      _forget_process stunnel
+      printf '%s\n' "$new" | grep -v '^\[ \]' | tail -n 12 >&2
+      _die "stunnel did not start (its log above; is 127.0.0.1:$TLS_LPORT in use? set HEALERT_TLS_LOCAL_PORT)"
+    fi
+    if [[ "$new" == *"Configuration successful"* ]]; then
+      rc=0
+      code=$(curl --noproxy '*' --silent --output /dev/null --write-out '%{http_code}' --max-time 10 \
+        "http://127.0.0.1:$TLS_LPORT$TLS_BASE/health" 2>/dev/null) || rc=$?
+      [[ "$rc" == 7 ]] || break
+    fi
+    sleep 0.1
+  done
+  _record_process stunnel "$pid"
+  TLS_AGENT_URL="http://127.0.0.1:$TLS_LPORT$TLS_BASE"
+  new=$(_tls_new_log "$offset")
+  if [[ "${code:-000}" != 000 ]]; then
+    _ok "TLS to $TLS_HOST:$TLS_PORT verified (CA $TLS_CA${TLS_CERT:+, client certificate $TLS_CERT}); stunnel PID $pid on 127.0.0.1:$TLS_LPORT"
+    return 0
+  fi
+  errs=$(printf '%s\n' "$new" | grep -E 'CERT: |Rejected by CERT|verify failed|SSL_connect|tlsv1[0-9]* alert|sslv3 alert|wrong version number|handshake failure' | head -n 6 || true)
+  if [[ -n "$errs" ]]; then
+    _stop_process stunnel 5 >/dev/null
+    _err "stunnel could not set up TLS with $TLS_HOST:$TLS_PORT:"
+    printf '        %s\n' "${errs//$'\n'/$'\n'        }" >&2
+    _die "TLS to $TLS_HOST:$TLS_PORT failed (stunnel's words above; full log: $RUN_DIR/stunnel.log); the agent was not started. Check that HEALERT_TLS_CA ($TLS_CA) is the CA that signed the backend's certificate, that the certificate names $TLS_HOST, and HEALERT_TLS_CERT/HEALERT_TLS_KEY if the backend requires a client certificate (docs/tls.md → When it fails)"
+  fi
+  errs=$(printf '%s\n' "$new" | grep -E 'LOG3|\[!\]' | tail -n 1 || true)
+  _warn "the backend at https://$TLS_HOST:$TLS_PORT is not reachable through the TLS tunnel yet${errs:+ (stunnel: ${errs#* LOG3\[*\]: })}; the agent keeps events and retries"
+}
+
+# _tls_status: one status line for the tunnel, when HEALERT_BACKEND_URL is https://.
+_tls_status() {
+  printf '  %-10s' "TLS"
+  if _running stunnel >/dev/null; then
+    printf '%s● running%s  PID %s  stunnel: 127.0.0.1:%s → %s\n' "$GREEN" "$RESET" "$RUN_PID" \
+      "${HEALERT_TLS_LOCAL_PORT:-$DEFAULT_TLS_LOCAL_PORT}" "${HEALERT_BACKEND_URL#https://}"
+  else
+    printf '%s● stopped%s (started by ./%s start agent)\n' "$RED" "$RESET" "$SCRIPT_NAME"
+  fi
+  _dim "stunnel log: $RUN_DIR/stunnel.log"
+}
+
+# =============================================================================
 # Agent (local mode)
 # =============================================================================
 
@@ -340,7 +680,8 @@ _check_audit_log() {
   if [[ -e "$log" && ! -r "$log" ]]; then
     _die "cannot read $log (permission denied). Fix: put yourself in the group that owns it, e.g.
         sudo usermod -aG healert-audit \"\$USER\"   (then log in again)
-      See docs/daemonset.md → Audit log permissions. Or: ./$SCRIPT_NAME configure --audit-log PATH"
+      Or point the agent at another file: ./$SCRIPT_NAME configure --audit-log PATH
+      See docs/daemonset.md → Audit log permissions"
   fi
   if [[ ! -e "$log" ]]; then
     if [[ -d "$dir" && ! -x "$dir" ]]; then
@@ -351,9 +692,14 @@ _check_audit_log() {
 }
 
 _start_agent() {
-  local pid i ready url
-  if pid=$(_running agent); then
-    _warn "agent already running (PID $pid)"
+  local pid i ready url agent_url=$HEALERT_BACKEND_URL
+  _run_enter create
+  if _running agent >/dev/null; then
+    _warn "agent already running (PID $RUN_PID)"
+    if [[ "$HEALERT_BACKEND_URL" == https://* ]] && ! _running stunnel >/dev/null; then
+      _warn "its TLS client (stunnel) is not running; starting it"
+      _tls_start
+    fi
     return 0
   fi
   _agent_bin
@@ -367,29 +713,42 @@ _start_agent() {
   if [[ -z "${HEALERT_API_KEY:-}" ]]; then
     _warn "HEALERT_API_KEY is not set: a backend with auth enabled answers 401. Fix: ./$SCRIPT_NAME setup"
   fi
-  mkdir -p "$RUN_DIR"
-  chmod 700 "$RUN_DIR"
-  : >>"$AGENT_LOG"
-  chmod 600 "$AGENT_LOG"
+  if [[ "$HEALERT_BACKEND_URL" == https://* ]]; then
+    # The agent speaks plain HTTP to a local TLS client (docs/tls.md).
+    _tls_start
+    agent_url=$TLS_AGENT_URL
+  fi
+  _run_file agent.log
   # stdin/stdout/stderr are redirected so nothing inherits our terminal or pipes; nohup keeps
-  # the agent alive when the terminal closes (the agent installs its own SIGHUP handler).
-  nohup "$AGENT_BIN" run </dev/null >>"$AGENT_LOG" 2>&1 &
+  # the agent alive when the terminal closes (the agent installs its own SIGHUP handler). The
+  # log is opened here, inside run/; the agent itself runs in the directory we were started in.
+  (
+    cd "$ORIG_PWD" 2>/dev/null || cd /
+    exec env HEALERT_BACKEND_URL="$agent_url" nohup "$AGENT_BIN" run
+  ) </dev/null >>agent.log 2>&1 &
   pid=$!
-  printf '%s\n' "$pid" >"$AGENT_PIDFILE"
+  _record_process agent "$pid"
   for ((i = 0; i < 10; i++)); do
     sleep 0.2
     if ! kill -0 "$pid" 2>/dev/null; then
-      rm -f "$AGENT_PIDFILE"
+      _forget_process agent
       _err "the agent exited at start; last lines of $AGENT_LOG:"
-      tail -n 20 "$AGENT_LOG" >&2 || true
+      tail -n 20 agent.log >&2 || true
+      _stop_process stunnel 5 >/dev/null
       exit 1
     fi
   done
+  # By now the agent's own executable runs: record it (stop checks it).
+  _record_process agent "$pid"
   _ok "agent started (PID $pid)"
   _dim "log:        $AGENT_LOG"
   _dim "audit log:  $AUDIT_LOG_PATH"
   _dim "rules:      $RULES_PATH"
-  _dim "backend:    $HEALERT_BACKEND_URL"
+  if [[ "$agent_url" != "$HEALERT_BACKEND_URL" ]]; then
+    _dim "backend:    $HEALERT_BACKEND_URL (TLS by stunnel; the agent sends to $agent_url)"
+  else
+    _dim "backend:    $HEALERT_BACKEND_URL"
+  fi
   if url=$(_health_url /readyz); then
     ready=false
     for ((i = 0; i < 25; i++)); do
@@ -454,6 +813,15 @@ _listeners() {
 }
 
 # _describe_pids PIDS...: "PID 123 (command line)" for each, for messages.
+# _cmdline PID: the command line of PID, for messages only (never to identify a process).
+_cmdline() {
+  if [[ -r "/proc/$1/cmdline" ]]; then
+    tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null || true
+  else
+    ps -p "$1" -o args= 2>/dev/null || true
+  fi
+}
+
 _describe_pids() {
   local pid out=""
   for pid in "$@"; do
@@ -469,6 +837,7 @@ _describe_pids() {
 # "address already in use".
 _start_backend() {
   local pid uvicorn i url host=${HEALERT_HOST:-127.0.0.1} port=${HEALERT_PORT:-8000} others owners="" rc verified
+  _run_enter create
   if pid=$(_running backend); then
     _warn "backend already running (PID $pid)"
     return 0
@@ -483,24 +852,23 @@ _start_backend() {
     # shellcheck disable=SC2086 # one pid per word
     [[ -z "$others" ]] || others=" by $(_describe_pids $others)"
     if _http_ok "$url/health" 2; then
-      _die "$host:$port is already in use$others, and it answers $url/health: a backend this script did not start (no live $BACKEND_PIDFILE). Stop that process, or use another port: HEALERT_PORT=8001 ./$SCRIPT_NAME start backend (and HEALERT_BACKEND_URL for the agent)"
+      _die "$host:$port is already in use$others, and it answers $url/health: a backend this script did not start (no live $RUN_DIR/backend.pid). Stop that process, or use another port: HEALERT_PORT=8001 ./$SCRIPT_NAME start backend (and HEALERT_BACKEND_URL for the agent)"
     fi
     _die "$host:$port is already in use$others. Stop that program, or use another port: HEALERT_PORT=8001 ./$SCRIPT_NAME start backend (and HEALERT_BACKEND_URL for the agent)"
   fi
-  mkdir -p "$RUN_DIR"
-  chmod 700 "$RUN_DIR"
-  : >>"$BACKEND_LOG"
-  chmod 600 "$BACKEND_LOG"
+  _run_file backend.log
   (
     # The backend's own settings (its key, scoring, database) come from its .env, in a
-    # subshell so they do not leak into the agent's environment.
+    # subshell so they do not leak into the agent's environment. The log (fd 3) was opened
+    # inside run/ (_run_enter); the backend runs in the directory we were started in.
+    cd "$ORIG_PWD" 2>/dev/null || cd /
     _env_load "$BACKEND_ENV" "*"
     export HEALERT_DB=${HEALERT_DB:-$BACKEND_DIR/healert.db}
     exec nohup "$uvicorn" main:app --app-dir "$BACKEND_DIR" --host "$host" \
-      --port "$port" --log-level info </dev/null >>"$BACKEND_LOG" 2>&1
-  ) &
+      --port "$port" --log-level info </dev/null >&3 2>&3 3>&-
+  ) 3>>backend.log &
   pid=$!
-  printf '%s\n' "$pid" >"$BACKEND_PIDFILE"
+  _record_process backend "$pid"
   _info "backend starting (PID $pid); waiting for $url/health ..."
   verified=""
   for ((i = 0; i < 20; i++)); do
@@ -520,6 +888,7 @@ _start_backend() {
     sleep 0.5
   done
   if [[ -n "$verified" ]]; then
+    _record_process backend "$pid"
     if [[ "$verified" == yes ]]; then
       _ok "backend healthy at $url (PID $pid listens on port $port)"
     else
@@ -595,13 +964,23 @@ _k8s_ensure_namespace() {
   _kubectl get namespace "$K8S_NS" >/dev/null 2>&1 || _kubectl create namespace "$K8S_NS" >/dev/null
 }
 
-# _manifest_sync [--check]: copy rules.yaml into the ConfigMap block of daemonset.yaml
-# (between the BEGIN/END markers) and its SHA-256 into the pod template annotation, so a
-# rules change rolls the pods. With --check only report whether daemonset.yaml is current.
+# _manifest_sync [--check]: copy rules.yaml into the ConfigMap block of daemonset.yaml and of
+# its TLS variant docs/examples/daemonset-tls.yaml (between the BEGIN/END markers), and its
+# SHA-256 into each pod template's annotation, so a rules change rolls the pods. With --check
+# only report whether they are current.
 _manifest_sync() {
-  local check=${1:-} src=${HEALERT_RULES_SOURCE:-$SCRIPT_DIR/rules.yaml} sum tmp bad
+  _manifest_sync_file "${1:-}" "$DAEMONSET_YAML"
+  # The TLS variant ships in the repository, not necessarily beside an installed script.
+  if [[ -f "$SCRIPT_DIR/docs/examples/daemonset-tls.yaml" ]]; then
+    _manifest_sync_file "${1:-}" "$SCRIPT_DIR/docs/examples/daemonset-tls.yaml"
+  fi
+}
+
+_manifest_sync_file() {
+  local check=$1 file=$2 src=${HEALERT_RULES_SOURCE:-$SCRIPT_DIR/rules.yaml} sum tmp bad name
+  name=${file#"$SCRIPT_DIR"/}
   [[ -f "$src" ]] || _die "rules source not found: $src (set HEALERT_RULES_SOURCE)"
-  [[ -f "$DAEMONSET_YAML" ]] || _die "not found: $DAEMONSET_YAML"
+  [[ -f "$file" ]] || _die "not found: $file"
   # A YAML literal block (|) reproduces the file exactly only if: the first line is not
   # indented, no line is whitespace only, and the file ends in exactly one newline.
   bad=$(awk 'NR==1 && /^[ \t]/ {print "line 1 starts with whitespace"; exit}
@@ -611,10 +990,10 @@ _manifest_sync() {
     [[ "$(tail -c 1 "$src" | od -An -c | tr -d ' ')" == '\n' ]] || _die "$src: add a newline at the end of the file"
     [[ "$(tail -c 2 "$src" | od -An -c | tr -d ' ')" != '\n\n' ]] || _die "$src: remove the empty lines at the end of the file"
   fi
-  [[ $(grep -c '^  # BEGIN rules.yaml' "$DAEMONSET_YAML") == 1 && $(grep -c '^  # END rules.yaml' "$DAEMONSET_YAML") == 1 ]] ||
-    _die "$DAEMONSET_YAML: expected one '  # BEGIN rules.yaml' and one '  # END rules.yaml' marker line"
+  [[ $(grep -c '^  # BEGIN rules.yaml' "$file") == 1 && $(grep -c '^  # END rules.yaml' "$file") == 1 ]] ||
+    _die "$file: expected one '  # BEGIN rules.yaml' and one '  # END rules.yaml' marker line"
   sum=$(sha256sum <"$src" | cut -c1-64)
-  tmp=$(mktemp "$SCRIPT_DIR/.daemonset.XXXXXX")
+  tmp=$(mktemp "$(dirname "$file")/.manifest.XXXXXX")
   awk -v src="$src" -v sum="$sum" '
     /^  # BEGIN rules.yaml/ {
       print
@@ -630,23 +1009,23 @@ _manifest_sync() {
       print substr($0, 1, RLENGTH) "healert.io/rules-sha256: \"" sum "\""
       next
     }
-    { print }' "$DAEMONSET_YAML" >"$tmp"
+    { print }' "$file" >"$tmp"
   if [[ "$check" == "--check" ]]; then
-    if cmp -s "$tmp" "$DAEMONSET_YAML"; then
+    if cmp -s "$tmp" "$file"; then
       rm -f "$tmp"
-      _ok "daemonset.yaml carries $src (sha256 $sum)"
+      _ok "$name carries $src (sha256 $sum)"
       return 0
     fi
     rm -f "$tmp"
-    _die "daemonset.yaml is out of date with $src. Fix: ./$SCRIPT_NAME update manifest"
+    _die "$name is out of date with $src. Fix: ./$SCRIPT_NAME update manifest"
   fi
   chmod 644 "$tmp"
-  if cmp -s "$tmp" "$DAEMONSET_YAML"; then
+  if cmp -s "$tmp" "$file"; then
     rm -f "$tmp"
-    _ok "daemonset.yaml already carries $src (sha256 $sum)"
+    _ok "$name already carries $src (sha256 $sum)"
   else
-    mv -f "$tmp" "$DAEMONSET_YAML"
-    _ok "daemonset.yaml updated from $src (sha256 $sum)"
+    mv -f "$tmp" "$file"
+    _ok "$name updated from $src (sha256 $sum)"
   fi
 }
 
@@ -885,7 +1264,8 @@ cmd_start() {
       ;;
     backend) _start_backend ;;
     agent)
-      if ! _http_ok "$HEALERT_BACKEND_URL/health" 2; then
+      # An https:// backend is checked through the TLS tunnel by _start_agent.
+      if [[ "$HEALERT_BACKEND_URL" != https://* ]] && ! _http_ok "$HEALERT_BACKEND_URL/health" 2; then
         _warn "backend not reachable at $HEALERT_BACKEND_URL; the agent keeps events and retries until it is"
       fi
       _start_agent
@@ -906,15 +1286,24 @@ cmd_start() {
   esac
 }
 
+# _tls_stop: stop the TLS client, after the agent (which drains its queue through it).
+_tls_stop() {
+  if _running stunnel >/dev/null; then _stop_process stunnel 5; fi
+}
+
 cmd_stop() {
   local target=${1:-all}
   target=${target#--}
   case "$target" in
     all)
       _stop_process agent "$(_grace_seconds)"
+      _tls_stop
       _stop_process backend 10
       ;;
-    agent) _stop_process agent "$(_grace_seconds)" ;;
+    agent)
+      _stop_process agent "$(_grace_seconds)"
+      _tls_stop
+      ;;
     backend) _stop_process backend 10 ;;
     kubernetes)
       _kubectl_resolve || _die "kubectl not found"
@@ -972,6 +1361,7 @@ cmd_validate() {
 
 cmd_restart() {
   local agent_pid="" backend_pid=""
+  _run_enter || true
   agent_pid=$(_running agent) || true
   backend_pid=$(_running backend) || true
   if [[ -z "$agent_pid" && -z "$backend_pid" ]]; then
@@ -1000,6 +1390,7 @@ cmd_reset() {
   [[ -d "$BACKEND_DIR" ]] || _die "backend directory not found: $BACKEND_DIR"
   db=$(_env_get "$BACKEND_ENV" HEALERT_DB)
   db=${db:-$BACKEND_DIR/healert.db}
+  [[ "$db" == /* ]] || db="$ORIG_PWD/$db"
   if [[ ! -f "$db" ]]; then
     _info "no database at $db; nothing to reset"
     return 0
@@ -1012,6 +1403,7 @@ cmd_reset() {
       return 0
     }
   fi
+  _run_enter || true
   if _running backend >/dev/null; then
     was_running=true
     _stop_process backend 10
@@ -1023,6 +1415,7 @@ cmd_reset() {
 
 cmd_status() {
   local pid url key=${HEALERT_API_KEY:-}
+  _run_enter || true
   _header "healert status"
   printf '  %-10s' "Agent"
   if pid=$(_running agent); then
@@ -1043,7 +1436,15 @@ cmd_status() {
   else
     printf '%s● stopped%s\n' "$DIM" "$RESET"
   fi
-  _dim "agent sends to $HEALERT_BACKEND_URL$(_http_ok "$HEALERT_BACKEND_URL/health" 2 && echo ' (reachable)' || echo ' (not reachable)')"
+  if [[ "$HEALERT_BACKEND_URL" == https://* ]]; then
+    _tls_status
+    url=${HEALERT_BACKEND_URL#https://}
+    [[ "$url" == */* ]] && url="/${url#*/}" || url=""
+    url="http://127.0.0.1:${HEALERT_TLS_LOCAL_PORT:-$DEFAULT_TLS_LOCAL_PORT}${url%/}"
+    _dim "agent sends to $HEALERT_BACKEND_URL through $url$(_http_ok "$url/health" 2 && echo ' (reachable)' || echo ' (not reachable)')"
+  else
+    _dim "agent sends to $HEALERT_BACKEND_URL$(_http_ok "$HEALERT_BACKEND_URL/health" 2 && echo ' (reachable)' || echo ' (not reachable)')"
+  fi
   printf '  %-10s' "API key"
   if [[ -n "$key" ]]; then printf '%s● set%s (%s chars)\n' "$GREEN" "$RESET" "${#key}"; else printf '%s● not set%s  (./%s setup)\n' "$AMBER" "$RESET" "$SCRIPT_NAME"; fi
   if [[ -f "$AGENT_ENV" ]]; then
@@ -1281,6 +1682,9 @@ Script variables: HEALERT_AGENT_DIR, HEALERT_BACKEND_DIR, HEALERT_HOST, HEALERT_
 and the agent's default HEALERT_BACKEND_URL), HEALERT_AGENT_BIN (use this binary, no cargo build),
 KUBECTL (e.g. 'sudo k3s kubectl'), HEALERT_RULES_SOURCE (update manifest input, default rules.yaml),
 HEALERT_TEST_TIMEOUT (seconds \`test\` may take, default 30). Docs: docs/local-mode.md.
+An https:// HEALERT_BACKEND_URL runs a local stunnel TLS client (docs/tls.md): HEALERT_TLS_CA
+(default: the system CA bundle), HEALERT_TLS_CERT + HEALERT_TLS_KEY (client certificate),
+HEALERT_TLS_LOCAL_PORT (default 18000), HEALERT_STUNNEL (default: stunnel in PATH).
 Environment variables override .env. The API key is never printed, only its length.
 EOF
 }

@@ -81,7 +81,7 @@ fn read_n(f: &mut Follower, seen: &mut Seen, n: usize) {
                 seen.lines
                     .push(String::from_utf8(l.bytes.to_vec()).unwrap());
             }
-            Next::Skipped { start, end } => {
+            Next::Skipped { start, end, .. } => {
                 seen.last_end = Some(end);
                 seen.skipped.push((start, end));
             }
@@ -98,7 +98,7 @@ fn assert_idle(f: &mut Follower, times: usize) {
             Next::End => unreachable!("a followed file never ends"),
             Next::Idle => std::thread::sleep(Duration::from_millis(1)),
             Next::Record(l) => panic!("unexpected line {:?}", String::from_utf8_lossy(l.bytes)),
-            Next::Skipped { start, end } => panic!("unexpected skip {start:?}..{end:?}"),
+            Next::Skipped { start, end, .. } => panic!("unexpected skip {start:?}..{end:?}"),
         }
     }
 }
@@ -435,7 +435,7 @@ fn a_64_mib_line_is_skipped_in_bounded_memory() {
                 l.start.offset,
                 l.end.offset
             )),
-            Next::Skipped { start, end } => {
+            Next::Skipped { start, end, .. } => {
                 got.push(format!("skipped {}..{}", start.offset, end.offset))
             }
             Next::End => unreachable!("a followed file never ends"),
@@ -606,7 +606,7 @@ fn max_line_bytes_boundary_and_long_lines_across_reads_and_rotation() {
                 l.start.offset,
                 l.end.offset
             )),
-            Next::Skipped { start, end } => {
+            Next::Skipped { start, end, .. } => {
                 got.push(format!("skip {}..{}", start.offset, end.offset))
             }
             Next::End => unreachable!("a followed file never ends"),

@@ -9,6 +9,7 @@ mod e2e_follow;
 mod e2e_ops;
 mod follow;
 mod gen;
+mod harden;
 mod layout;
 mod ops;
 mod perf_replay;

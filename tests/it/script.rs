@@ -432,27 +432,32 @@ fn env_file_is_data_not_code() {
 #[test]
 fn restart_with_invalid_rules_leaves_the_running_agent_alone() {
     let s = Scratch::new("restart");
+    let audit = s.root().join("audit.log");
+    std::fs::write(&audit, "").unwrap();
+    let sh = |args: &[&str], rules: &Path| {
+        let mut c = s.command(&repo().join("healert.sh"), args);
+        c.env("RULES_PATH", rules).env("AUDIT_LOG_PATH", &audit);
+        run_bounded(c)
+    };
+    // A real agent (stop identifies it by start time and executable, not by its name).
+    let o = sh(&["start", "agent"], &repo().join("rules.yaml"));
+    assert!(o.status.success(), "{}", text(&o));
+    let pidfile = s.run_dir().join("agent.pid");
+    let pid = read(&pidfile).trim().to_string();
+    let alive = || Path::new(&format!("/proc/{pid}/exe")).exists();
     let rules = s.root().join("rules.yaml");
     std::fs::write(&rules, "rules:\n  - name: [this is not valid\n").unwrap();
-    std::fs::create_dir_all(s.run_dir()).unwrap();
-    // Stands in for a running agent: its command line names healert-agent.
-    let mut agent = Bystander::start("healert-agent");
-    let pidfile = s.run_dir().join("agent.pid");
-    std::fs::write(&pidfile, format!("{}\n", agent.0.pid())).unwrap();
-    let mut c = s.command(&repo().join("healert.sh"), &["restart"]);
-    c.env("RULES_PATH", &rules);
-    let o = run_bounded(c);
+    let o = sh(&["restart"], &rules);
     let t = text(&o);
     assert!(!o.status.success(), "{t}");
     assert!(t.contains("restart aborted"), "{t}");
+    assert!(alive(), "restart signalled the agent despite invalid rules");
+    assert_eq!(read(&pidfile).trim(), pid, "pid file changed");
+    let o = sh(&["stop", "agent"], &repo().join("rules.yaml"));
     assert!(
-        agent.alive(),
-        "restart signalled the agent despite invalid rules"
-    );
-    assert_eq!(
-        read(&pidfile).trim(),
-        agent.0.pid().to_string(),
-        "pid file changed"
+        o.status.success() && text(&o).contains("agent stopped"),
+        "{}",
+        text(&o)
     );
 }
 
