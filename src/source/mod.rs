@@ -13,6 +13,7 @@
 //!
 //! Nothing here parses JSON, decides what is friction or talks to the backend.
 
+pub mod bytes;
 pub mod checkpoint;
 pub mod document;
 pub mod follow;

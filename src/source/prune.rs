@@ -23,7 +23,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 
-use crate::source::lines::find_either;
+use crate::source::bytes::find_either;
 
 /// What to keep of an object's members: `(name, what)`, names as decoded JSON strings.
 pub type Spec = [(&'static str, Keep)];

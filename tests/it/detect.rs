@@ -265,10 +265,13 @@ fn edge_cases_behave_as_named() {
         kinds("exec with requestObject nested 10000 deep"),
         ["kubectl-exec"]
     );
+    // Nested deeper than the scanner reads, in a field no rule reads (issue 14): the line
+    // is evaluated from the fields the rules read (the case's name predates that).
     assert_eq!(
         case("nested 10001 deep: malformed").0,
-        LineVerdict::Malformed
+        LineVerdict::Evaluated
     );
+    assert_eq!(kinds("nested 10001 deep: malformed"), ["kubectl-exec"]);
     let e = &case("escapes in username").1[0];
     assert_eq!(e.actor, "alice&co 😀");
     let e = &case("control characters in values").1[0];
@@ -335,12 +338,15 @@ fn edge_cases_behave_as_named() {
     assert_eq!(kinds("CRLF line ending"), ["kubectl-exec", "config-drift"]);
     for c in [
         "invalid escape: malformed",
-        "unpaired surrogate: malformed",
         "trailing garbage: malformed",
         "two events glued: malformed",
     ] {
         assert_eq!(case(c).0, LineVerdict::Malformed, "{c}");
     }
+    // A lone surrogate escape is valid JSON and becomes U+FFFD, as in Go (issue 14 reverses
+    // issue 3 here; the case's name predates that).
+    let e = &case("unpaired surrogate: malformed").1[0];
+    assert_eq!(e.actor, "al\u{FFFD}ice@example.com");
     assert_eq!(
         case("deployment pod name stripped, dots kept").1[0].entity_ref,
         "component:dev/api.v2"
@@ -659,6 +665,40 @@ struct Tally {
     agreed_err: usize,
     skipped_utf8: usize,
     skipped_oracle_limit: usize,
+    skipped_lone_surrogate: usize,
+}
+
+/// Whether `line` holds a `\uD800`–`\uDFFF` escape that is not half of a high+low pair.
+fn has_lone_surrogate(line: &[u8]) -> bool {
+    let hex = |at: usize| -> Option<u32> {
+        let h = line.get(at..at + 4)?;
+        u32::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()
+    };
+    let mut i = 0;
+    while i + 6 <= line.len() {
+        if line[i] == b'\\' && line[i + 1] == b'\\' {
+            i += 2;
+            continue;
+        }
+        if line[i] == b'\\' && line[i + 1] == b'u' {
+            if let Some(cp) = hex(i + 2) {
+                if (0xD800..0xDC00).contains(&cp) {
+                    let pair = line.get(i + 6..i + 8) == Some(b"\\u")
+                        && hex(i + 8).is_some_and(|lo| (0xDC00..0xE000).contains(&lo));
+                    if !pair {
+                        return true;
+                    }
+                    i += 12;
+                    continue;
+                }
+                if (0xDC00..0xE000).contains(&cp) {
+                    return true;
+                }
+            }
+        }
+        i += 1;
+    }
+    false
 }
 
 fn differential(line: &[u8], t: &mut Tally) {
@@ -677,6 +717,15 @@ fn differential(line: &[u8], t: &mut Tally) {
         }
     }
     let show = || String::from_utf8_lossy(&line[..line.len().min(600)]).into_owned();
+    if let (Ok(_), Err(e)) = (&ours, &theirs) {
+        // Documented difference: RFC 8259's grammar accepts a lone surrogate escape (Go and
+        // kube-apiserver decode it to U+FFFD, and so do we); serde_json rejects it.
+        let m = e.to_string();
+        if (m.contains("surrogate") || m.contains("hex escape")) && has_lone_surrogate(line) {
+            t.skipped_lone_surrogate += 1;
+            return;
+        }
+    }
     let v = match (&ours, theirs) {
         (Ok(_), Ok(v)) if v.is_object() => v,
         (Err(_), Ok(v)) if !v.is_object() => {
@@ -770,6 +819,8 @@ fn scanner_agrees_with_serde_json() {
     // The test can fail both ways: plenty of accepted and rejected lines were compared.
     assert!(clean > 900, "{t:?}");
     assert!(t.agreed_ok > clean + 1000 && t.agreed_err > 2000, "{t:?}");
+    // The edge cases hold a lone surrogate: the documented difference is exercised.
+    assert!(t.skipped_lone_surrogate >= 1, "{t:?}");
 }
 
 #[test]

@@ -123,7 +123,7 @@ fn imports_run_one_way() {
     let allowed: BTreeMap<&str, &[&str]> = [
         ("operate", &[][..]),
         ("source", &["operate"][..]),
-        ("detect", &["operate"][..]),
+        ("detect", &["operate", "source"][..]),
         ("deliver", &["operate", "detect"][..]),
         ("pipeline", &["operate", "source", "detect", "deliver"][..]),
     ]
