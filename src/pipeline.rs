@@ -318,16 +318,9 @@ pub fn drop_reason(why: &Unreadable) -> &'static str {
 
 /// Logs what could not be read whole, at most once a minute per kind (with how many more of
 /// that kind there were): where, the `auditID` when readable, and what was wrong.
+#[derive(Default)]
 pub struct TroubleLog {
     throttles: std::collections::BTreeMap<&'static str, Throttle>,
-}
-
-impl Default for TroubleLog {
-    fn default() -> TroubleLog {
-        TroubleLog {
-            throttles: std::collections::BTreeMap::new(),
-        }
-    }
 }
 
 impl TroubleLog {

@@ -534,16 +534,15 @@ impl Pruner {
                     escape: false,
                 };
             }
-            b'{' | b'[' => {
-                if self.push_kind(c == b'{') {
-                    if keep {
-                        self.emit(&[c]);
-                    }
-                    if let Some(Frame::Region { depth, .. }) = self.frames.last_mut() {
-                        *depth += 1;
-                    }
+            b'{' | b'[' if self.push_kind(c == b'{') => {
+                if keep {
+                    self.emit(&[c]);
+                }
+                if let Some(Frame::Region { depth, .. }) = self.frames.last_mut() {
+                    *depth += 1;
                 }
             }
+            b'{' | b'[' => {}
             b'}' | b']' => {
                 if !self.pop_kind(c) {
                     self.fail(PruneErrorKind::Unexpected(c));
@@ -681,7 +680,7 @@ impl Pruner {
                 let kind_ok = self
                     .top_kind
                     .as_deref()
-                    .is_none_or(|k| k == self.container_kind);
+                    .map_or(true, |k| k == self.container_kind);
                 if c == b'[' && is_root && kind_ok && self.push_kind(false) {
                     self.container = true;
                     // The container itself is not a record.
