@@ -64,7 +64,7 @@ pub const VARS: &[(&str, &str, &str)] = &[
     (
         "MAX_LINE_BYTES",
         "16MiB",
-        "longer audit lines are skipped and counted",
+        "longer lines are read as they stream past, keeping only what the rules read",
     ),
     (
         "QUEUE_CAPACITY",

@@ -79,7 +79,9 @@ pub struct Stats {
     pub streamed: u64,
     /// Lines (or list items) not evaluated, per reason.
     pub dropped: BTreeMap<&'static str, u64>,
-    /// The first few damaged or dropped lines: (1-based line number, what happened).
+    /// Lines (or records of a streamed line) that could not be read at all.
+    pub unreadable: u64,
+    /// The first few damaged or unreadable lines: (1-based line number, what happened).
     pub first_problems: Vec<(u64, String)>,
     input_kind: InputKind,
 }
@@ -118,7 +120,19 @@ impl Stats {
                     Some(p) => format!("{strict}; the fields the rules read: {p}"),
                     None => format!("{strict}, in a field the rules read"),
                 };
-                (format!("not evaluated: {why}"), self.lines + 1)
+                if self.first_malformed.len() < SHOWN_MALFORMED {
+                    self.first_malformed.push((self.lines + 1, why));
+                }
+                return;
+            }
+            Step::Record {
+                verdict: Verdict::Malformed(e),
+                ..
+            } => {
+                if self.first_malformed.len() < SHOWN_MALFORMED {
+                    self.first_malformed.push((self.lines + 1, e.to_string()));
+                }
+                return;
             }
             Step::Record { how: How::Item, .. } => {
                 self.list_items += 1;
@@ -141,6 +155,7 @@ impl Stats {
             }
             Step::Skipped { why, start, end } => {
                 *self.dropped.entry(drop_reason(why)).or_insert(0) += 1;
+                self.unreadable += 1;
                 if end > start && matches!(self.input_kind, InputKind::Lines) {
                     self.oversized += 1;
                 }
@@ -162,13 +177,7 @@ impl Stats {
                 LineVerdict::SkippedStage => self.skipped_stages += 1,
                 LineVerdict::Evaluated => self.evaluated += 1,
             },
-            Some(Verdict::Malformed(e)) => {
-                self.malformed += 1;
-                if self.first_malformed.len() < SHOWN_MALFORMED {
-                    self.first_malformed
-                        .push((self.lines.max(1), e.to_string()));
-                }
-            }
+            Some(Verdict::Malformed(_)) => self.malformed += 1,
             Some(Verdict::List(t)) => {
                 self.event_lists += 1;
                 self.list_items += t.items;
@@ -583,7 +592,7 @@ pub fn run(args: ReplayArgs) -> ExitCode {
             if let Some(Err(code)) = delivery {
                 return code;
             }
-            let skipped = st.malformed + st.dropped.values().sum::<u64>();
+            let skipped = st.malformed + st.unreadable;
             if st.evaluated == 0 && skipped > 0 {
                 // "No friction" must not be mistaken for "nothing could be read".
                 eprintln!(
@@ -814,7 +823,7 @@ mod tests {
             ),
             "{s}"
         );
-        assert!(s.contains("line 2: not evaluated: "), "{s}");
+        assert!(s.contains("line 2: invalid JSON at 1:"), "{s}");
     }
 
     #[test]

@@ -26,6 +26,16 @@ use crate::source::prune::{Caps, PruneError, Pruned, Pruner, Spec};
 /// `MAX_LINE_BYTES`' default: longer lines are streamed (or, without a spec, skipped).
 pub const DEFAULT_MAX_LINE_BYTES: usize = 16 << 20;
 
+/// Bytes of an over-long line fed to its pruner at a time (the records they yield are taken
+/// before more is fed).
+const FEED: usize = 8 << 10;
+
+/// What one turn of [`LineBuffer::over_long`] came to.
+enum Step {
+    Again,
+    Out(Option<Found>),
+}
+
 /// What [`LineBuffer::next_line`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Found {
@@ -248,19 +258,23 @@ impl LineBuffer {
             if let Some(found) = self.take_pruned() {
                 return Some(found);
             }
+            if let Skip::OverLong(line_start) = self.skip {
+                match self.over_long(line_start) {
+                    Step::Again => continue,
+                    Step::Out(found) => return found,
+                }
+            }
             let Some(i) = find_byte(&self.buf[self.scanned..self.end], b'\n') else {
                 self.scanned = self.end;
                 if self.at_end {
                     return self.last_line();
                 }
                 if self.skip == Skip::No && self.too_long_so_far() {
-                    self.skip = Skip::OverLong(self.offset(self.start));
+                    self.begin_over_long(self.start, None);
+                    continue;
                 }
-                if let Skip::OverLong(_) = self.skip {
-                    // Never hold a line that is being discarded or streamed.
-                    self.stream_long(self.start, self.end);
-                }
-                if self.skip != Skip::No {
+                if self.skip == Skip::Partial {
+                    // Never hold the rest of a line that is being dropped.
                     self.start = self.end;
                     self.scanned = self.end;
                 }
@@ -268,33 +282,24 @@ impl LineBuffer {
             };
             let nl = self.scanned + i;
             let s = self.start;
-            self.start = nl + 1;
-            self.scanned = nl + 1;
-            let end = self.offset(nl + 1);
             let e = if nl > s && self.buf[nl - 1] == b'\r' {
                 nl - 1
             } else {
                 nl
             };
-            match std::mem::replace(&mut self.skip, Skip::No) {
-                Skip::Partial => continue,
-                Skip::OverLong(start) => {
-                    self.stream_long(s, e);
-                    self.line_ended(start, end);
-                    continue;
-                }
-                Skip::No => {}
+            if self.skip == Skip::No && e - s > self.max_line {
+                // A whole line over the cap arrived in one read: streamed like any other.
+                self.begin_over_long(s, Some(nl));
+                continue;
             }
-            let start = self.offset(s);
-            if e - s > self.max_line {
-                self.stream_long_start(start);
-                self.stream_long(s, e);
-                self.line_ended(start, end);
+            self.start = nl + 1;
+            self.scanned = nl + 1;
+            if std::mem::replace(&mut self.skip, Skip::No) == Skip::Partial {
                 continue;
             }
             return Some(Found::Line(Span {
-                start,
-                end,
+                start: self.offset(s),
+                end: self.offset(nl + 1),
                 at: s,
                 len: e - s,
             }));
@@ -305,6 +310,10 @@ impl LineBuffer {
     /// positioned at the end.
     fn last_line(&mut self) -> Option<Found> {
         let (s, e) = (self.start, self.end);
+        if self.skip == Skip::No && e - s > self.max_line {
+            self.begin_over_long(s, None);
+            return self.next_line();
+        }
         let (start, end) = (self.offset(s), self.offset(e));
         let skip = std::mem::replace(&mut self.skip, Skip::No);
         // The bytes stay in `buf[s..e]` until the next `space`, so the line can be read.
@@ -313,18 +322,7 @@ impl LineBuffer {
         self.end = 0;
         self.scanned = 0;
         match skip {
-            Skip::OverLong(first) => {
-                self.stream_long(s, e);
-                self.line_ended(first, end);
-                self.take_pruned()
-            }
-            Skip::Partial => None,
-            Skip::No if e - s > self.max_line => {
-                self.stream_long_start(start);
-                self.stream_long(s, e);
-                self.line_ended(start, end);
-                self.take_pruned()
-            }
+            Skip::Partial | Skip::OverLong(_) => None,
             Skip::No if e > s => Some(Found::Line(Span {
                 start,
                 end,
@@ -335,8 +333,14 @@ impl LineBuffer {
         }
     }
 
-    /// An over-long line starts at `start` (its bytes follow through `stream_long`).
-    fn stream_long_start(&mut self, start: u64) {
+    /// The line starting at `buf[at]` is over the cap: from now on its bytes are fed to a
+    /// pruner (or discarded, without a spec) as they are taken, never all held. `newline`: the
+    /// index of its newline when it is already buffered.
+    fn begin_over_long(&mut self, at: usize, newline: Option<usize>) {
+        let start = self.offset(at);
+        self.skip = Skip::OverLong(start);
+        self.start = at;
+        self.scanned = newline.unwrap_or(self.end);
         if let Some(l) = &mut self.long {
             l.pruner = Some(Pruner::new(l.spec, l.container_kind, l.caps));
             l.line = None;
@@ -345,47 +349,46 @@ impl LineBuffer {
         }
     }
 
-    /// Feeds `buf[a..b]` of the over-long line to its pruner (nothing without a spec).
-    fn stream_long(&mut self, a: usize, b: usize) {
-        let start = match self.skip {
-            Skip::OverLong(start) => Some(start),
-            _ => None,
-        };
-        let Some(l) = &mut self.long else {
-            return;
-        };
-        if l.pruner.is_none() {
-            if let Some(start) = start {
-                l.pruner = Some(Pruner::new(l.spec, l.container_kind, l.caps));
-                l.line = None;
-                l.line_start = start;
-                l.handed = 0;
+    /// One turn of reading an over-long line: feed (or drop) its next slice, or end it at its
+    /// newline (or at the end of the input).
+    fn over_long(&mut self, line_start: u64) -> Step {
+        let newline = find_byte(&self.buf[self.scanned..self.end], b'\n').map(|i| self.scanned + i);
+        self.scanned = newline.unwrap_or(self.end);
+        let limit = newline.unwrap_or(self.end);
+        if self.start < limit {
+            // A slice at a time, so that the records it yields are taken before the next one
+            // is fed: the pruner never holds more than a slice's worth.
+            let to = limit.min(self.start + FEED);
+            if let Some(p) = self.long.as_mut().and_then(|l| l.pruner.as_mut()) {
+                p.feed(&self.buf[self.start..to]);
             }
+            self.start = to;
+            return Step::Again;
         }
-        if let Some(p) = &mut l.pruner {
-            p.feed(&self.buf[a..b]);
-        }
-    }
-
-    /// The over-long line `[start, end)` is complete: its pruner (if any) finishes.
-    fn line_ended(&mut self, start: u64, end: u64) {
+        let end = match newline {
+            Some(nl) => {
+                self.start = nl + 1;
+                self.scanned = nl + 1;
+                self.offset(nl + 1)
+            }
+            None if self.at_end => self.offset(self.end),
+            None => {
+                // Everything buffered was taken: give the room back to the next read.
+                self.start = self.end;
+                return Step::Out(None);
+            }
+        };
+        self.skip = Skip::No;
         match &mut self.long {
             Some(l) => {
-                if l.pruner.is_none() {
-                    // It was over the cap before a spec could stream it: nothing was fed.
-                    l.pruner = Some(Pruner::new(l.spec, l.container_kind, l.caps));
-                    l.line_start = start;
-                    l.handed = 0;
-                }
                 if let Some(p) = &mut l.pruner {
                     let _ = p.finish();
                 }
-                l.line = Some((start, end));
+                l.line = Some((line_start, end));
             }
-            None => {
-                self.unread = Some((start, end));
-            }
+            None => self.unread = Some((line_start, end)),
         }
+        Step::Again
     }
 
     /// The next record of the over-long line being streamed: one is held back until the line

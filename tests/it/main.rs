@@ -18,4 +18,5 @@ mod script;
 mod sink;
 mod soak;
 mod support;
+mod unseen;
 mod walkthrough;
