@@ -2,6 +2,8 @@
 # Fills fuzz/corpus/TARGET with seed inputs from the repository's real test material:
 #   json_audit     every line of ../shared/audit-samples/*.ndjson and tests/data/**/*.ndjson,
 #                  plus fuzz/seeds/json_audit (escapes, invalid UTF-8, deep nesting, duplicates)
+#   prune          the same lines as json_audit, each prefixed with a chunk size byte (the
+#                  target feeds the pruner in chunks of that size)
 #   yaml_rules     ../shared/compat/*.yaml and tests/data/**/*.yaml
 #   http_response  fuzz/seeds/http_response (hand-written responses: length, chunked, 429...)
 #   checkpoint     tests/data/**/*checkpoint* files, fuzz/seeds/checkpoint (first byte: mode)
@@ -27,6 +29,16 @@ case "$target" in
       [ -f "$f" ] || continue
       split -l 1 -a 5 -d "$f" "$out/$(basename "$f")-"
     done ;;
+  prune)
+    for f in "$shared"/audit-samples/*.ndjson $(data_files '*.ndjson'); do
+      [ -f "$f" ] || continue
+      split -l 1 -a 5 -d "$f" "$out/$(basename "$f")-"
+    done
+    # A chunk size byte in front of each line (7: odd steps cross every boundary).
+    for f in "$out"/*; do
+      [ -f "$f" ] || continue
+      { printf '\a'; cat "$f"; } >"$f.tmp" && mv "$f.tmp" "$f"
+    done ;;
   yaml_rules)
     for f in "$shared"/compat/*.yaml $(data_files '*.yaml' '*.yml'); do
       cp "$f" "$out/$(basename "$(dirname "$f")")-$(basename "$f")"
@@ -36,7 +48,7 @@ case "$target" in
       cp "$f" "$out/$(basename "$(dirname "$f")")-$(basename "$f")"
     done ;;
   http_response|config_values) ;;
-  *) echo "seed.sh: unknown target '$target' (json_audit, yaml_rules, http_response, checkpoint, config_values)" >&2; exit 2 ;;
+  *) echo "seed.sh: unknown target '$target' (json_audit, prune, yaml_rules, http_response, checkpoint, config_values)" >&2; exit 2 ;;
 esac
 if [ -d "$here/seeds/$target" ]; then cp "$here/seeds/$target"/* "$out/" 2>/dev/null || true; fi
 echo "seed.sh: $(find "$out" -type f | wc -l) inputs in fuzz/corpus/$target"

@@ -371,3 +371,58 @@ mod tests {
         assert_eq!(&*extract(it[1]).unwrap().verb, "list");
     }
 }
+
+#[cfg(test)]
+mod surrogate_tests {
+    use super::*;
+    use crate::source::prune::{prune_all, Caps};
+
+    /// A lone surrogate escape in any string, read or skipped, never costs the event: it reads
+    /// as U+FFFD where the engine reads it, and the line is evaluated whole, not recovered.
+    #[test]
+    fn lone_surrogates_in_every_string_position() {
+        let base = r#"{"kind":"Event","auditID":"A","stage":"ResponseComplete","verb":"patch","user":{"username":"U","groups":["G"]},"objectRef":{"resource":"R","subresource":"S","namespace":"N","name":"M"},"requestReceivedTimestamp":"T","annotations":{"K":"V"},"requestObject":{"metadata":{"annotations":{"B":"X"}},"spec":"Q"},"responseObject":{"metadata":{"annotations":{"C":"Y"}}},"sourceIPs":["I"]}"#;
+        for lone in [r"\udc00", r"\ud800", r"\ud83d\u0041", r"\udfff\udfff"] {
+            for slot in ["A", "U", "G", "R", "S", "N", "M", "T", "K", "V", "B", "X", "Q", "C", "Y", "I"] {
+                let line = base.replacen(&format!("\"{slot}\""), &format!("\"{slot}{lone}\""), 1);
+                let f = extract(line.as_bytes()).unwrap_or_else(|e| panic!("{slot} {lone}: {e}"));
+                let want = |s: &str| {
+                    if s == slot {
+                        let tail = if lone == r"\ud83d\u0041" {
+                            "\u{FFFD}A"
+                        } else if lone == r"\udfff\udfff" {
+                            "\u{FFFD}\u{FFFD}"
+                        } else {
+                            "\u{FFFD}"
+                        };
+                        format!("{s}{tail}")
+                    } else {
+                        s.to_string()
+                    }
+                };
+                assert_eq!(f.audit_id, want("A"), "{slot}");
+                assert_eq!(f.username, want("U"), "{slot}");
+                assert_eq!(
+                    (&*f.resource, &*f.subresource, &*f.namespace, &*f.name),
+                    (&*want("R"), &*want("S"), &*want("N"), &*want("M")),
+                    "{slot}"
+                );
+                assert_eq!(f.request_received_timestamp, want("T"), "{slot}");
+                assert!(f.annotation_is(&want("K"), &want("V")), "{slot}");
+                assert!(f.annotation_is(&want("B"), &want("X")), "{slot}");
+                assert!(f.annotation_is(&want("C"), &want("Y")), "{slot}");
+                // The pruned record (streamed or recovered lines) reads the same.
+                let all = prune_all(line.as_bytes(), EVENT_SPEC, EVENT_LIST, Caps::default());
+                assert!(all.end.is_ok(), "{slot}");
+                let record = all.records[0].record.as_ref().unwrap();
+                let p = extract(record).unwrap();
+                assert_eq!(
+                    (&p.username, &p.name, &p.request_received_timestamp),
+                    (&f.username, &f.name, &f.request_received_timestamp),
+                    "{slot}"
+                );
+                assert!(p.annotation_is(&want("B"), &want("X")), "{slot}");
+            }
+        }
+    }
+}
