@@ -458,25 +458,13 @@ impl<'q, P: Copy> Feeder<'q, P> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::rules::{Match, Rule, RuleSet, Severity, Template};
-    use crate::detect::DetectOptions;
+    use crate::detect::rules::{Match, Rule};
+    use crate::detect::testing::{self, exec_rule};
     use crate::source::stream::StreamSource;
     use std::sync::Arc;
 
     fn detector() -> Detector {
-        let rule = Rule {
-            name: "kubectl-exec".into(),
-            description_source: String::new(),
-            description: Template::default(),
-            severity: Severity::High,
-            workflow: "deploy".into(),
-            ignore_system: true,
-            matcher: Match {
-                subresource: Some("exec".into()),
-                ..Match::default()
-            },
-            line: 1,
-        };
+        let rule = exec_rule();
         let second = Rule {
             name: "pod-touch".into(),
             matcher: Match {
@@ -485,13 +473,7 @@ mod tests {
             },
             ..rule.clone()
         };
-        Detector::new(
-            RuleSet {
-                rules: vec![rule, second],
-                ignore_namespaces: vec![],
-            },
-            DetectOptions::default(),
-        )
+        testing::detector(vec![rule, second])
     }
 
     const EXEC: &str = r#"{"stage":"ResponseComplete","verb":"create","user":{"username":"a"},"objectRef":{"resource":"pods","namespace":"n","name":"p","subresource":"exec"}}"#;

@@ -689,8 +689,6 @@ impl Backfill {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::rules::{Match, Rule, RuleSet, Severity, Template};
-    use crate::detect::DetectOptions;
 
     /// A record's verdict as a short label: `oversized`, or the verdict.
     fn label(v: Option<&Verdict>) -> &'static str {
@@ -702,26 +700,7 @@ mod tests {
     }
 
     fn det() -> Detector {
-        let rule = Rule {
-            name: "kubectl-exec".into(),
-            description_source: String::new(),
-            description: Template::default(),
-            severity: Severity::High,
-            workflow: "deploy".into(),
-            ignore_system: true,
-            matcher: Match {
-                subresource: Some("exec".into()),
-                ..Match::default()
-            },
-            line: 1,
-        };
-        Detector::new(
-            RuleSet {
-                rules: vec![rule],
-                ignore_namespaces: vec![],
-            },
-            DetectOptions::default(),
-        )
+        crate::detect::testing::detector(vec![crate::detect::testing::exec_rule()])
     }
 
     const EXEC: &str = r#"{"stage":"ResponseComplete","verb":"create","user":{"username":"a"},"objectRef":{"resource":"pods","namespace":"n","name":"p","subresource":"exec"}}"#;

@@ -210,21 +210,7 @@ impl<P: Copy> Queue<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::rules::Severity;
-
-    fn ev(n: usize) -> FrictionEvent {
-        FrictionEvent {
-            entity_ref: format!("component:ns/app{n}"),
-            kind: "kubectl-exec".into(),
-            severity: Severity::High,
-            actor: "alice".into(),
-            workflow: "debug".into(),
-            description: format!("exec \"{n}\"\n"),
-            timestamp: "2026-11-25T22:50:01Z".into(),
-            namespace: "ns".into(),
-            service: format!("app{n}"),
-        }
-    }
+    use crate::detect::testing::event as ev;
 
     fn queue(capacity: usize) -> (Arc<Queue<u64>>, Arc<Metrics>) {
         let m = Arc::new(Metrics::new());

@@ -14,22 +14,12 @@ use crate::source::prune::{Keep, Spec};
 
 /// What [`extract`] reads of an audit event, as a [`crate::source::prune::Pruner`] spec: the
 /// members a streamed or damaged record keeps (everything else is skipped as it passes).
-pub static EVENT_SPEC: &Spec = &[
-    ("kind", Keep::Value),
-    ("stage", Keep::Value),
-    ("verb", Keep::Value),
-    ("auditID", Keep::Value),
-    ("requestReceivedTimestamp", Keep::Value),
-    ("user", Keep::Members(USER)),
-    ("objectRef", Keep::Members(OBJECT_REF)),
-    ("annotations", Keep::Value),
-    ("requestObject", Keep::Search(BODY)),
-    ("responseObject", Keep::Search(BODY)),
-    ("items", Keep::Records(ITEM_SPEC)),
-];
+pub static EVENT_SPEC: &Spec = &EVENT_MEMBERS;
 
-/// An `EventList` item: an event (items are not lists themselves).
-pub static ITEM_SPEC: &Spec = &[
+/// An `EventList` item: an event (items are not lists themselves: no `items`).
+pub static ITEM_SPEC: &Spec = EVENT_MEMBERS.split_at(EVENT_MEMBERS.len() - 1).0;
+
+static EVENT_MEMBERS: [(&str, Keep); 11] = [
     ("kind", Keep::Value),
     ("stage", Keep::Value),
     ("verb", Keep::Value),
@@ -40,6 +30,8 @@ pub static ITEM_SPEC: &Spec = &[
     ("annotations", Keep::Value),
     ("requestObject", Keep::Search(BODY)),
     ("responseObject", Keep::Search(BODY)),
+    // Last, so that ITEM_SPEC is everything before it.
+    ("items", Keep::Records(ITEM_SPEC)),
 ];
 
 /// The container kind whose `items` are events.
@@ -383,7 +375,9 @@ mod surrogate_tests {
     fn lone_surrogates_in_every_string_position() {
         let base = r#"{"kind":"Event","auditID":"A","stage":"ResponseComplete","verb":"patch","user":{"username":"U","groups":["G"]},"objectRef":{"resource":"R","subresource":"S","namespace":"N","name":"M"},"requestReceivedTimestamp":"T","annotations":{"K":"V"},"requestObject":{"metadata":{"annotations":{"B":"X"}},"spec":"Q"},"responseObject":{"metadata":{"annotations":{"C":"Y"}}},"sourceIPs":["I"]}"#;
         for lone in [r"\udc00", r"\ud800", r"\ud83d\u0041", r"\udfff\udfff"] {
-            for slot in ["A", "U", "G", "R", "S", "N", "M", "T", "K", "V", "B", "X", "Q", "C", "Y", "I"] {
+            for slot in [
+                "A", "U", "G", "R", "S", "N", "M", "T", "K", "V", "B", "X", "Q", "C", "Y", "I",
+            ] {
                 let line = base.replacen(&format!("\"{slot}\""), &format!("\"{slot}{lone}\""), 1);
                 let f = extract(line.as_bytes()).unwrap_or_else(|e| panic!("{slot} {lone}: {e}"));
                 let want = |s: &str| {

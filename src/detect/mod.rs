@@ -19,3 +19,53 @@ pub mod yaml;
 
 pub use engine::{DetectOptions, Detector, LineVerdict, ListTally, Verdict};
 pub use event::FrictionEvent;
+
+/// Rules and events for the unit tests of the modules downstream (pipeline, replay, deliver).
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::rules::{Match, Rule, RuleSet, Severity, Template};
+    use super::{DetectOptions, Detector, FrictionEvent};
+
+    /// `kubectl-exec`: any `exec` subresource, humans only.
+    pub fn exec_rule() -> Rule {
+        Rule {
+            name: "kubectl-exec".into(),
+            description_source: String::new(),
+            description: Template::default(),
+            severity: Severity::High,
+            workflow: "deploy".into(),
+            ignore_system: true,
+            matcher: Match {
+                subresource: Some("exec".into()),
+                ..Match::default()
+            },
+            line: 1,
+        }
+    }
+
+    /// A detector over `rules`, with the default options.
+    pub fn detector(rules: Vec<Rule>) -> Detector {
+        Detector::new(
+            RuleSet {
+                rules,
+                ignore_namespaces: vec![],
+            },
+            DetectOptions::default(),
+        )
+    }
+
+    /// The `n`-th of a series of distinct events.
+    pub fn event(n: usize) -> FrictionEvent {
+        FrictionEvent {
+            entity_ref: format!("component:ns/app{n}"),
+            kind: "kubectl-exec".into(),
+            severity: Severity::High,
+            actor: "alice".into(),
+            workflow: "debug".into(),
+            description: format!("exec \"{n}\"\n"),
+            timestamp: "2026-11-25T22:50:01Z".into(),
+            namespace: "ns".into(),
+            service: format!("app{n}"),
+        }
+    }
+}
