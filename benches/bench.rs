@@ -926,6 +926,7 @@ fn delivery_library(_bin: &Path, s: &Settings, t: &mut Table) {
             timestamp: gen::rfc3339_micros(1_767_225_600_000_000 + i),
             namespace: "production".into(),
             service: "payments-api".into(),
+            repeat: Default::default(),
         };
         if !queue.push_line(at(i * 1000), at(i * 1000 + 1000), 0, vec![ev]) {
             break;

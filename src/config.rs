@@ -478,48 +478,13 @@ pub fn replay_vars(send: bool) -> &'static [&'static str] {
     }
 }
 
-/// `250ms`, `1.5s`, `2m`: a duration as `parse_duration` reads it back.
-pub fn human_duration(d: Duration) -> String {
-    if d < Duration::from_secs(1) {
-        format!("{}ms", d.as_millis())
-    } else if d.subsec_millis() == 0 && d.as_secs() % 60 == 0 {
-        format!("{}m", d.as_secs() / 60)
-    } else if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
-    }
-}
-
 fn is_entity_safe(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// `250ms`, `10s`, `2m`, `1h`; a bare number means seconds (fractions allowed: `0.5`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| "not a duration: use a number with ms, s, m or h".to_string())?;
-    let scale = match unit.trim() {
-        "ms" => 0.001,
-        "" | "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        u => return Err(format!("unknown unit `{u}`: use ms, s, m or h")),
-    };
-    let secs = value * scale;
-    if !secs.is_finite() || secs > 7.0 * 86_400.0 {
-        return Err("too long: at most 7 days".into());
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
+pub use crate::operate::clock::{human_duration, parse_duration};
 
 /// `16MiB`, `64KiB`, `1GiB`, `500KB`, or a bare number of bytes.
 pub fn parse_size(s: &str) -> Result<u64, String> {

@@ -235,6 +235,9 @@ mod tests {
                 ..Match::default()
             },
             line: 1,
+            suppress: None,
+            same_act: None,
+            fixtures: Vec::new(),
         };
         let second = Rule {
             name: "pod-touch".into(),

@@ -602,6 +602,9 @@ mod tests {
                 ..Match::default()
             },
             line: 1,
+            suppress: None,
+            same_act: None,
+            fixtures: Vec::new(),
         };
         Detector::new(
             RuleSet {

@@ -713,6 +713,7 @@ mod tests {
             timestamp: "2026-11-25T22:50:01Z".into(),
             namespace: "ns".into(),
             service: format!("app{n}"),
+            repeat: Default::default(),
         }
     }
 

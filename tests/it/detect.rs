@@ -114,6 +114,9 @@ fn yaml_rules(path: &str) -> RuleSet {
                     ignore_namespaces: strs(&m["ignore_namespaces"]),
                 },
                 line: 0,
+                suppress: None,
+                same_act: None,
+                fixtures: Vec::new(),
             }
         })
         .collect();
@@ -809,6 +812,9 @@ fn rule(name: &str, m: Match) -> Rule {
         ignore_system: true,
         matcher: m,
         line: 1,
+        suppress: None,
+        same_act: None,
+        fixtures: Vec::new(),
     }
 }
 
