@@ -1099,6 +1099,103 @@ pub fn parse_template(src: &str) -> Result<Template, Vec<(usize, String)>> {
     }
 }
 
+/// A fixtures file given to `healert-agent test FIXTURES` (fixtures kept beside the rules
+/// rather than inside them): `fixtures:` and a list of fixtures, each with a `rule:` naming the
+/// rule it tests. Every problem is reported, like a rules file.
+pub fn parse_fixture_file(src: &[u8]) -> Result<Vec<(String, Fixture)>, Vec<Diagnostic>> {
+    let root = crate::detect::yaml::parse(src).map_err(|e| {
+        vec![Diagnostic {
+            level: Level::Error,
+            line: e.line,
+            col: e.col,
+            message: e.message,
+            hint: e.hint,
+        }]
+    })?;
+    let mut v = Validator {
+        diags: Vec::new(),
+        errors: 0,
+    };
+    let hint =
+        "`fixtures:` then one `- rule: NAME` entry per fixture, with `record:` and `expect:`";
+    let mut out = Vec::new();
+    let list = match &root.value {
+        Value::Map(m) => m.iter().find(|e| e.key == "fixtures"),
+        _ => None,
+    };
+    match list.map(|e| &e.value.value) {
+        Some(Value::Seq(items)) => {
+            for item in items {
+                let Value::Map(fields) = &item.value else {
+                    v.error(
+                        (item.line, item.col),
+                        format!("a fixture must be a mapping, not {}", item.kind()),
+                        Some(hint.into()),
+                    );
+                    continue;
+                };
+                let rule = fields
+                    .iter()
+                    .find(|e| e.key == "rule")
+                    .and_then(|e| e.value.as_str());
+                let Some(rule) = rule.map(str::to_string) else {
+                    v.error(
+                        (item.line, item.col),
+                        "this fixture has no `rule`".into(),
+                        Some(hint.into()),
+                    );
+                    continue;
+                };
+                let rest = Node {
+                    line: item.line,
+                    col: item.col,
+                    value: Value::Map(fields.iter().filter(|e| e.key != "rule").cloned().collect()),
+                };
+                if let Some(f) = v.fixture(&rest, hint) {
+                    out.push((rule, f));
+                }
+            }
+        }
+        _ => v.error(
+            (root.line, root.col),
+            "the file has no `fixtures:` list".into(),
+            Some(hint.into()),
+        ),
+    }
+    if v.errors > 0 {
+        let mut d = v.diags;
+        d.sort_by_key(|d| (d.line, d.col));
+        return Err(d);
+    }
+    Ok(out)
+}
+
+/// The text of a rules file with its optional block enabled: between the `# >>> optional
+/// rules` and `# <<< optional rules` lines, the `# ` in front of each line is deleted (notes
+/// starting with `##` stay comments) — exactly what rules.yaml tells a user to do by hand.
+/// `None` when the file has no such block.
+pub fn with_optional_enabled(src: &str) -> Option<String> {
+    let mut out = String::with_capacity(src.len());
+    let mut inside = false;
+    let mut seen = false;
+    for line in src.split_inclusive('\n') {
+        let t = line.trim_start();
+        if t.starts_with("# >>> optional rules") {
+            inside = true;
+            seen = true;
+        } else if t.starts_with("# <<< optional rules") {
+            inside = false;
+        } else if inside && t.starts_with("# ") && !t.starts_with("##") {
+            let indent = line.len() - t.len();
+            out.push_str(&line[..indent]);
+            out.push_str(&t[2..]);
+            continue;
+        }
+        out.push_str(line);
+    }
+    seen.then_some(out)
+}
+
 /// Reads and validates a rules file.
 pub fn load_file(path: &Path) -> Result<Loaded, LoadError> {
     let shown = path.display().to_string();
