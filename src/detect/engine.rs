@@ -349,6 +349,15 @@ impl Detector {
                 *w == *f.subresource
             );
         }
+        if !m.subresources.is_empty() {
+            let pass = m.subresources.iter().any(|x| *x == *f.subresource);
+            check!(
+                "subresources",
+                Want::OneOf(&m.subresources),
+                Cow::Borrowed(&*f.subresource),
+                pass
+            );
+        }
         if let Some(w) = &m.verb {
             check!("verb", Want::Is(w), Cow::Borrowed(&*f.verb), *w == *f.verb);
         }
@@ -559,7 +568,13 @@ impl Tracer for Trace {
         let want = match c.want {
             Want::Is(w) => w.to_string(),
             Want::Nothing => "\"\" (none)".to_string(),
-            Want::OneOf(l) => format!("one of [{}]", l.join(", ")),
+            Want::OneOf(l) => {
+                let shown: Vec<&str> = l
+                    .iter()
+                    .map(|x| if x.is_empty() { "\"\"" } else { x.as_str() })
+                    .collect();
+                format!("one of [{}]", shown.join(", "))
+            }
             Want::Contains(w) => format!("contains {w:?} (any case)"),
             Want::NoneOf(l) => format!("not one of [{}]", l.join(", ")),
             Want::Annotation(k, v) => format!("{k}={v}"),

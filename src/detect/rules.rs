@@ -78,6 +78,9 @@ pub struct Match {
     pub resources: Vec<String>,
     /// `Some("")` (written `subresource: ""`) matches the object itself only: no subresource.
     pub subresource: Option<String>,
+    /// One of these subresources; `""` in the list is the object itself
+    /// (`subresources: ["", scale]`: the object or its scale, not pods/exec).
+    pub subresources: Vec<String>,
     pub verb: Option<String>,
     pub verbs: Vec<String>,
     /// `key=value`, both sides non-empty.
@@ -182,6 +185,7 @@ pub const MATCH_KEYS: &[&str] = &[
     "resource",
     "resources",
     "subresource",
+    "subresources",
     "verb",
     "verbs",
     "annotation",
@@ -945,6 +949,7 @@ impl Validator {
                         m.subresource = Some(v)
                     }),
                 },
+"subresources" => self.subresources(e).map(|v| m.subresources = v),
                 "verb" => self.string(e, "e.g. `get`; use `verbs:` for a list").map(|v| {
                     self.verb_hint(e, std::slice::from_ref(&v));
                     m.verb = Some(v)
@@ -981,7 +986,11 @@ impl Validator {
             ok &= good.is_some();
         }
         let has = |k: &str| entries.iter().any(|e| e.key == k);
-        for (one, many) in [("resource", "resources"), ("verb", "verbs")] {
+        for (one, many) in [
+            ("resource", "resources"),
+            ("subresource", "subresources"),
+            ("verb", "verbs"),
+        ] {
             if has(one) && has(many) {
                 self.warn(
                     (f.line, f.col),
@@ -994,6 +1003,7 @@ impl Validator {
             "resource",
             "resources",
             "subresource",
+            "subresources",
             "verb",
             "verbs",
             "annotation",
@@ -1007,6 +1017,34 @@ impl Validator {
             );
         }
         ok.then_some(m)
+    }
+
+    /// `subresources:`: a list like `resources:`, where a quoted `""` is the object itself.
+    fn subresources(&mut self, e: &Entry) -> Option<Vec<String>> {
+        if let Value::Seq(items) = &e.value.value {
+            let empty_quoted = |n: &Node| matches!(&n.value, Value::Scalar(s) if s.text.is_empty() && s.style != Style::Plain);
+            if !items.is_empty() && items.iter().any(empty_quoted) {
+                let rest = Entry {
+                    value: Node {
+                        value: Value::Seq(
+                            items.iter().filter(|n| !empty_quoted(n)).cloned().collect(),
+                        ),
+                        ..e.value.clone()
+                    },
+                    ..e.clone()
+                };
+                let mut v = match &rest.value.value {
+                    Value::Seq(r) if r.is_empty() => Vec::new(),
+                    _ => self.list(&rest, false)?,
+                };
+                v.insert(0, String::new());
+                self.lowercase_hint(e, &v.join(""));
+                return Some(v);
+            }
+        }
+        let v = self.list(e, false)?;
+        self.lowercase_hint(e, &v.join(""));
+        Some(v)
     }
 
     fn lowercase_hint(&mut self, e: &Entry, v: &str) {

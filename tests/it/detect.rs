@@ -104,6 +104,7 @@ fn yaml_rules(path: &str) -> RuleSet {
                     resource: opt(&m["resource"]),
                     resources: strs(&m["resources"]),
                     subresource: opt(&m["subresource"]),
+                    subresources: Vec::new(),
                     verb: opt(&m["verb"]),
                     verbs: strs(&m["verbs"]),
                     annotation: m["annotation"].as_str().map(|a| {
@@ -946,6 +947,7 @@ fn conditions_combined_and_rules_in_order() {
         resource: Some("pods".into()),
         resources: vec!["pods".into(), "secrets".into()],
         subresource: Some("exec".into()),
+        subresources: Vec::new(),
         verb: Some("create".into()),
         verbs: vec!["create".into(), "get".into()],
         annotation: Some(("a".into(), "b".into())),
