@@ -42,6 +42,7 @@ AGENT_VARS=(
   DEAD_LETTER_PATH
   MAX_EVENTS_PER_MINUTE
   SHUTDOWN_GRACE
+  SUPPRESS_WINDOW
   HEALTH_ADDR
   LOG_FORMAT
   LOG_LEVEL
@@ -997,6 +998,7 @@ cmd_test() {
   local tmp token uuid ts line events entity before after i found=false hdr
   _agent_bin
   _header "Pipeline test: audit line → agent rules → POST /events → backend"
+  "$AGENT_BIN" test --rules "$RULES_PATH" || _die "the rules' fixtures fail (above): fix $RULES_PATH or its fixtures (healert-agent explain shows every decision)"
   if _http_ok "$HEALERT_BACKEND_URL/health" 3; then
     _ok "backend reachable at $HEALERT_BACKEND_URL"
   else

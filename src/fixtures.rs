@@ -121,22 +121,35 @@ fn why_not(det: &Detector, rule: &str, fx: &Fixture) -> String {
     }
 }
 
-/// Rules that would run with no fixture to pin them: `validate` warns about these.
+/// Rules that would run with no fixture to pin them: `validate` warns about these, in one
+/// warning at the first of them (a file written for the Go agent has none at all).
 pub fn missing_fixtures(rules: &[Rule]) -> Vec<Diagnostic> {
-    rules
-        .iter()
-        .filter(|r| r.fixtures.is_empty())
-        .map(|r| Diagnostic {
-            level: Level::Warning,
-            line: r.line,
-            col: 1,
-            message: format!("rule `{}` has no fixture", sanitize(&r.name, 60)),
-            hint: Some(
-                "add `fixtures:` with a record from a real log (`healert-agent explain --fixture LOG` prints one) and run `healert-agent test`"
-                    .into(),
-            ),
-        })
-        .collect()
+    let missing: Vec<&Rule> = rules.iter().filter(|r| r.fixtures.is_empty()).collect();
+    let Some(first) = missing.first() else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = missing.iter().take(10).map(|r| sanitize(&r.name, 60)).collect();
+    if missing.len() > 10 {
+        names.push(format!("and {} more", missing.len() - 10));
+    }
+    vec![Diagnostic {
+        level: Level::Warning,
+        line: first.line,
+        col: 1,
+        message: format!(
+            "{} without a fixture: {}",
+            if missing.len() == 1 {
+                "1 rule".to_string()
+            } else {
+                format!("{} rules", missing.len())
+            },
+            names.join(", ")
+        ),
+        hint: Some(
+            "add `fixtures:` under each rule with a record from a real log (`healert-agent explain --fixture LOG` prints one), then run `healert-agent test`"
+                .into(),
+        ),
+    }]
 }
 
 fn load(path: &Path, text: &[u8], what: &str) -> Result<Vec<Rule>, String> {

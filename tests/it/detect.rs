@@ -395,6 +395,8 @@ fn replay_command_prints_the_golden_events_and_a_summary() {
     let out = std::process::Command::new(crate::support::bin())
         .args(["replay", "--rules", COMPAT_ALL])
         .arg(Path::new(DATA).join("sample/audit.ndjson"))
+        // Every match, as the goldens hold them (no suppression window).
+        .env("SUPPRESS_WINDOW", "0")
         .env_remove("K8S_NAMESPACE")
         .env_remove("ENTITY_NAMESPACE")
         .output()

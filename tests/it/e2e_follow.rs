@@ -7,7 +7,7 @@
 //! bounded memory, and a sink slower than the writer.
 //!
 //! Every matching line is a `kubectl exec` by a unique human actor, which the repository's
-//! rules.yaml turns into two events (`kubectl-exec` and `config-drift`): the actor carries the
+//! rules.yaml turns into one event (`kubectl-exec`, [`support::EXEC_TYPES`]): the actor carries the
 //! line's token. Non-matching lines are the same shape by a service account, or a `list` of
 //! configmaps. Waits are bounded by [`HANG_GUARD`] (never timing assertions); each agent is a
 //! child killed and reaped on drop; each test's directory is removed on drop.

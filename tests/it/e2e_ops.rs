@@ -139,8 +139,8 @@ fn actor(token: &str) -> String {
     format!("u-{token}@example.com")
 }
 
-/// A `kubectl exec` line by `u-<token>`: with the repo rules it yields kubectl-exec and
-/// config-drift (verb create on pods).
+/// A `kubectl exec` line by `u-<token>`: with the repo rules it yields kubectl-exec (one act,
+/// one event: config-drift does not match pods/exec).
 fn exec_line(token: &str) -> String {
     support::exec_line(&actor(token))
 }
