@@ -36,6 +36,9 @@ enum Origin {
     Optional,
 }
 
+/// A rule, where it comes from, and its fixtures with the file each is written in.
+type Row = (String, Origin, Vec<(String, Fixture)>);
+
 /// The result of one fixture: `None` when it passed, else what went wrong.
 pub fn check(det: &Detector, rule: &str, fx: &Fixture) -> Option<String> {
     let mut out = Vec::new();
@@ -128,7 +131,11 @@ pub fn missing_fixtures(rules: &[Rule]) -> Vec<Diagnostic> {
     let Some(first) = missing.first() else {
         return Vec::new();
     };
-    let mut names: Vec<String> = missing.iter().take(10).map(|r| sanitize(&r.name, 60)).collect();
+    let mut names: Vec<String> = missing
+        .iter()
+        .take(10)
+        .map(|r| sanitize(&r.name, 60))
+        .collect();
     if missing.len() > 10 {
         names.push(format!("and {} more", missing.len() - 10));
     }
@@ -227,8 +234,7 @@ pub fn run(args: TestArgs) -> ExitCode {
             }
         }
     }
-    // (rule, origin, fixtures with where they come from)
-    let mut table: Vec<(String, Origin, Vec<(String, Fixture)>)> = Vec::new();
+    let mut table: Vec<Row> = Vec::new();
     for r in &enabled {
         let fx = r
             .fixtures
