@@ -819,6 +819,8 @@ fn delivery(bin: &Path, s: &Settings, t: &mut Table) {
         .arg(&path)
         .env("HEALERT_BACKEND_URL", rec.url())
         .env("HEALERT_API_KEY", "bench-key-0123456789")
+        // Every event is delivered: this measures the sender, not the suppression window.
+        .env("SUPPRESS_WINDOW", "0")
         .env("LOG_LEVEL", "warn");
     let r = measure(c);
     let got = rec.events();

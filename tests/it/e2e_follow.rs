@@ -593,7 +593,7 @@ fn e2e_kill_9_then_restart_loses_nothing() {
         &agent,
         || matches!(checkpoint::load(&cp_path), Ok(Some(c)) if c.position.offset > 0),
     );
-    wait_events(&sink, 200, &agent);
+    wait_events(&sink, 100 * support::EXEC_TYPES.len(), &agent);
     agent.kill9();
     let at_kill = checkpoint::load(&cp_path).unwrap().unwrap();
     let sent_before = sink.events().len();
@@ -670,7 +670,7 @@ fn e2e_kill_9_with_a_backlog_across_rotations_loses_nothing() {
         &agent,
         || matches!(checkpoint::load(&cp_path), Ok(Some(c)) if c.position.offset > 0),
     );
-    wait_events(&sink, 150, &agent);
+    wait_events(&sink, 75 * support::EXEC_TYPES.len(), &agent);
     agent.kill9();
     let at_kill = checkpoint::load(&cp_path).unwrap().unwrap();
     let sent_before = sink.events().len();
@@ -817,7 +817,7 @@ fn e2e_a_64_mib_line_between_two_matching_lines_in_bounded_memory() {
     tokens.push("big-after@example.com".to_string());
     append(&dir.log(), &exec_line(&tokens[1]));
 
-    wait_events(&sink, 4, &agent);
+    wait_events(&sink, 2 * support::EXEC_TYPES.len(), &agent);
     let hwm = agent.vm_hwm_kib();
     let log = agent.stop();
     assert_exact(&sink, &expected(&tokens), &log);
@@ -995,7 +995,7 @@ fn e2e_a_restart_in_the_middle_of_a_64_mib_line() {
     for _ in 0..32 {
         f.write_all(&chunk).unwrap();
     }
-    wait_events(&sink, 2, &agent);
+    wait_events(&sink, support::EXEC_TYPES.len(), &agent);
     // Let the agent reach the end of what exists of the long line.
     wait_until("the agent reads the long line's first half", &agent, || {
         fs::read_to_string(format!("/proc/{}/io", agent.pid()))
@@ -1021,7 +1021,7 @@ fn e2e_a_restart_in_the_middle_of_a_64_mib_line() {
         &sink,
         &[("START_AT", "end"), ("CHECKPOINT_PATH", &cp)],
     );
-    wait_events(&sink, 4, &agent);
+    wait_events(&sink, 2 * support::EXEC_TYPES.len(), &agent);
     let hwm2 = agent.vm_hwm_kib();
     let log = agent.stop();
     assert_exact(&sink, &expected(&tokens), &log);
