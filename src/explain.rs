@@ -153,11 +153,12 @@ fn suppression(
     summaries: &mut Vec<FrictionEvent>,
 ) -> Decision {
     sup.observe(ev);
-    while let Some((key, s)) = sup.due(false) {
+    let now = sup.now_ms();
+    while let Some((key, s)) = sup.due(false, now) {
         summaries.push(s);
         sup.summary_done(&key);
     }
-    let d = sup.decide(ev);
+    let d = sup.decide(ev, now);
     sup.apply(ev, d);
     d
 }

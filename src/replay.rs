@@ -512,12 +512,13 @@ pub fn run(args: ReplayArgs) -> ExitCode {
         }
         for e in rec.events {
             sup.observe(e);
-            while let Some((key, summary)) = sup.due(false) {
+            let now = sup.now_ms();
+            while let Some((key, summary)) = sup.due(false, now) {
                 emit(&summary, &mut closed)?;
                 held.summaries += 1;
                 sup.summary_done(&key);
             }
-            let d = sup.decide(e);
+            let d = sup.decide(e, now);
             sup.apply(e, d);
             match d {
                 Decision::Send => emit(e, &mut closed)?,
@@ -530,7 +531,7 @@ pub fn run(args: ReplayArgs) -> ExitCode {
     progress.clear();
     if result.is_ok() {
         // The input is over: every open window closes.
-        while let Some((key, summary)) = sup.due(true) {
+        while let Some((key, summary)) = sup.due(true, sup.now_ms()) {
             if let Err(e) = emit(&summary, &mut closed) {
                 result = Err(e);
                 break;

@@ -213,25 +213,31 @@ impl<P: Copy> Queue<P> {
     pub(crate) fn next_job(g: &mut Inner<P>, metrics: &Metrics) -> Result<Job, (bool, Duration)> {
         loop {
             let closed_empty = g.closed && g.lines.is_empty();
-            if let Some(sup) = g.suppress.as_mut() {
-                if let Some((k, ev)) = sup.due(g.flush_at_close && closed_empty) {
-                    return Ok(Job::Summary(k, ev));
-                }
+            let front = g.lines.front().and_then(|l| l.events.front()).cloned();
+            let flush = g.flush_at_close && closed_empty;
+            let Some(sup) = g.suppress.as_mut() else {
+                return match front {
+                    Some(ev) => Ok(Job::Event(ev)),
+                    None => Err((g.closed, Duration::from_secs(1))),
+                };
+            };
+            // One reading of the clock for both questions: a window that ends now is
+            // summarised before its key can open a new one.
+            if let Some(ev) = &front {
+                sup.observe(ev);
             }
-            let Some(front) = g.lines.front().and_then(|l| l.events.front()).cloned() else {
-                let wait = g
-                    .suppress
-                    .as_ref()
-                    .and_then(Suppressor::next_end_in)
+            let now = sup.now_ms();
+            if let Some((k, ev)) = sup.due(flush, now) {
+                return Ok(Job::Summary(k, ev));
+            }
+            let Some(front) = front else {
+                let wait = sup
+                    .next_end_in()
                     .unwrap_or(Duration::from_secs(1))
                     .min(Duration::from_secs(1));
                 return Err((g.closed, wait));
             };
-            let Some(sup) = g.suppress.as_mut() else {
-                return Ok(Job::Event(front));
-            };
-            sup.observe(&front);
-            let d = sup.decide(&front);
+            let d = sup.decide(&front, now);
             if d == Decision::Send {
                 return Ok(Job::Event(front));
             }
@@ -355,6 +361,59 @@ mod tests {
         q.close();
         assert!(!q.push_line(40, 50, 0, vec![ev(4)]));
         assert!(!q.advance_to(50));
+    }
+
+    /// The sender's view with suppression on audit time: the first is sent, the repeat is
+    /// acknowledged without a POST, and a later event of the same key past the window's end
+    /// first gets the window's summary out, then opens a new window (never the other way
+    /// round, which would drop the summary).
+    #[test]
+    fn suppression_acknowledges_repeats_and_summarises_before_a_new_window() {
+        use crate::deliver::suppress::{Clock, Suppressor};
+        let (q, m) = queue(10);
+        q.enable_suppression(
+            Suppressor::new(Duration::from_secs(600), Clock::EventTime),
+            true,
+        );
+        let at = |ts: &str| FrictionEvent {
+            timestamp: ts.into(),
+            ..ev(1)
+        };
+        assert!(q.push_line(0, 1, 0, vec![at("2026-01-01T00:00:00Z")]));
+        assert!(q.push_line(1, 2, 0, vec![at("2026-01-01T00:00:05Z")]));
+        assert!(q.push_line(2, 3, 0, vec![at("2026-01-01T00:20:00Z")]));
+        let mut jobs = Vec::new();
+        loop {
+            let job = Queue::next_job(&mut q.lock(), &m);
+            match job {
+                Ok(Job::Event(e)) => {
+                    jobs.push(format!("event {}", e.timestamp));
+                    q.pop_front();
+                }
+                Ok(Job::Summary(k, e)) => {
+                    jobs.push(format!("summary {}", e.description));
+                    q.summary_done(&k, &e.kind);
+                }
+                Err(_) => break,
+            }
+            if jobs.len() == 3 {
+                q.close();
+            }
+        }
+        assert_eq!(
+            jobs,
+            [
+                "event 2026-01-01T00:00:00Z",
+                "summary exec \"1\" (1 more time in 10m)",
+                "event 2026-01-01T00:20:00Z",
+            ]
+        );
+        assert_eq!(q.ack_position(), Some((3, 0)));
+        assert!(q.is_empty());
+        assert_eq!(
+            m.events_suppressed.lock().unwrap().get("kubectl-exec"),
+            Some(&1)
+        );
     }
 
     #[test]

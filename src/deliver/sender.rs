@@ -342,7 +342,11 @@ impl<P: Copy> Sender<P> {
                 return None;
             }
             let wait = match Queue::next_job(&mut g, &self.metrics) {
-                Ok(job) => return Some(job),
+                Ok(job) => {
+                    // Repeats acknowledged on the way freed room for the producer.
+                    self.queue.notify_space();
+                    return Some(job);
+                }
                 Err((true, _)) => return None,
                 Err((false, wait)) => wait,
             };

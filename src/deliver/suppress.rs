@@ -160,9 +160,10 @@ impl Suppressor {
         (ev.kind.clone(), ev.entity_ref.clone(), ev.actor.clone())
     }
 
-    /// What to do with `ev` now. Call [`Suppressor::due`] until it returns `None` first: a
-    /// window past its end must be summarised before its key can open a new one.
-    pub fn decide(&self, ev: &FrictionEvent) -> Decision {
+    /// What to do with `ev` at `now` (ms, [`Suppressor::now_ms`]). Call [`Suppressor::due`]
+    /// with the same `now` until it returns `None` first: a window past its end must be
+    /// summarised before its key can open a new one.
+    pub fn decide(&self, ev: &FrictionEvent, now: u64) -> Decision {
         if self.window_of(ev).is_zero() {
             return Decision::Send;
         }
@@ -172,7 +173,7 @@ impl Suppressor {
         else {
             return Decision::Send;
         };
-        if self.now_ms() >= w.end_ms() {
+        if now >= w.end_ms() {
             return Decision::Send;
         }
         let same_act = match (ev.repeat.same_act, at_ms(ev), w.last_at_ms) {
@@ -240,11 +241,10 @@ impl Suppressor {
         }
     }
 
-    /// The next summary to send: the earliest window past its end with repeats to report.
-    /// Windows past their end without repeats are closed on the way. `all`: every open window
-    /// counts as closed (the end of a replay).
-    pub fn due(&mut self, all: bool) -> Option<(SummaryKey, FrictionEvent)> {
-        let now = self.now_ms();
+    /// The next summary to send at `now` (ms): the earliest window past its end with repeats
+    /// to report. Windows past their end without repeats are closed on the way. `all`: every
+    /// open window counts as closed (the end of a replay).
+    pub fn due(&mut self, all: bool, now: u64) -> Option<(SummaryKey, FrictionEvent)> {
         let before = self.windows.len();
         self.windows
             .retain(|_, w| w.count > 0 || (!all && now < w.end_ms()));
@@ -545,17 +545,18 @@ mod tests {
         let mut sent = Vec::new();
         for e in events {
             s.observe(e);
-            while let Some((k, sum)) = s.due(false) {
+            let now = s.now_ms();
+            while let Some((k, sum)) = s.due(false, now) {
                 sent.push(sum);
                 s.summary_done(&k);
             }
-            let d = s.decide(e);
+            let d = s.decide(e, now);
             s.apply(e, d);
             if d == Decision::Send {
                 sent.push(e.clone());
             }
         }
-        while let Some((k, sum)) = s.due(true) {
+        while let Some((k, sum)) = s.due(true, s.now_ms()) {
             sent.push(sum);
             s.summary_done(&k);
         }
