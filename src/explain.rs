@@ -126,6 +126,23 @@ pub fn run(args: ExplainArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    if args.line.is_none() {
+        // The input is over: what `replay` would still send for the windows left open.
+        let mut tail = String::new();
+        while let Some((key, summary)) = sup.due(true, sup.now_ms()) {
+            if args.json {
+                let _ = writeln!(tail, "{{\"end_of_input_summary\":{}}}", summary.to_json());
+            } else {
+                let _ = writeln!(
+                    tail,
+                    "end of input: a suppression window closes with repeats: summary {}",
+                    summary.to_json()
+                );
+            }
+            sup.summary_done(&key);
+        }
+        let _ = out.write_all(tail.as_bytes());
+    }
     let _ = out.flush();
     if let Some(l) = args.line.filter(|_| !found) {
         eprintln!("explain: the input has {n} records; there is no record {l}");

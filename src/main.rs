@@ -249,6 +249,30 @@ mod tests {
     }
 
     #[test]
+    fn explain_and_test_arguments() {
+        let Ok(Command::Explain(e)) =
+            p(&["explain", "--line", "3", "--json", "--rules=r.yaml", "-"])
+        else {
+            panic!("explain")
+        };
+        assert_eq!(
+            (e.line, e.json, e.fixture, e.rules, e.input.as_str()),
+            (Some(3), true, false, Some("r.yaml".into()), "-")
+        );
+        assert!(p(&["explain"]).unwrap_err().contains("needs a FILE"));
+        assert!(p(&["explain", "--line", "x", "f"])
+            .unwrap_err()
+            .contains("record number from 1"));
+        assert!(p(&["explain", "a", "b"]).unwrap_err().contains("one FILE"));
+        let Ok(Command::Test(t)) = p(&["test", "--rules", "r.yaml", "a.yaml", "b.yaml"]) else {
+            panic!("test")
+        };
+        assert_eq!(t.rules, Some("r.yaml".into()));
+        assert_eq!(t.fixtures.len(), 2);
+        assert!(p(&["test", "--frob"]).unwrap_err().contains("unknown flag"));
+    }
+
+    #[test]
     fn usage_errors() {
         assert!(p(&["frobnicate"])
             .unwrap_err()
