@@ -77,6 +77,7 @@ fn parse(args: &[String]) -> Result<Command, String> {
                 match a {
                     "-h" | "--help" => return Ok(Command::Help),
                     "--send" => out.send = true,
+                    "--no-suppress" => out.no_suppress = true,
                     "--rules" => {
                         i += 1;
                         let p = rest.get(i).ok_or("--rules needs a PATH")?;
@@ -164,7 +165,7 @@ fn record_number(s: &str) -> Result<u64, String> {
 fn usage() -> String {
     "usage: healert-agent [run]
        healert-agent validate [PATH]
-       healert-agent replay [--rules PATH] [--send] FILE|-
+       healert-agent replay [--rules PATH] [--send] [--no-suppress] FILE|-
        healert-agent explain [--rules PATH] [--line N] [--json] [--fixture] FILE|-
        healert-agent test [--rules PATH] [FIXTURES...]
        healert-agent version
@@ -189,8 +190,9 @@ Subcommands:
                   print each friction event as one JSON line on stdout, a summary on stderr.
                     --rules PATH  rules file (default: $RULES_PATH, then ./rules.yaml)
                     --send        also deliver the events to the backend (back-filling)
+                    --no-suppress every match, as detection sees it
                   Repeats are suppressed as `run` would (SUPPRESS_WINDOW, a rule's suppress:,
-                  on audit time); a progress line is drawn on a terminal.
+                  on audit time) unless --no-suppress; a progress line is drawn on a terminal.
   explain FILE|-  For each audit record (or only --line N): stage, actor and its class,
                   namespace exclusions, every rule's conditions with the value found and
                   pass/fail, and the payload that would be sent (or why none). --json: one JSON

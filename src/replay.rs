@@ -36,6 +36,8 @@ use crate::source::{Next, Record as SourceRecord, Source};
 pub struct ReplayArgs {
     pub rules: Option<PathBuf>,
     pub send: bool,
+    /// `--no-suppress`: every match, as detection sees it (no suppression window).
+    pub no_suppress: bool,
     /// A path, or "-" for stdin.
     pub input: String,
 }
@@ -474,7 +476,7 @@ pub fn run(args: ReplayArgs) -> ExitCode {
         Err(code) => return code,
     };
     let send = if args.send {
-        match Backfill::start(&cfg) {
+        match Backfill::start(&cfg, !args.no_suppress) {
             Ok(b) => Some(b),
             Err(code) => return code,
         }
@@ -489,6 +491,7 @@ pub fn run(args: ReplayArgs) -> ExitCode {
     // What `run` would send: the suppression window on audit time (the queue of `--send`
     // decides the same way, since it sees the same events in the same order).
     let mut sup = Suppressor::new(cfg.suppress_window, Clock::EventTime);
+    let suppress = !args.no_suppress;
     let mut held = Held::default();
     let mut progress = Progress::new(size);
     let mut emit = |e: &FrictionEvent, closed: &mut bool| -> io::Result<()> {
@@ -511,6 +514,10 @@ pub fn run(args: ReplayArgs) -> ExitCode {
             }
         }
         for e in rec.events {
+            if !suppress {
+                emit(e, &mut closed)?;
+                continue;
+            }
             sup.observe(e);
             let now = sup.now_ms();
             while let Some((key, summary)) = sup.due(false, now) {
@@ -546,7 +553,9 @@ pub fn run(args: ReplayArgs) -> ExitCode {
     match result {
         Ok(st) => {
             let (rss, cpu) = self_usage();
-            eprint!("{}", held.describe(st.events, cfg.suppress_window));
+            if suppress {
+                eprint!("{}", held.describe(st.events, cfg.suppress_window));
+            }
             eprint!("{}", summary(&st, elapsed, cpu, rss));
             if let Some(Err(code)) = delivery {
                 return code;
@@ -668,7 +677,7 @@ struct Backfill {
 }
 
 impl Backfill {
-    fn start(cfg: &Config) -> Result<Backfill, ExitCode> {
+    fn start(cfg: &Config, suppress: bool) -> Result<Backfill, ExitCode> {
         oplog::init(cfg.log_level, cfg.log_format);
         if let Err(e) = signal::install() {
             eprintln!("replay: cannot install signal handlers: {e}");
@@ -679,7 +688,9 @@ impl Backfill {
         deliver::log_backend_check(&mut client);
         let queue = Queue::new(cfg.queue_capacity, Arc::clone(&metrics));
         // The same decisions as replay's own output; every window is summarised at the end.
-        queue.enable_suppression(Suppressor::new(cfg.suppress_window, Clock::EventTime), true);
+        if suppress {
+            queue.enable_suppression(Suppressor::new(cfg.suppress_window, Clock::EventTime), true);
+        }
         let sender =
             deliver::spawn_sender(Arc::clone(&queue), client, cfg.delivery_options(), metrics);
         Ok(Backfill {

@@ -597,6 +597,17 @@ fn replay_sends_one_event_for_an_exec_pair_and_summarises_a_flood() {
         2,
         "the rule's own suppress: wins over SUPPRESS_WINDOW"
     );
+    let o = agent(
+        &[
+            "replay",
+            "--no-suppress",
+            "--rules",
+            &rules_arg(),
+            log.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(o.stdout.lines().count(), 1000, "every match");
     // Nothing of the progress line on a pipe.
     assert!(!o.stderr.contains('\r'), "{}", o.stderr);
     let o = agent(
