@@ -136,7 +136,7 @@ pub fn run(args: ExplainArgs) -> ExitCode {
                 let _ = writeln!(
                     tail,
                     "end of input: a suppression window closes with repeats: summary {}",
-                    summary.to_json()
+                    sanitize(&summary.to_json(), 4000)
                 );
             }
             sup.summary_done(&key);
@@ -302,7 +302,7 @@ fn text_item(
     sup: &Suppressor,
     st: &Style,
 ) {
-    let s = |v: &str| sanitize(v, 200);
+    let s = |v: &str| sanitize(v, 4000);
     let head = if items > 1 {
         format!("record {n}, item {}", item + 1)
     } else {
@@ -390,7 +390,7 @@ fn text_item(
             st.bold(&s(&e.kind)),
             decision_text(*d, sup, e)
         );
-        let _ = writeln!(o, "    {}", e.to_json());
+        let _ = writeln!(o, "    {}", s(&e.to_json()));
     }
     for sm in summaries {
         let _ = writeln!(
@@ -515,6 +515,11 @@ fn fixture(
     let line = line.trim_end_matches(['\r', '\n']);
     if items > 1 || line.contains('\n') {
         o.push_str("  fixture: this record is an EventList or spans several lines; copy one item onto one line first\n\n");
+        return;
+    }
+    if line.chars().any(char::is_control) {
+        // Not printed raw to a terminal: the record is the user's to copy from the log.
+        o.push_str("  fixture: this record holds control characters; copy it from the log into `record:` yourself\n\n");
         return;
     }
     let record = format!("'{}'", line.replace('\'', "''"));
