@@ -18,6 +18,9 @@
 //! re-reads the records after the checkpoint and re-applies exactly them. `replay` and
 //! `explain` apply each decision at once, on audit-event time.
 //!
+//! A window's length is its rule's window when it opened, and whatever the rule says when a
+//! repeat arrives (a reload or a restart with another `suppress:` applies to open windows).
+//!
 //! Time: `run` measures windows on the wall clock ([`Clock::Wall`]); `replay` and `explain`
 //! on the audit events' `requestReceivedTimestamp` ([`Clock::EventTime`]: the window closes
 //! when a later event is past its end, and every open window closes at the end of the input).
@@ -224,7 +227,11 @@ impl Suppressor {
                 true
             }
             Decision::Repeat | Decision::SameAct => {
+                // A repeat carries its rule's window as configured now: after a reload or a
+                // restart with another `suppress:`, the open window takes it on.
+                let len = self.window_of(ev).as_millis().min(u128::from(u64::MAX)) as u64;
                 if let Some(w) = self.windows.get_mut(&key) {
+                    w.len_ms = len;
                     let merged = d == Decision::SameAct;
                     if merged {
                         w.merged += 1;
@@ -617,6 +624,26 @@ mod tests {
             ]
         );
         assert_eq!(sent[1].timestamp, "2026-01-01T01:00:05.000Z");
+    }
+
+    #[test]
+    fn a_repeat_brings_its_rules_current_window() {
+        let mut s = Suppressor::new(Duration::ZERO, Clock::EventTime);
+        let first = ev("create", "2026-01-01T00:00:00Z");
+        let mut again = ev("create", "2026-01-01T00:00:03Z");
+        again.repeat.window = Some(Duration::from_secs(2));
+        let sent = run(&mut s, &[first, again.clone(), again]);
+        let d: Vec<&str> = sent.iter().map(|e| e.description.as_str()).collect();
+        // The second event is a repeat of the 10m window, which then lasts 2 s: the third (3 s
+        // after the first) comes after its end.
+        assert_eq!(
+            d,
+            [
+                "kubectl exec on pods/web-0 (ns:shop) by alice",
+                "kubectl exec on pods/web-0 (ns:shop) by alice (1 more time in 2s)",
+                "kubectl exec on pods/web-0 (ns:shop) by alice",
+            ]
+        );
     }
 
     #[test]
