@@ -42,6 +42,7 @@ AGENT_VARS=(
   DEAD_LETTER_PATH
   MAX_EVENTS_PER_MINUTE
   SHUTDOWN_GRACE
+  SUPPRESS_WINDOW
   HEALTH_ADDR
   LOG_FORMAT
   LOG_LEVEL
@@ -1496,6 +1497,7 @@ cmd_test() {
   _agent_bin
   TEST_DEADLINE=$((SECONDS + timeout))
   _header "Pipeline test: audit line → agent rules → POST /events → backend (gives up after ${timeout}s)"
+  "$AGENT_BIN" test --rules "$RULES_PATH" || _die "the rules' fixtures fail (above): fix $RULES_PATH or its fixtures (healert-agent explain shows every decision)"
   if _http_ok "$HEALERT_BACKEND_URL/health" "$(_test_left 3)"; then
     backend_up=true
     _ok "backend reachable at $HEALERT_BACKEND_URL"

@@ -961,6 +961,8 @@ fn delivery(bin: &Path, s: &Settings, t: &mut Table) {
         .arg(&path)
         .env("HEALERT_BACKEND_URL", rec.url())
         .env("HEALERT_API_KEY", "bench-key-0123456789")
+        // Every event is delivered: this measures the sender, not the suppression window.
+        .env("SUPPRESS_WINDOW", "0")
         .env("LOG_LEVEL", "warn");
     let r = measure(c);
     let got = rec.events();
@@ -1068,6 +1070,7 @@ fn delivery_library(_bin: &Path, s: &Settings, t: &mut Table) {
             timestamp: gen::rfc3339_micros(1_767_225_600_000_000 + i),
             namespace: "production".into(),
             service: "payments-api".into(),
+            repeat: Default::default(),
         };
         if !queue.push_line(at(i * 1000), at(i * 1000 + 1000), 0, vec![ev]) {
             break;

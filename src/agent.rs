@@ -18,6 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::deliver::suppress::{Clock, Suppressor};
 use crate::deliver::{self, Queue};
 use crate::detect::audit::{EVENT_LIST, EVENT_SPEC};
 use crate::detect::rules::{self, RuleSet};
@@ -99,6 +100,7 @@ pub fn run() -> ExitCode {
     };
 
     let resume = load_checkpoint(cfg.checkpoint_path.as_deref());
+    let (resume, suppressor) = load_suppression(&cfg, resume);
     let resume_point = resume.as_ref().map(|c| ResumePoint {
         position: c.position,
         skip: c.skip_events,
@@ -120,6 +122,8 @@ pub fn run() -> ExitCode {
         resume_point,
     );
     let queue = Queue::new(cfg.queue_capacity, Arc::clone(&metrics));
+    // Open windows are kept across a stop (in the state file), not summarised early.
+    queue.enable_suppression(suppressor, false);
     let sender = deliver::spawn_sender(
         Arc::clone(&queue),
         client,
@@ -152,6 +156,7 @@ pub fn run() -> ExitCode {
     // Main loop: signals, reloads, checkpoints.
     let mut saver = CheckpointSaver::new(
         cfg.checkpoint_path.clone(),
+        cfg.suppress_state_path(),
         cfg.audit_log_path.clone(),
         Arc::clone(&metrics),
     );
@@ -384,28 +389,101 @@ fn load_checkpoint(path: Option<&Path>) -> Option<Checkpoint> {
     }
 }
 
-/// Writes the checkpoint when the acknowledged position moved.
+/// The suppression state saved beside the checkpoint, restored only when it belongs to the same
+/// acknowledged position: it is written just before the checkpoint, with that checkpoint inside,
+/// so the two agree, or — after a crash between the two renames — the state is one save ahead
+/// and its own checkpoint is where to resume. Anything else (no checkpoint, another log) starts
+/// with no open window and says so.
+fn load_suppression(cfg: &Config, resume: Option<Checkpoint>) -> (Option<Checkpoint>, Suppressor) {
+    let fresh = || Suppressor::new(cfg.suppress_window, Clock::Wall);
+    let Some(path) = cfg.suppress_state_path() else {
+        return (resume, fresh());
+    };
+    let bytes = match std::fs::File::open(&path) {
+        Ok(f) => {
+            let mut b = Vec::new();
+            use std::io::Read;
+            if let Err(e) = f
+                .take(deliver::suppress::MAX_STATE_BYTES as u64 + 1)
+                .read_to_end(&mut b)
+            {
+                warn!("suppression state ignored: cannot be read", "path" => path.display(), "error" => e);
+                return (resume, fresh());
+            }
+            b
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (resume, fresh()),
+        Err(e) => {
+            warn!("suppression state ignored: cannot be read", "path" => path.display(), "error" => e);
+            return (resume, fresh());
+        }
+    };
+    let (state, embedded) = match Suppressor::decode(&bytes, cfg.suppress_window, Clock::Wall) {
+        Ok(x) => x,
+        Err(why) => {
+            warn!("suppression state ignored: open windows start again", "path" => path.display(), "reason" => why);
+            return (resume, fresh());
+        }
+    };
+    let with = match checkpoint::parse(&embedded) {
+        Ok(cp) => cp,
+        Err(e) => {
+            warn!("suppression state ignored: its checkpoint does not parse", "path" => path.display(), "reason" => e);
+            return (resume, fresh());
+        }
+    };
+    match resume {
+        Some(cp) if cp == with => {
+            info!("suppression state restored", "open_windows" => state.open_windows(), "repeats_counted" => state.pending_repeats());
+            (Some(cp), state)
+        }
+        Some(cp) if cp.path == with.path => {
+            info!("suppression state is one save ahead of the checkpoint (stopped between the two writes); resuming at its position",
+                  "offset" => with.position.offset, "open_windows" => state.open_windows());
+            (Some(with), state)
+        }
+        _ => {
+            warn!("suppression state ignored: it does not belong to the checkpoint in use", "path" => path.display());
+            (resume, fresh())
+        }
+    }
+}
+
+/// Writes the checkpoint when the acknowledged position moved, and the suppression state (just
+/// before it, with the same position inside) when either changed.
 struct CheckpointSaver {
     path: Option<PathBuf>,
+    state_path: Option<PathBuf>,
     log_path: PathBuf,
     last: Option<(Position, u32)>,
+    last_generation: Option<u64>,
     throttle: Throttle,
     metrics: Arc<Metrics>,
 }
 
 impl CheckpointSaver {
-    fn new(path: Option<PathBuf>, log_path: PathBuf, metrics: Arc<Metrics>) -> CheckpointSaver {
+    fn new(
+        path: Option<PathBuf>,
+        state_path: Option<PathBuf>,
+        log_path: PathBuf,
+        metrics: Arc<Metrics>,
+    ) -> CheckpointSaver {
         CheckpointSaver {
             path,
+            state_path,
             log_path,
             last: None,
+            last_generation: None,
             throttle: Throttle::new(Duration::from_secs(60)),
             metrics,
         }
     }
 
+    /// Saves once a second, and at once after a first event or a summary was acknowledged (so
+    /// a restart cannot send it a second time).
     fn save_if_due(&mut self, queue: &Queue<Position>, last_save: &mut Instant) {
-        if last_save.elapsed() >= CHECKPOINT_EVERY {
+        let urgent = queue.snapshot(|_, s| s.is_some_and(|s| s.take_urgent()));
+        if urgent || last_save.elapsed() >= CHECKPOINT_EVERY {
             self.save(queue);
             *last_save = Instant::now();
         }
@@ -413,17 +491,47 @@ impl CheckpointSaver {
 
     fn save(&mut self, queue: &Queue<Position>) {
         let Some(path) = &self.path else { return };
-        let Some(ack) = queue.ack_position() else {
+        let log_path = self.log_path.clone();
+        let last = self.last;
+        let last_generation = self.last_generation;
+        let want_state = self.state_path.is_some();
+        // Position and state are read under one lock, so they describe the same records.
+        let snap = queue.snapshot(|ack, s| {
+            let ack = ack?;
+            let cp = Checkpoint {
+                path: log_path,
+                position: ack.0,
+                skip_events: ack.1,
+            };
+            let generation = s.as_ref().map(|s| s.generation());
+            if last == Some(ack) && generation == last_generation {
+                return None;
+            }
+            let state = match s {
+                Some(s) if want_state => Some(s.encode(&checkpoint::encode(&cp))),
+                _ => None,
+            };
+            Some((ack, cp, generation, state))
+        });
+        let Some((ack, cp, generation, state)) = snap else {
             return;
         };
+        // The state first: a checkpoint never runs ahead of the state that goes with it.
+        if let (Some(state_path), Some(bytes)) = (&self.state_path, state) {
+            if let Err(e) = checkpoint::write_atomically(state_path, &bytes) {
+                if let Some(n) = self.throttle.hit("state") {
+                    warn!("cannot write the suppression state; the checkpoint waits for it", "path" => state_path.display(), "error" => e, "repeated" => n);
+                }
+                return;
+            }
+            self.metrics
+                .suppress_state_writes
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        self.last_generation = generation;
         if self.last == Some(ack) {
             return;
         }
-        let cp = Checkpoint {
-            path: self.log_path.clone(),
-            position: ack.0,
-            skip_events: ack.1,
-        };
         match checkpoint::save(path, &cp) {
             Ok(()) => {
                 self.last = Some(ack);
@@ -470,6 +578,19 @@ fn banner(cfg: &Config, rules_path: &Path, rules: &RuleSet, backend: &str, start
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "off (CHECKPOINT_PATH unset)".into())
+    ));
+    b.push_str(&format!(
+        "  suppression {}  (SUPPRESS_WINDOW; a rule's suppress: wins){}\n",
+        if cfg.suppress_window.is_zero() {
+            "off".to_string()
+        } else {
+            crate::config::human_duration(cfg.suppress_window)
+        },
+        if cfg.checkpoint_path.is_some() {
+            "; open windows kept beside the checkpoint"
+        } else {
+            ""
+        }
     ));
     b.push_str(&format!(
         "  fallback ns {}  (entity namespace for cluster-scoped objects)\n",

@@ -92,6 +92,11 @@ pub const VARS: &[(&str, &str, &str)] = &[
         "on SIGTERM, time allowed to deliver what is queued",
     ),
     (
+        "SUPPRESS_WINDOW",
+        "10m",
+        "repeats of one rule by one actor on one entity within this window are sent once, then summarised (0 = off; a rule's `suppress:` wins)",
+    ),
+    (
         "HEALTH_ADDR",
         "(none: off)",
         "address for /healthz, /readyz and /metrics, e.g. 0.0.0.0:8080",
@@ -118,6 +123,7 @@ pub struct Config {
     pub dead_letter_path: Option<PathBuf>,
     pub max_events_per_minute: u32,
     pub shutdown_grace: Duration,
+    pub suppress_window: Duration,
     pub health_addr: Option<String>,
     pub log_format: log::Format,
     pub log_level: log::Level,
@@ -300,6 +306,7 @@ impl Config {
         let poll_interval = duration("POLL_INTERVAL", Duration::from_millis(1), "250ms");
         let http_timeout = duration("HTTP_TIMEOUT", Duration::from_millis(100), "10s");
         let shutdown_grace = duration("SHUTDOWN_GRACE", Duration::ZERO, "20s");
+        let suppress_window = duration("SUPPRESS_WINDOW", Duration::ZERO, "10m");
 
         let max_line_bytes = {
             let fallback = parse_size(default_of("MAX_LINE_BYTES"))
@@ -395,6 +402,7 @@ impl Config {
             dead_letter_path,
             max_events_per_minute,
             shutdown_grace,
+            suppress_window,
             health_addr,
             log_format,
             log_level,
@@ -437,6 +445,15 @@ impl Config {
         }
     }
 
+    /// Where the suppression state is kept: beside the checkpoint (`CHECKPOINT_PATH.suppress`).
+    pub fn suppress_state_path(&self) -> Option<PathBuf> {
+        self.checkpoint_path.as_ref().map(|p| {
+            let mut s = p.as_os_str().to_owned();
+            s.push(".suppress");
+            PathBuf::from(s)
+        })
+    }
+
     /// The backend client (HEALERT_BACKEND_URL, HEALERT_API_KEY, HTTP_TIMEOUT).
     pub fn client(&self) -> Client {
         Client::new(
@@ -455,12 +472,14 @@ pub fn replay_vars(send: bool) -> &'static [&'static str] {
         "ENTITY_NAMESPACE",
         "K8S_NAMESPACE",
         "MAX_LINE_BYTES",
+        "SUPPRESS_WINDOW",
     ];
     const SEND: &[&str] = &[
         "RULES_PATH",
         "ENTITY_NAMESPACE",
         "K8S_NAMESPACE",
         "MAX_LINE_BYTES",
+        "SUPPRESS_WINDOW",
         "HEALERT_BACKEND_URL",
         "HEALERT_API_KEY",
         "QUEUE_CAPACITY",
@@ -478,48 +497,13 @@ pub fn replay_vars(send: bool) -> &'static [&'static str] {
     }
 }
 
-/// `250ms`, `1.5s`, `2m`: a duration as `parse_duration` reads it back.
-pub fn human_duration(d: Duration) -> String {
-    if d < Duration::from_secs(1) {
-        format!("{}ms", d.as_millis())
-    } else if d.subsec_millis() == 0 && d.as_secs() % 60 == 0 {
-        format!("{}m", d.as_secs() / 60)
-    } else if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
-    }
-}
-
 fn is_entity_safe(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// `250ms`, `10s`, `2m`, `1h`; a bare number means seconds (fractions allowed: `0.5`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| "not a duration: use a number with ms, s, m or h".to_string())?;
-    let scale = match unit.trim() {
-        "ms" => 0.001,
-        "" | "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        u => return Err(format!("unknown unit `{u}`: use ms, s, m or h")),
-    };
-    let secs = value * scale;
-    if !secs.is_finite() || secs > 7.0 * 86_400.0 {
-        return Err("too long: at most 7 days".into());
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
+pub use crate::operate::clock::{human_duration, parse_duration};
 
 /// `16MiB`, `64KiB`, `1GiB`, `500KB`, or a bare number of bytes.
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -623,6 +607,7 @@ mod tests {
                 "POLL_INTERVAL" => human_duration(c.poll_interval),
                 "HTTP_TIMEOUT" => human_duration(c.http_timeout),
                 "SHUTDOWN_GRACE" => human_duration(c.shutdown_grace),
+                "SUPPRESS_WINDOW" => human_duration(c.suppress_window),
                 "MAX_LINE_BYTES" => format!("{}MiB", c.max_line_bytes >> 20),
                 "QUEUE_CAPACITY" => c.queue_capacity.to_string(),
                 "MAX_EVENTS_PER_MINUTE" => c.max_events_per_minute.to_string(),

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use healert_agent::{agent, config, replay, validate, VERSION};
+use healert_agent::{agent, config, explain, fixtures, replay, validate, VERSION};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -12,6 +12,8 @@ fn main() -> ExitCode {
         Ok(Command::Run) => agent::run(),
         Ok(Command::Validate(path)) => validate::run(path),
         Ok(Command::Replay(r)) => replay::run(r),
+        Ok(Command::Explain(e)) => explain::run(e),
+        Ok(Command::Test(t)) => fixtures::run(t),
         Ok(Command::Version) => {
             println!("healert-agent {VERSION}");
             ExitCode::SUCCESS
@@ -33,6 +35,8 @@ enum Command {
     Run,
     Validate(Option<PathBuf>),
     Replay(replay::ReplayArgs),
+    Explain(explain::ExplainArgs),
+    Test(fixtures::TestArgs),
     Version,
     Help,
 }
@@ -73,6 +77,7 @@ fn parse(args: &[String]) -> Result<Command, String> {
                 match a {
                     "-h" | "--help" => return Ok(Command::Help),
                     "--send" => out.send = true,
+                    "--no-suppress" => out.no_suppress = true,
                     "--rules" => {
                         i += 1;
                         let p = rest.get(i).ok_or("--rules needs a PATH")?;
@@ -89,15 +94,80 @@ fn parse(args: &[String]) -> Result<Command, String> {
             out.input = input.ok_or("replay needs a FILE (or - for stdin)")?;
             Ok(Command::Replay(out))
         }
+        "explain" => {
+            let mut out = explain::ExplainArgs::default();
+            let mut input = None;
+            let mut i = 0;
+            while i < rest.len() {
+                let a = rest[i].as_str();
+                match a {
+                    "-h" | "--help" => return Ok(Command::Help),
+                    "--json" => out.json = true,
+                    "--fixture" => out.fixture = true,
+                    "--rules" => {
+                        i += 1;
+                        let p = rest.get(i).ok_or("--rules needs a PATH")?;
+                        out.rules = Some(PathBuf::from(p));
+                    }
+                    _ if a.starts_with("--rules=") => out.rules = Some(PathBuf::from(&a[8..])),
+                    "--line" => {
+                        i += 1;
+                        let n = rest.get(i).ok_or("--line needs a record number N (1 = the first)")?;
+                        out.line = Some(record_number(n)?);
+                    }
+                    _ if a.starts_with("--line=") => out.line = Some(record_number(&a[7..])?),
+                    "-" => input = Some("-".to_string()),
+                    _ if a.starts_with('-') => return Err(format!("unknown flag `{}` for explain", shown(a))),
+                    _ if input.is_some() => return Err("explain reads one FILE (or - for stdin)".into()),
+                    _ => input = Some(a.to_string()),
+                }
+                i += 1;
+            }
+            out.input = input.ok_or("explain needs a FILE (or - for stdin)")?;
+            Ok(Command::Explain(out))
+        }
+        "test" => {
+            let mut out = fixtures::TestArgs::default();
+            let mut i = 0;
+            while i < rest.len() {
+                let a = rest[i].as_str();
+                match a {
+                    "-h" | "--help" => return Ok(Command::Help),
+                    "--rules" => {
+                        i += 1;
+                        let p = rest.get(i).ok_or("--rules needs a PATH")?;
+                        out.rules = Some(PathBuf::from(p));
+                    }
+                    _ if a.starts_with("--rules=") => out.rules = Some(PathBuf::from(&a[8..])),
+                    _ if a.starts_with('-') => return Err(format!("unknown flag `{}` for test", shown(a))),
+                    _ => out.fixtures.push(PathBuf::from(a)),
+                }
+                i += 1;
+            }
+            Ok(Command::Test(out))
+        }
         other if other.starts_with('-') => Err(format!("unknown flag `{}`", shown(other))),
         other => Err(format!("unknown subcommand `{}`", shown(other))),
+    }
+}
+
+/// `--line N`: a record number, 1 or more.
+fn record_number(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "--line wants a record number from 1 (the first line), not `{}`",
+            healert_agent::operate::log::sanitize(s, 40)
+        )),
     }
 }
 
 fn usage() -> String {
     "usage: healert-agent [run]
        healert-agent validate [PATH]
-       healert-agent replay [--rules PATH] [--send] FILE|-
+       healert-agent replay [--rules PATH] [--send] [--no-suppress] FILE|-
+       healert-agent explain [--rules PATH] [--line N] [--json] [--fixture] FILE|-
+       healert-agent test [--rules PATH] [FIXTURES...]
        healert-agent version
        healert-agent --help"
         .to_string()
@@ -120,10 +190,21 @@ Subcommands:
                   print each friction event as one JSON line on stdout, a summary on stderr.
                     --rules PATH  rules file (default: $RULES_PATH, then ./rules.yaml)
                     --send        also deliver the events to the backend (back-filling)
+                    --no-suppress every match, as detection sees it
+                  Repeats are suppressed as `run` would (SUPPRESS_WINDOW, a rule's suppress:,
+                  on audit time) unless --no-suppress; a progress line is drawn on a terminal.
+  explain FILE|-  For each audit record (or only --line N): stage, actor and its class,
+                  namespace exclusions, every rule's conditions with the value found and
+                  pass/fail, and the payload that would be sent (or why none). --json: one JSON
+                  object per audit event; --fixture: also print the record as a rule fixture.
+  test            Run every rule against its fixtures (`fixtures:` under each rule, also those
+                  of the commented-out optional rules, and FIXTURES files). Exit 0 all pass,
+                  1 a fixture fails, 2 a file cannot be read.
   version         Print the version.
 
-Environment (run reads all; replay reads ENTITY_NAMESPACE, K8S_NAMESPACE, MAX_LINE_BYTES,
-and with --send also the backend, delivery and log ones):
+Environment (run reads all; replay, explain and test read RULES_PATH, ENTITY_NAMESPACE,
+K8S_NAMESPACE, MAX_LINE_BYTES, SUPPRESS_WINDOW, and replay --send also the backend, delivery and
+log ones):
 ",
         usage()
     );
@@ -167,6 +248,30 @@ mod tests {
             (r.rules, r.send, r.input.as_str()),
             (Some("r.yaml".into()), true, "-")
         );
+    }
+
+    #[test]
+    fn explain_and_test_arguments() {
+        let Ok(Command::Explain(e)) =
+            p(&["explain", "--line", "3", "--json", "--rules=r.yaml", "-"])
+        else {
+            panic!("explain")
+        };
+        assert_eq!(
+            (e.line, e.json, e.fixture, e.rules, e.input.as_str()),
+            (Some(3), true, false, Some("r.yaml".into()), "-")
+        );
+        assert!(p(&["explain"]).unwrap_err().contains("needs a FILE"));
+        assert!(p(&["explain", "--line", "x", "f"])
+            .unwrap_err()
+            .contains("record number from 1"));
+        assert!(p(&["explain", "a", "b"]).unwrap_err().contains("one FILE"));
+        let Ok(Command::Test(t)) = p(&["test", "--rules", "r.yaml", "a.yaml", "b.yaml"]) else {
+            panic!("test")
+        };
+        assert_eq!(t.rules, Some("r.yaml".into()));
+        assert_eq!(t.fixtures.len(), 2);
+        assert!(p(&["test", "--frob"]).unwrap_err().contains("unknown flag"));
     }
 
     #[test]

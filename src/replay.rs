@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{self, Config};
+use crate::deliver::suppress::{Clock, Decision, Suppressor};
 use crate::deliver::{self, Queue, SenderHandle};
 use crate::detect::audit::extract;
 use crate::detect::audit::{EVENT_LIST, EVENT_SPEC};
@@ -38,6 +39,8 @@ use crate::source::{Next, Read as How, Source};
 pub struct ReplayArgs {
     pub rules: Option<PathBuf>,
     pub send: bool,
+    /// `--no-suppress`: every match, as detection sees it (no suppression window).
+    pub no_suppress: bool,
     /// A path, or "-" for stdin.
     pub input: String,
 }
@@ -495,61 +498,88 @@ pub fn print_diagnostics(path: &str, diags: &[Diagnostic]) {
     }
 }
 
-fn rules_path(args: &ReplayArgs, cfg: &Config) -> PathBuf {
-    args.rules
-        .clone()
-        .unwrap_or_else(|| cfg.rules_path_or_default())
+/// Refuses bad values of the variables the offline commands read (`replay` without `--send`,
+/// `explain`, `test`), as `run` would: the messages, then exit code 1.
+pub fn check_config(cmd: &str, send: bool) -> Result<Config, ExitCode> {
+    let (cfg, errs) = Config::load();
+    let used = config::replay_vars(send);
+    let bad: Vec<_> = errs.iter().filter(|e| used.contains(&e.var)).collect();
+    if bad.is_empty() {
+        return Ok(cfg);
+    }
+    for e in &bad {
+        eprintln!("{cmd}: invalid configuration: {e}");
+    }
+    eprintln!(
+        "{cmd}: not started ({} invalid variable(s)); see `healert-agent --help`",
+        bad.len()
+    );
+    Err(ExitCode::from(1))
 }
 
-pub fn run(args: ReplayArgs) -> ExitCode {
-    let (cfg, errs) = Config::load();
-    let used = config::replay_vars(args.send);
-    let bad: Vec<_> = errs.iter().filter(|e| used.contains(&e.var)).collect();
-    if !bad.is_empty() {
-        for e in &bad {
-            eprintln!("replay: invalid configuration: {e}");
-        }
-        eprintln!(
-            "replay: not started ({} invalid variable(s)); see `healert-agent --help`",
-            bad.len()
-        );
-        return ExitCode::from(1);
-    }
-    let path = rules_path(&args, &cfg);
+/// The rules (`--rules PATH`, else RULES_PATH, else ./rules.yaml) through the agent's own
+/// loader, warnings printed, as the engine `run` would use. Exit 2 unreadable, 1 invalid.
+pub fn load_detector(
+    cmd: &str,
+    rules: Option<PathBuf>,
+    cfg: &Config,
+) -> Result<Detector, ExitCode> {
+    let path = rules.unwrap_or_else(|| cfg.rules_path_or_default());
     let loaded = match rules::load_file(&path) {
         Ok(l) => l,
         Err(LoadError::Io { path, error }) => {
             eprintln!(
-                "replay: cannot read rules file {}: {error} (pass --rules PATH or set RULES_PATH)",
+                "{cmd}: cannot read rules file {}: {error} (pass --rules PATH or set RULES_PATH)",
                 sanitize(&path, 400)
             );
-            return ExitCode::from(2);
+            return Err(ExitCode::from(2));
         }
         Err(LoadError::Invalid { path, diagnostics }) => {
             print_diagnostics(&sanitize(&path, 400), &diagnostics);
-            eprintln!("replay: the rules file is invalid; fix the errors above");
-            return ExitCode::from(1);
+            eprintln!("{cmd}: the rules file is invalid; fix the errors above");
+            return Err(ExitCode::from(1));
         }
     };
     print_diagnostics(&path.display().to_string(), &loaded.warnings);
-    let det = Detector::new(loaded.rules, cfg.detect_options());
+    Ok(Detector::new(loaded.rules, cfg.detect_options()))
+}
 
-    let input: Box<dyn Read> = if args.input == "-" {
-        Box::new(io::stdin().lock())
-    } else {
-        match std::fs::File::open(&args.input) {
-            Ok(f) => Box::new(f),
-            Err(e) => {
-                eprintln!(
-                    "replay: cannot open {}: {e} (give an audit log path, or - for stdin)",
-                    sanitize(&args.input, 400)
-                );
-                return ExitCode::from(2);
-            }
+/// The input of an offline command: a file (with its size, for progress), or stdin for `-`.
+pub fn open_input(cmd: &str, input: &str) -> Result<(Box<dyn Read>, Option<u64>), ExitCode> {
+    if input == "-" {
+        return Ok((Box::new(io::stdin().lock()), None));
+    }
+    match std::fs::File::open(input) {
+        Ok(f) => {
+            let size = f.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
+            Ok((Box::new(f), size))
         }
+        Err(e) => {
+            eprintln!(
+                "{cmd}: cannot open {}: {e} (give an audit log path, or - for stdin)",
+                sanitize(input, 400)
+            );
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+pub fn run(args: ReplayArgs) -> ExitCode {
+    let cfg = match check_config("replay", args.send) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let det = match load_detector("replay", args.rules.clone(), &cfg) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+
+    let (input, size) = match open_input("replay", &args.input) {
+        Ok(x) => x,
+        Err(code) => return code,
     };
     let send = if args.send {
-        match Backfill::start(&cfg) {
+        match Backfill::start(&cfg, !args.no_suppress) {
             Ok(b) => Some(b),
             Err(code) => return code,
         }
@@ -561,7 +591,21 @@ pub fn run(args: ReplayArgs) -> ExitCode {
     let stdout = io::stdout();
     let mut out = io::BufWriter::with_capacity(1 << 16, stdout.lock());
     let mut closed = false;
-    let result = scan_capped(input, &det, cfg.max_line_bytes, |rec| {
+    // What `run` would send: the suppression window on audit time (the queue of `--send`
+    // decides the same way, since it sees the same events in the same order).
+    let mut sup = Suppressor::new(cfg.suppress_window, Clock::EventTime);
+    let suppress = !args.no_suppress;
+    let mut held = Held::default();
+    let mut progress = Progress::new(size);
+    let mut emit = |e: &FrictionEvent, closed: &mut bool| -> io::Result<()> {
+        let mut j = e.to_json();
+        j.push('\n');
+        out.write_all(j.as_bytes()).inspect_err(|err| {
+            *closed = err.kind() == io::ErrorKind::BrokenPipe;
+        })
+    };
+    let mut result = scan_capped(input, &det, cfg.max_line_bytes, |rec| {
+        progress.tick(rec.end);
         if let Some(f) = feeder.as_mut() {
             if signal::terminate_requests() > 0
                 || !rec.events.is_empty()
@@ -573,21 +617,48 @@ pub fn run(args: ReplayArgs) -> ExitCode {
             }
         }
         for e in rec.events {
-            let mut j = e.to_json();
-            j.push('\n');
-            if let Err(err) = out.write_all(j.as_bytes()) {
-                closed = err.kind() == io::ErrorKind::BrokenPipe;
-                return Err(err);
+            if !suppress {
+                emit(e, &mut closed)?;
+                continue;
+            }
+            sup.observe(e);
+            let now = sup.now_ms();
+            while let Some((key, summary)) = sup.due(false, now) {
+                emit(&summary, &mut closed)?;
+                held.summaries += 1;
+                sup.summary_done(&key);
+            }
+            let d = sup.decide(e, now);
+            sup.apply(e, d);
+            match d {
+                Decision::Send => emit(e, &mut closed)?,
+                Decision::Repeat => held.repeats += 1,
+                Decision::SameAct => held.same_act += 1,
             }
         }
         Ok(())
     });
+    progress.clear();
+    if result.is_ok() {
+        // The input is over: every open window closes.
+        while let Some((key, summary)) = sup.due(true, sup.now_ms()) {
+            if let Err(e) = emit(&summary, &mut closed) {
+                result = Err(e);
+                break;
+            }
+            held.summaries += 1;
+            sup.summary_done(&key);
+        }
+    }
     let flushed = if closed { Ok(()) } else { out.flush() };
     let elapsed = started.elapsed().as_secs_f64();
     let delivery = send.map(|b| b.finish(&args.input));
     match result {
         Ok(st) => {
             let (rss, cpu) = self_usage();
+            if suppress {
+                eprint!("{}", held.describe(st.events, cfg.suppress_window));
+            }
             eprint!("{}", summary(&st, elapsed, cpu, rss));
             if let Some(Err(code)) = delivery {
                 return code;
@@ -624,6 +695,88 @@ pub fn run(args: ReplayArgs) -> ExitCode {
     }
 }
 
+/// What the suppression window held back during a replay.
+#[derive(Debug, Default)]
+struct Held {
+    repeats: u64,
+    same_act: u64,
+    summaries: u64,
+}
+
+impl Held {
+    fn describe(&self, matched: u64, window: Duration) -> String {
+        let sent = matched - self.repeats - self.same_act + self.summaries;
+        format!(
+            "replay: {sent} events would be sent: {} repeats suppressed into {} summaries, {} merged as the same act (SUPPRESS_WINDOW={}, or the rule's suppress:)\n",
+            self.repeats,
+            self.summaries,
+            self.same_act,
+            crate::config::human_duration(window)
+        )
+    }
+}
+
+/// One redrawn stderr line on a terminal while a long replay runs: bytes done, % of the file,
+/// rate. Nothing when stderr is not a terminal.
+struct Progress {
+    on: bool,
+    total: Option<u64>,
+    started: Instant,
+    next: Instant,
+    records: u32,
+    shown: bool,
+}
+
+impl Progress {
+    fn new(total: Option<u64>) -> Progress {
+        use std::io::IsTerminal;
+        let now = Instant::now();
+        Progress {
+            on: io::stderr().is_terminal(),
+            total,
+            started: now,
+            next: now + Duration::from_millis(500),
+            records: 0,
+            shown: false,
+        }
+    }
+
+    fn tick(&mut self, done: u64) {
+        if !self.on {
+            return;
+        }
+        // Look at the clock once per 4096 records only.
+        self.records = self.records.wrapping_add(1);
+        if self.records % 4096 != 0 {
+            return;
+        }
+        let now = Instant::now();
+        if now < self.next {
+            return;
+        }
+        self.next = now + Duration::from_millis(250);
+        let secs = now.duration_since(self.started).as_secs_f64().max(1e-9);
+        let mb = done as f64 / 1e6;
+        let pct = match self.total {
+            Some(t) if t > 0 => format!(
+                " of {:.1} MB ({:.0}%)",
+                t as f64 / 1e6,
+                done as f64 * 100.0 / t as f64
+            ),
+            _ => String::new(),
+        };
+        eprint!("\r\x1b[Kreplay: {mb:.1} MB{pct}, {:.1} MB/s", mb / secs);
+        self.shown = true;
+    }
+
+    fn clear(&mut self) {
+        if self.shown {
+            eprint!("\r\x1b[K");
+            self.shown = false;
+        }
+    }
+}
+
 /// How long `replay --send` waits on a full queue before looking at signals again.
 const SEND_WAIT: Duration = Duration::from_millis(50);
 
@@ -636,7 +789,7 @@ struct Backfill {
 }
 
 impl Backfill {
-    fn start(cfg: &Config) -> Result<Backfill, ExitCode> {
+    fn start(cfg: &Config, suppress: bool) -> Result<Backfill, ExitCode> {
         oplog::init(cfg.log_level, cfg.log_format);
         if let Err(e) = signal::install() {
             eprintln!("replay: cannot install signal handlers: {e}");
@@ -646,6 +799,10 @@ impl Backfill {
         let mut client = cfg.client();
         deliver::log_backend_check(&mut client);
         let queue = Queue::new(cfg.queue_capacity, Arc::clone(&metrics));
+        // The same decisions as replay's own output; every window is summarised at the end.
+        if suppress {
+            queue.enable_suppression(Suppressor::new(cfg.suppress_window, Clock::EventTime), true);
+        }
         let sender =
             deliver::spawn_sender(Arc::clone(&queue), client, cfg.delivery_options(), metrics);
         Ok(Backfill {

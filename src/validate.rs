@@ -103,6 +103,11 @@ pub fn report(path: &Path, origin: Origin, result: &Result<Loaded, LoadError>) -
         }
         Ok(loaded) => {
             let rules = &loaded.rules.rules;
+            // Enabled rules without a fixture: warned here, not by the loader (the agent
+            // need not log it at every start).
+            let mut warnings = loaded.warnings.clone();
+            warnings.extend(crate::fixtures::missing_fixtures(rules));
+            warnings.sort_by_key(|d| (d.line, d.col));
             let _ = writeln!(out, "Rules ({}):", rules.len());
             let width = rules.iter().map(|r| r.name.len()).max().unwrap_or(0);
             for r in rules {
@@ -127,13 +132,13 @@ pub fn report(path: &Path, origin: Origin, result: &Result<Loaded, LoadError>) -
                     listed.join(", ")
                 );
             }
-            diagnostics_into(&mut out, &shown, &loaded.warnings);
+            diagnostics_into(&mut out, &shown, &warnings);
             let _ = writeln!(
                 out,
                 "OK: {}, {}, {}",
                 plural(rules.len(), "rule"),
                 plural(ns.len(), "ignored namespace"),
-                plural(loaded.warnings.len(), "warning")
+                plural(warnings.len(), "warning")
             );
         }
     }

@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::deliver::suppress::{Decision, SummaryKey, Suppressor};
 use crate::detect::FrictionEvent;
 use crate::operate::metrics::Metrics;
 
@@ -35,6 +36,20 @@ pub(crate) struct Inner<P> {
     len: usize,
     last_end: Option<P>,
     closed: bool,
+    /// Repeat suppression, changed only as events are acknowledged (see `deliver::suppress`).
+    suppress: Option<Suppressor>,
+    /// Send every open window's summary once the queue is closed and empty (`replay --send`);
+    /// `run` keeps them in its state file instead.
+    flush_at_close: bool,
+}
+
+/// What the sender does next.
+#[derive(Debug)]
+pub(crate) enum Job {
+    /// The front event (still queued).
+    Event(FrictionEvent),
+    /// A closed window's summary (not in the queue).
+    Summary(SummaryKey, FrictionEvent),
 }
 
 /// What [`Queue::wait_for_room`] found.
@@ -69,6 +84,8 @@ impl<P: Copy> Queue<P> {
                 len: 0,
                 last_end: None,
                 closed: false,
+                suppress: None,
+                flush_at_close: false,
             }),
             items: Condvar::new(),
             space: Condvar::new(),
@@ -161,8 +178,101 @@ impl<P: Copy> Queue<P> {
         self.lock().len
     }
 
+    /// No event pending or in flight, and no summary still owed at close.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        let g = self.lock();
+        g.len == 0
+            && !(g.flush_at_close && g.suppress.as_ref().is_some_and(|s| s.pending_repeats() > 0))
+    }
+
+    /// Turns on repeat suppression with `s` (a fresh or a restored state). `flush_at_close`:
+    /// summarise every open window once the queue is closed and empty (`replay --send`).
+    pub fn enable_suppression(&self, s: Suppressor, flush_at_close: bool) {
+        let mut g = self.lock();
+        self.metrics
+            .suppress_windows
+            .store(s.open_windows() as i64, Ordering::Relaxed);
+        g.suppress = Some(s);
+        g.flush_at_close = flush_at_close;
+    }
+
+    /// [`Queue::ack_position`] and `f` applied to the suppression state, under one lock: what
+    /// a checkpoint and its state file must record together.
+    pub fn snapshot<T>(&self, f: impl FnOnce(Option<(P, u32)>, Option<&mut Suppressor>) -> T) -> T {
+        let mut g = self.lock();
+        let ack = match g.lines.front() {
+            Some(l) => Some((l.start, l.next_index)),
+            None => g.last_end.map(|e| (e, 0)),
+        };
+        f(ack, g.suppress.as_mut())
+    }
+
+    /// The sender's next job: a due summary, else the front event; repeats at the front are
+    /// acknowledged here (counted, not sent). `None`: nothing to do now (`closed` tells whether
+    /// anything will come), with how long to wait at most.
+    pub(crate) fn next_job(g: &mut Inner<P>, metrics: &Metrics) -> Result<Job, (bool, Duration)> {
+        loop {
+            let closed_empty = g.closed && g.lines.is_empty();
+            let front = g.lines.front().and_then(|l| l.events.front()).cloned();
+            let flush = g.flush_at_close && closed_empty;
+            let Some(sup) = g.suppress.as_mut() else {
+                return match front {
+                    Some(ev) => Ok(Job::Event(ev)),
+                    None => Err((g.closed, Duration::from_secs(1))),
+                };
+            };
+            // One reading of the clock for both questions: a window that ends now is
+            // summarised before its key can open a new one.
+            if let Some(ev) = &front {
+                sup.observe(ev);
+            }
+            let now = sup.now_ms();
+            if let Some((k, ev)) = sup.due(flush, now) {
+                return Ok(Job::Summary(k, ev));
+            }
+            let Some(front) = front else {
+                let wait = sup
+                    .next_end_in()
+                    .unwrap_or(Duration::from_secs(1))
+                    .min(Duration::from_secs(1));
+                return Err((g.closed, wait));
+            };
+            let d = sup.decide(&front, now);
+            if d == Decision::Send {
+                return Ok(Job::Event(front));
+            }
+            sup.apply(&front, d);
+            metrics.inc_suppressed(&front.kind, d == Decision::SameAct);
+            Queue::pop_locked(g, metrics);
+        }
+    }
+
+    /// Acknowledges a summary (accepted or dead-lettered): its window closes.
+    pub(crate) fn summary_done(&self, key: &SummaryKey, kind: &str) {
+        let mut g = self.lock();
+        if let Some(s) = g.suppress.as_mut() {
+            s.summary_done(key);
+            self.metrics
+                .suppress_windows
+                .store(s.open_windows() as i64, Ordering::Relaxed);
+        }
+        self.metrics.inc_summary(kind);
+    }
+
+    fn pop_locked(g: &mut Inner<P>, metrics: &Metrics) -> Option<FrictionEvent> {
+        let mut popped = None;
+        let mut emptied = false;
+        if let Some(line) = g.lines.front_mut() {
+            popped = line.events.pop_front();
+            line.next_index = line.next_index.saturating_add(u32::from(popped.is_some()));
+            emptied = line.events.is_empty();
+        }
+        if emptied {
+            g.lines.pop_front();
+        }
+        g.len -= usize::from(popped.is_some());
+        metrics.queue_depth.store(g.len as i64, Ordering::Relaxed);
+        popped
     }
 
     /// No more pushes; wakes a waiting producer (and the sender, which drains what is left).
@@ -174,29 +284,27 @@ impl<P: Copy> Queue<P> {
         self.items.notify_all();
     }
 
-    /// The front event (still queued), if any, and whether the queue is closed.
-    pub(crate) fn front(g: &Inner<P>) -> (Option<&FrictionEvent>, bool) {
-        (g.lines.front().and_then(|l| l.events.front()), g.closed)
-    }
-
-    /// Acknowledges the front event (it was accepted or dead-lettered).
+    /// Acknowledges the front event (it was accepted or dead-lettered); with suppression on, it
+    /// opens its window now.
     pub(crate) fn pop_front(&self) {
         let mut g = self.lock();
-        let mut popped = false;
-        let mut emptied = false;
-        if let Some(line) = g.lines.front_mut() {
-            popped = line.events.pop_front().is_some();
-            line.next_index = line.next_index.saturating_add(u32::from(popped));
-            emptied = line.events.is_empty();
+        let popped = Queue::pop_locked(&mut g, &self.metrics);
+        if let (Some(ev), Some(s)) = (popped, g.suppress.as_mut()) {
+            if !s.apply(&ev, Decision::Send) {
+                self.metrics
+                    .suppress_overflow
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            self.metrics
+                .suppress_windows
+                .store(s.open_windows() as i64, Ordering::Relaxed);
         }
-        if emptied {
-            g.lines.pop_front();
-        }
-        g.len -= usize::from(popped);
-        self.metrics
-            .queue_depth
-            .store(g.len as i64, Ordering::Relaxed);
         drop(g);
+        self.space.notify_all();
+    }
+
+    /// Wakes a producer waiting for room (the sender acknowledged repeats without sending).
+    pub(crate) fn notify_space(&self) {
         self.space.notify_all();
     }
 
@@ -238,6 +346,59 @@ mod tests {
         q.close();
         assert!(!q.push_line(40, 50, 0, vec![ev(4)]));
         assert!(!q.advance_to(50));
+    }
+
+    /// The sender's view with suppression on audit time: the first is sent, the repeat is
+    /// acknowledged without a POST, and a later event of the same key past the window's end
+    /// first gets the window's summary out, then opens a new window (never the other way
+    /// round, which would drop the summary).
+    #[test]
+    fn suppression_acknowledges_repeats_and_summarises_before_a_new_window() {
+        use crate::deliver::suppress::{Clock, Suppressor};
+        let (q, m) = queue(10);
+        q.enable_suppression(
+            Suppressor::new(Duration::from_secs(600), Clock::EventTime),
+            true,
+        );
+        let at = |ts: &str| FrictionEvent {
+            timestamp: ts.into(),
+            ..ev(1)
+        };
+        assert!(q.push_line(0, 1, 0, vec![at("2026-01-01T00:00:00Z")]));
+        assert!(q.push_line(1, 2, 0, vec![at("2026-01-01T00:00:05Z")]));
+        assert!(q.push_line(2, 3, 0, vec![at("2026-01-01T00:20:00Z")]));
+        let mut jobs = Vec::new();
+        loop {
+            let job = Queue::next_job(&mut q.lock(), &m);
+            match job {
+                Ok(Job::Event(e)) => {
+                    jobs.push(format!("event {}", e.timestamp));
+                    q.pop_front();
+                }
+                Ok(Job::Summary(k, e)) => {
+                    jobs.push(format!("summary {}", e.description));
+                    q.summary_done(&k, &e.kind);
+                }
+                Err(_) => break,
+            }
+            if jobs.len() == 3 {
+                q.close();
+            }
+        }
+        assert_eq!(
+            jobs,
+            [
+                "event 2026-01-01T00:00:00Z",
+                "summary exec \"1\" (1 more time in 10m)",
+                "event 2026-01-01T00:20:00Z",
+            ]
+        );
+        assert_eq!(q.ack_position(), Some((3, 0)));
+        assert!(q.is_empty());
+        assert_eq!(
+            m.events_suppressed.lock().unwrap().get("kubectl-exec"),
+            Some(&1)
+        );
     }
 
     #[test]

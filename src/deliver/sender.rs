@@ -16,7 +16,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::deliver::http_client::{Client, HttpError, Response};
-use crate::deliver::queue::Queue;
+use crate::deliver::queue::{Job, Queue};
+use crate::deliver::suppress::SummaryKey;
 use crate::detect::json::{Peek, Scanner};
 use crate::detect::FrictionEvent;
 use crate::operate::log::{sanitize, Throttle};
@@ -317,8 +318,11 @@ struct Sender<P> {
 
 impl<P: Copy> Sender<P> {
     fn run(&mut self) -> DeliveryStats {
-        while let Some(ev) = self.next_event() {
-            let delivered = self.deliver(&ev);
+        while let Some(job) = self.next_job() {
+            let delivered = match job {
+                Job::Event(ev) => self.deliver(&ev, None),
+                Job::Summary(key, ev) => self.deliver(&ev, Some(&key)),
+            };
             *self.progress.lock().unwrap_or_else(|p| p.into_inner()) = self.stats;
             if !delivered {
                 break;
@@ -328,26 +332,32 @@ impl<P: Copy> Sender<P> {
         self.stats
     }
 
-    /// The front event (still queued), or None when the queue is closed and empty or we must stop.
-    fn next_event(&self) -> Option<FrictionEvent> {
+    /// The next event to send (the front one, still queued, or a due summary), or None when
+    /// the queue is closed and empty or we must stop. Repeats are acknowledged on the way.
+    fn next_job(&self) -> Option<Job> {
         let mut g = self.queue.lock();
         loop {
             self.metrics.sender.beat();
             if self.control.stopped() {
                 return None;
             }
-            let (front, closed) = Queue::front(&g);
-            if let Some(ev) = front {
-                return Some(ev.clone());
-            }
-            if closed {
-                return None;
-            }
-            // Wake at least once a second so the liveness tick stays fresh.
+            let wait = match Queue::next_job(&mut g, &self.metrics) {
+                Ok(job) => {
+                    // Repeats acknowledged on the way freed room for the producer.
+                    self.queue.notify_space();
+                    return Some(job);
+                }
+                Err((true, _)) => return None,
+                Err((false, wait)) => wait,
+            };
+            // Room may have freed up (repeats were acknowledged).
+            self.queue.notify_space();
+            // Wake at least once a second so the liveness tick stays fresh, and when a
+            // suppression window ends.
             g = self
                 .queue
                 .items
-                .wait_timeout(g, Duration::from_secs(1))
+                .wait_timeout(g, wait.max(Duration::from_millis(1)))
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
@@ -379,8 +389,13 @@ impl<P: Copy> Sender<P> {
         }
     }
 
-    /// Sends one event until it is acknowledged; false if stopped first (it stays queued).
-    fn deliver(&mut self, ev: &FrictionEvent) -> bool {
+    /// Sends one event until it is acknowledged; false if stopped first (it stays queued, or
+    /// for a summary, its window stays open).
+    fn deliver(&mut self, ev: &FrictionEvent, summary: Option<&SummaryKey>) -> bool {
+        let ack = |q: &Queue<P>| match summary {
+            Some(k) => q.summary_done(k, &ev.kind),
+            None => q.pop_front(),
+        };
         let body = ev.to_json();
         let body: &[u8] = AsRef::<[u8]>::as_ref(&body);
         loop {
@@ -406,14 +421,14 @@ impl<P: Copy> Sender<P> {
                         info!(format!("[{status}]"), "type" => ev.kind, "severity" => ev.severity,
                               "actor" => ev.actor, "ns" => ev.namespace);
                     }
-                    self.queue.pop_front();
+                    ack(&self.queue);
                     return true;
                 }
                 Outcome::Refused(status, detail) => {
                     self.recovered();
                     self.metrics.set_backend_state(BackendState::Ok);
                     self.dead_letter(ev, body, status, &detail);
-                    self.queue.pop_front();
+                    ack(&self.queue);
                     return true;
                 }
                 Outcome::Unauthorized(status) => {

@@ -12,9 +12,18 @@
 //!
 //! The engine is pure: it reads nothing from the environment and counts nothing. It returns a
 //! [`Verdict`] per record and appends events; its caller (the pipeline stage, `replay`) counts.
+//!
+//! **Tracing.** Every decision goes through a [`Tracer`]: the hot path passes [`NoTrace`], whose
+//! `ON = false` makes each report call vanish at compile time and keeps the first-failure
+//! short-circuit, so the normal evaluation is the same machine code as without tracing;
+//! `healert-agent explain` passes a [`Trace`], which records the stage, the actor and its class,
+//! the namespace exclusions, and for every rule each condition with the value found and
+//! pass/fail (all conditions, not just up to the first failure). One implementation, two modes.
 
-use crate::detect::audit::{extract, items, AuditFields};
-use crate::detect::event::{FrictionEvent, Parts};
+use std::borrow::Cow;
+
+use crate::detect::audit::{extract, items, lookup, AuditFields};
+use crate::detect::event::{FrictionEvent, Parts, Repeat};
 use crate::detect::json::JsonError;
 use crate::detect::rules::{Piece, Rule, RuleSet, Template};
 
@@ -180,24 +189,51 @@ impl Detector {
 
     /// Evaluates already extracted fields (an EventList item, or a line the caller parsed).
     pub fn evaluate(&self, f: &AuditFields<'_>, out: &mut Vec<FrictionEvent>) -> LineVerdict {
-        if f.stage != "ResponseComplete" {
+        self.evaluate_with(f, out, &mut NoTrace)
+    }
+
+    /// [`Detector::evaluate`], reporting every decision to `t` (see the module documentation).
+    pub fn evaluate_with<T: Tracer>(
+        &self,
+        f: &AuditFields<'_>,
+        out: &mut Vec<FrictionEvent>,
+        t: &mut T,
+    ) -> LineVerdict {
+        let counts = f.stage == "ResponseComplete";
+        if T::ON {
+            t.stage(&f.stage, counts);
+        }
+        if !counts {
             return LineVerdict::SkippedStage;
         }
-        if self.excluded_everywhere(&f.namespace) {
+        let internal = is_internal_actor(&f.username);
+        if T::ON {
+            t.actor(&f.username, ActorClass::of(&f.username));
+        }
+        if let Some(why) = self.excluded_everywhere(&f.namespace) {
+            if T::ON {
+                t.excluded(why, &f.namespace);
+            }
             return LineVerdict::Evaluated;
         }
-        let internal = is_internal_actor(&f.username);
         let mut entity: Option<(String, &str)> = None;
         for (i, rule) in self.rules.rules.iter().enumerate() {
-            if rule.ignore_system && internal {
+            let skipped = rule.ignore_system && internal;
+            if T::ON {
+                t.rule(i, rule, skipped);
+            }
+            if skipped {
                 continue;
             }
-            if !self.matches(i, rule, f) {
+            if !self.matches(i, rule, f, t) {
+                if T::ON {
+                    t.outcome(None);
+                }
                 continue;
             }
             let (ns, workload) = entity.get_or_insert_with(|| self.entity(f));
             let description = render(&rule.description, f);
-            out.push(FrictionEvent::new(Parts {
+            let mut ev = FrictionEvent::new(Parts {
                 kind: &rule.name,
                 severity: rule.severity,
                 actor: &f.username,
@@ -207,35 +243,175 @@ impl Detector {
                 now: &self.now,
                 namespace: ns,
                 workload,
-            }));
+            });
+            ev.repeat = Repeat {
+                window: rule.suppress,
+                same_act: rule.same_act,
+                verb: f.verb.to_string(),
+            };
+            if T::ON {
+                t.outcome(Some(&ev));
+            }
+            out.push(ev);
         }
         LineVerdict::Evaluated
     }
 
-    /// Cluster-scoped objects (no namespace) are in no namespace, so no list excludes them.
-    fn excluded_everywhere(&self, ns: &str) -> bool {
-        !ns.is_empty() && self.rules.ignore_namespaces.iter().any(|n| n == ns)
-            || self.opts.own_namespace.as_deref() == Some(ns)
+    /// Every record of `record` (one event, or each item of an `EventList`) evaluated with a
+    /// [`Trace`]: what `explain` prints. The same path as [`Detector::detect_record`].
+    pub fn trace_record(
+        &self,
+        record: &[u8],
+    ) -> Result<Vec<(Trace, Vec<FrictionEvent>)>, JsonError> {
+        if is_blank(record) {
+            return Ok(Vec::new());
+        }
+        let f = extract(record)?;
+        let one = |f: &AuditFields<'_>| {
+            let mut t = Trace::default();
+            let mut out = Vec::new();
+            t.audit_id = f.audit_id.to_string();
+            self.evaluate_with(f, &mut out, &mut t);
+            (t, out)
+        };
+        match f.items {
+            Some(list) if f.kind == "EventList" => {
+                let mut all = Vec::new();
+                for item in items(list).unwrap_or_default() {
+                    match extract(item) {
+                        Ok(f) => all.push(one(&f)),
+                        Err(e) => {
+                            let t = Trace {
+                                malformed: Some(e.to_string()),
+                                ..Trace::default()
+                            };
+                            all.push((t, Vec::new()));
+                        }
+                    }
+                }
+                Ok(all)
+            }
+            _ => Ok(vec![one(&f)]),
+        }
     }
 
-    /// Every condition of rule `i` (the actor filter aside).
-    fn matches(&self, i: usize, rule: &Rule, f: &AuditFields<'_>) -> bool {
+    /// Cluster-scoped objects (no namespace) are in no namespace, so no list excludes them.
+    fn excluded_everywhere(&self, ns: &str) -> Option<Exclusion> {
+        if !ns.is_empty() && self.rules.ignore_namespaces.iter().any(|n| n == ns) {
+            Some(Exclusion::Config)
+        } else if self.opts.own_namespace.as_deref() == Some(ns) {
+            Some(Exclusion::OwnNamespace)
+        } else {
+            None
+        }
+    }
+
+    /// Every condition of rule `i` (the actor filter aside). With [`NoTrace`] this stops at
+    /// the first failing condition; a tracer sees every condition.
+    fn matches<T: Tracer>(&self, i: usize, rule: &Rule, f: &AuditFields<'_>, t: &mut T) -> bool {
         let m = &rule.matcher;
-        let eq = |want: &Option<String>, have: &str| want.as_deref().map_or(true, |w| w == have);
-        let one_of =
-            |list: &[String], have: &str| list.is_empty() || list.iter().any(|x| x == have);
-        eq(&m.resource, &f.resource)
-            && one_of(&m.resources, &f.resource)
-            && eq(&m.subresource, &f.subresource)
-            && eq(&m.verb, &f.verb)
-            && one_of(&m.verbs, &f.verb)
-            && self.contains_lower[i]
-                .as_deref()
-                .map_or(true, |c| contains_ignore_case(&f.namespace, c))
-            && (f.namespace.is_empty() || !m.ignore_namespaces.iter().any(|n| n == &*f.namespace))
-            && m.annotation
-                .as_ref()
-                .map_or(true, |(k, v)| f.annotation_is(k, v))
+        let mut all = true;
+        // Reports a condition (tracing only) and stops at the first failure (hot path only).
+        macro_rules! check {
+            ($key:expr, $want:expr, $found:expr, $pass:expr) => {{
+                let pass: bool = $pass;
+                if T::ON {
+                    t.condition(Condition {
+                        key: $key,
+                        want: $want,
+                        found: $found,
+                        pass,
+                    });
+                } else if !pass {
+                    return false;
+                }
+                all &= pass;
+            }};
+        }
+        if let Some(w) = &m.resource {
+            check!(
+                "resource",
+                Want::Is(w),
+                Cow::Borrowed(&*f.resource),
+                *w == *f.resource
+            );
+        }
+        if !m.resources.is_empty() {
+            let pass = m.resources.iter().any(|x| *x == *f.resource);
+            check!(
+                "resources",
+                Want::OneOf(&m.resources),
+                Cow::Borrowed(&*f.resource),
+                pass
+            );
+        }
+        if let Some(w) = &m.subresource {
+            let want = if w.is_empty() {
+                Want::Nothing
+            } else {
+                Want::Is(w)
+            };
+            check!(
+                "subresource",
+                want,
+                Cow::Borrowed(&*f.subresource),
+                *w == *f.subresource
+            );
+        }
+        if !m.subresources.is_empty() {
+            let pass = m.subresources.iter().any(|x| *x == *f.subresource);
+            check!(
+                "subresources",
+                Want::OneOf(&m.subresources),
+                Cow::Borrowed(&*f.subresource),
+                pass
+            );
+        }
+        if let Some(w) = &m.verb {
+            check!("verb", Want::Is(w), Cow::Borrowed(&*f.verb), *w == *f.verb);
+        }
+        if !m.verbs.is_empty() {
+            let pass = m.verbs.iter().any(|x| *x == *f.verb);
+            check!(
+                "verbs",
+                Want::OneOf(&m.verbs),
+                Cow::Borrowed(&*f.verb),
+                pass
+            );
+        }
+        if let (Some(c), Some(written)) = (&self.contains_lower[i], &m.namespace_contains) {
+            let pass = contains_ignore_case(&f.namespace, c);
+            check!(
+                "namespace_contains",
+                Want::Contains(written),
+                Cow::Borrowed(&*f.namespace),
+                pass
+            );
+        }
+        if !m.ignore_namespaces.is_empty() {
+            let pass =
+                f.namespace.is_empty() || !m.ignore_namespaces.iter().any(|n| n == &*f.namespace);
+            check!(
+                "ignore_namespaces",
+                Want::NoneOf(&m.ignore_namespaces),
+                Cow::Borrowed(&*f.namespace),
+                pass
+            );
+        }
+        if let Some((k, v)) = &m.annotation {
+            let found = if T::ON {
+                annotation_value(f, k).unwrap_or(Cow::Borrowed(""))
+            } else {
+                Cow::Borrowed("")
+            };
+            check!(
+                "annotation",
+                Want::Annotation(k, v),
+                found,
+                f.annotation_is(k, v)
+            );
+        }
+        all
     }
 
     /// (namespace, workload) of the entity: the event's namespace or ENTITY_NAMESPACE; the
@@ -255,6 +431,181 @@ impl Detector {
         };
         (ns, workload_name(raw))
     }
+}
+
+/// Who the actor is, as `ignore_system` sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActorClass {
+    /// A person (also `system:admin` and `system:masters`, which `ignore_system` keeps).
+    Human,
+    /// `system:serviceaccount:…`.
+    ServiceAccount,
+    /// `system:node:…` (a kubelet).
+    Node,
+    /// Any other `system:` identity (controllers, the scheduler, anonymous).
+    System,
+}
+
+impl ActorClass {
+    pub fn of(username: &str) -> ActorClass {
+        if !is_internal_actor(username) {
+            ActorClass::Human
+        } else if username.starts_with("system:serviceaccount:") {
+            ActorClass::ServiceAccount
+        } else if username.starts_with("system:node:") {
+            ActorClass::Node
+        } else {
+            ActorClass::System
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActorClass::Human => "human",
+            ActorClass::ServiceAccount => "service account",
+            ActorClass::Node => "node",
+            ActorClass::System => "system",
+        }
+    }
+}
+
+/// Why a record was excluded from every rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exclusion {
+    /// `config.ignore_namespaces` of the rules file.
+    Config,
+    /// The agent's own namespace (`K8S_NAMESPACE`).
+    OwnNamespace,
+}
+
+/// What a condition asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want<'a> {
+    Is(&'a str),
+    /// `subresource: ""`: none at all.
+    Nothing,
+    OneOf(&'a [String]),
+    Contains(&'a str),
+    NoneOf(&'a [String]),
+    Annotation(&'a str, &'a str),
+}
+
+/// One condition of a rule as evaluated on a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition<'a> {
+    /// The key in the rules file (`resource`, `verbs`, ...).
+    pub key: &'static str,
+    pub want: Want<'a>,
+    /// The value found in the record (empty when absent).
+    pub found: Cow<'a, str>,
+    pub pass: bool,
+}
+
+/// Receives the engine's decisions. Every method defaults to nothing; with `ON = false` the
+/// engine does not even call them (see the module documentation).
+pub trait Tracer {
+    /// Whether decisions are reported (and every condition evaluated).
+    const ON: bool;
+    fn stage(&mut self, _stage: &str, _counts: bool) {}
+    fn actor(&mut self, _username: &str, _class: ActorClass) {}
+    fn excluded(&mut self, _why: Exclusion, _namespace: &str) {}
+    /// Rule `i` is looked at; `skipped`: `ignore_system` and an internal actor.
+    fn rule(&mut self, _i: usize, _rule: &Rule, _skipped: bool) {}
+    fn condition(&mut self, _c: Condition<'_>) {}
+    /// The rule's event, or `None` when a condition failed.
+    fn outcome(&mut self, _event: Option<&FrictionEvent>) {}
+}
+
+/// The hot path's tracer: nothing is reported, nothing is kept.
+pub struct NoTrace;
+
+impl Tracer for NoTrace {
+    const ON: bool = false;
+}
+
+/// Everything the engine decided about one audit event (`explain`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Trace {
+    pub audit_id: String,
+    /// The scanner's reason when an EventList item is not an audit event.
+    pub malformed: Option<String>,
+    pub stage: String,
+    /// Only `ResponseComplete` is evaluated.
+    pub stage_counts: bool,
+    pub actor: String,
+    pub actor_class: Option<ActorClass>,
+    /// The exclusion that stopped every rule, with the namespace.
+    pub excluded: Option<(Exclusion, String)>,
+    pub rules: Vec<RuleTrace>,
+}
+
+/// One rule's part of a [`Trace`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleTrace {
+    pub name: String,
+    pub line: usize,
+    /// `ignore_system` skipped the rule for an internal actor.
+    pub skipped_actor: bool,
+    /// (key, wanted as the rules file says it, found, pass).
+    pub conditions: Vec<(String, String, String, bool)>,
+    pub matched: bool,
+}
+
+impl Tracer for Trace {
+    const ON: bool = true;
+    fn stage(&mut self, stage: &str, counts: bool) {
+        self.stage = stage.to_string();
+        self.stage_counts = counts;
+    }
+    fn actor(&mut self, username: &str, class: ActorClass) {
+        self.actor = username.to_string();
+        self.actor_class = Some(class);
+    }
+    fn excluded(&mut self, why: Exclusion, namespace: &str) {
+        self.excluded = Some((why, namespace.to_string()));
+    }
+    fn rule(&mut self, _i: usize, rule: &Rule, skipped: bool) {
+        self.rules.push(RuleTrace {
+            name: rule.name.clone(),
+            line: rule.line,
+            skipped_actor: skipped,
+            conditions: Vec::new(),
+            matched: false,
+        });
+    }
+    fn condition(&mut self, c: Condition<'_>) {
+        let want = match c.want {
+            Want::Is(w) => w.to_string(),
+            Want::Nothing => "\"\" (none)".to_string(),
+            Want::OneOf(l) => {
+                let shown: Vec<&str> = l
+                    .iter()
+                    .map(|x| if x.is_empty() { "\"\"" } else { x.as_str() })
+                    .collect();
+                format!("one of [{}]", shown.join(", "))
+            }
+            Want::Contains(w) => format!("contains {w:?} (any case)"),
+            Want::NoneOf(l) => format!("not one of [{}]", l.join(", ")),
+            Want::Annotation(k, v) => format!("{k}={v}"),
+        };
+        if let Some(r) = self.rules.last_mut() {
+            r.conditions
+                .push((c.key.to_string(), want, c.found.into_owned(), c.pass));
+        }
+    }
+    fn outcome(&mut self, event: Option<&FrictionEvent>) {
+        if let Some(r) = self.rules.last_mut() {
+            r.matched = event.is_some();
+        }
+    }
+}
+
+/// The value of annotation `key` in the first of the three annotation maps that has it.
+fn annotation_value<'a>(f: &'a AuditFields<'_>, key: &str) -> Option<Cow<'a, str>> {
+    [f.annotations, f.response_annotations, f.request_annotations]
+        .into_iter()
+        .flatten()
+        .find_map(|map| lookup(map, key))
 }
 
 fn is_blank(b: &[u8]) -> bool {

@@ -7,6 +7,7 @@
 //! field truncated on a character boundary, timestamps checked for ISO 8601.
 
 use std::borrow::Cow;
+use std::time::Duration;
 
 use crate::detect::json::write_str;
 use crate::detect::rules::Severity;
@@ -41,6 +42,20 @@ pub struct FrictionEvent {
     pub namespace: String,
     /// The workload name (suffixes stripped).
     pub service: String,
+    /// What repeat suppression needs to know (not part of the payload).
+    pub repeat: Repeat,
+}
+
+/// What the suppression window (`deliver::suppress`) needs to know about an event besides its
+/// payload: set by the engine from the rule, never sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Repeat {
+    /// The rule's own `suppress:` window (`None`: SUPPRESS_WINDOW applies).
+    pub window: Option<Duration>,
+    /// The rule's `same_act:` span (`None`: off).
+    pub same_act: Option<Duration>,
+    /// The audit event's verb (`get` then `create` within `same_act` is one act).
+    pub verb: String,
 }
 
 /// The raw parts of an event, before the backend's limits are applied.
@@ -81,6 +96,7 @@ impl FrictionEvent {
             timestamp,
             namespace,
             service,
+            repeat: Repeat::default(),
         }
     }
 

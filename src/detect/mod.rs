@@ -40,6 +40,9 @@ pub(crate) mod testing {
                 ..Match::default()
             },
             line: 1,
+            suppress: None,
+            same_act: None,
+            fixtures: Vec::new(),
         }
     }
 
@@ -66,6 +69,7 @@ pub(crate) mod testing {
             timestamp: "2026-11-25T22:50:01Z".into(),
             namespace: "ns".into(),
             service: format!("app{n}"),
+            repeat: Default::default(),
         }
     }
 }

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
 use std::path::Path;
+use std::time::Duration;
 
 use crate::detect::yaml::{Entry, Node, Style, Value};
 
@@ -75,7 +76,11 @@ pub struct Template(pub Vec<Piece>);
 pub struct Match {
     pub resource: Option<String>,
     pub resources: Vec<String>,
+    /// `Some("")` (written `subresource: ""`) matches the object itself only: no subresource.
     pub subresource: Option<String>,
+    /// One of these subresources; `""` in the list is the object itself
+    /// (`subresources: ["", scale]`: the object or its scale, not pods/exec).
+    pub subresources: Vec<String>,
     pub verb: Option<String>,
     pub verbs: Vec<String>,
     /// `key=value`, both sides non-empty.
@@ -99,6 +104,38 @@ pub struct Rule {
     pub matcher: Match,
     /// 1-based line of the rule's `- name:` entry in its file.
     pub line: usize,
+    /// `suppress:` — this rule's repeat-suppression window (`None`: SUPPRESS_WINDOW applies;
+    /// zero: never suppressed).
+    pub suppress: Option<Duration>,
+    /// `same_act:` — events of this rule for the same entity and actor with another verb less
+    /// than this apart are one act (kubectl 1.30+ logs one exec as `get`, then `create`).
+    pub same_act: Option<Duration>,
+    /// `fixtures:` — example records and what this rule must make of them (`healert-agent test`).
+    pub fixtures: Vec<Fixture>,
+}
+
+/// One example audit record under a rule's `fixtures:`, and the expected outcome for that rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fixture {
+    /// The audit record as written (one JSON object, usually a line copied from a real log).
+    pub record: String,
+    pub expect: Expect,
+    /// The expected description of the event (exact), when given.
+    pub description: Option<String>,
+    /// The expected entity ref (e.g. `component:shop/web`), when given.
+    pub entity: Option<String>,
+    /// 1-based line of the fixture's entry, and of its `record:` value.
+    pub line: usize,
+    pub record_line: usize,
+}
+
+/// What a fixture expects its rule to do with the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Exactly one event of the rule.
+    Event,
+    /// No event of the rule.
+    NoEvent,
 }
 
 /// Everything a rules file defines.
@@ -138,11 +175,17 @@ pub const RULE_KEYS: &[&str] = &[
     "workflow",
     "ignore_system",
     "match",
+    "suppress",
+    "same_act",
+    "fixtures",
 ];
+/// Keys of one fixture.
+pub const FIXTURE_KEYS: &[&str] = &["record", "expect", "description", "entity", "note"];
 pub const MATCH_KEYS: &[&str] = &[
     "resource",
     "resources",
     "subresource",
+    "subresources",
     "verb",
     "verbs",
     "annotation",
@@ -569,8 +612,13 @@ impl Validator {
         let (mut name, mut description, mut severity, mut workflow) = (None, None, None, None);
         let mut ignore_system = Some(false);
         let mut matcher = None;
+        let (mut suppress, mut same_act) = (Some(None), Some(None));
+        let mut fixtures = Some(Vec::new());
         for f in fields {
             match f.key.as_str() {
+                "suppress" => suppress = self.duration(f).map(Some),
+                "same_act" => same_act = self.duration(f).map(Some),
+                "fixtures" => fixtures = self.fixtures(f),
                 "name" => name = self.rule_name(f),
                 "description" => description = self.description(f),
                 "severity" => severity = self.severity(f),
@@ -639,7 +687,127 @@ impl Validator {
             ignore_system: ignore_system?,
             matcher: matcher?,
             line: item.line,
+            suppress: suppress?,
+            same_act: same_act?,
+            fixtures: fixtures?,
         })
+    }
+
+    /// A duration in the environment's grammar (`10s`, `10m`); `0` turns the feature off.
+    fn duration(&mut self, f: &Entry) -> Option<Duration> {
+        let text = self.string(f, "e.g. `10m`, `30s`, or `0` for never")?;
+        match crate::operate::clock::parse_duration(&text) {
+            Ok(d) => Some(d),
+            Err(why) => {
+                self.error(
+                    (f.value.line, f.value.col),
+                    format!("`{}` is not a duration: {why}", shown(&f.key)),
+                    Some("write e.g. `10m`, `30s`, `500ms`, or `0` for never".into()),
+                );
+                None
+            }
+        }
+    }
+
+    /// `fixtures:`: a list of `record:` + `expect:` mappings. The record's JSON is checked by
+    /// `healert-agent test`, not here: a broken example must not stop the agent.
+    fn fixtures(&mut self, f: &Entry) -> Option<Vec<Fixture>> {
+        let hint = "one `- record: '<audit JSON line>'` entry per fixture, with `expect: event` or `expect: no event`";
+        let Value::Seq(items) = &f.value.value else {
+            self.wrong_kind(f, "a list of fixtures", hint);
+            return None;
+        };
+        let mut out = Vec::new();
+        let mut ok = true;
+        for item in items {
+            match self.fixture(item, hint) {
+                Some(x) => out.push(x),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn fixture(&mut self, item: &Node, hint: &str) -> Option<Fixture> {
+        let Value::Map(fields) = &item.value else {
+            self.error(
+                (item.line, item.col),
+                format!("a fixture must be a mapping, not {}", item.kind()),
+                Some(hint.into()),
+            );
+            return None;
+        };
+        let mut fx = Fixture {
+            record: String::new(),
+            expect: Expect::Event,
+            description: None,
+            entity: None,
+            line: item.line,
+            record_line: item.line,
+        };
+        let (mut record, mut expect, mut ok) = (false, false, true);
+        for e in fields {
+            match e.key.as_str() {
+                "record" => match self.string(e, "one audit event as JSON, in single quotes") {
+                    Some(r) => {
+                        fx.record = r;
+                        fx.record_line = e.value.line;
+                        record = true;
+                    }
+                    None => ok = false,
+                },
+                "expect" => match self.string(e, "`event` or `no event`").as_deref() {
+                    Some("event") => (fx.expect, expect) = (Expect::Event, true),
+                    Some("no event" | "none" | "no_event") => {
+                        (fx.expect, expect) = (Expect::NoEvent, true)
+                    }
+                    Some(other) => {
+                        self.error(
+                            (e.value.line, e.value.col),
+                            format!(
+                                "`expect` must be `event` or `no event`, not `{}`",
+                                shown(other)
+                            ),
+                            Some("put the expected text under `description:`".into()),
+                        );
+                        ok = false;
+                    }
+                    None => ok = false,
+                },
+                "description" => match self.string(e, "the event's exact description") {
+                    Some(d) => fx.description = Some(d),
+                    None => ok = false,
+                },
+                "entity" => match self.string(e, "e.g. `component:shop/web`") {
+                    Some(d) => fx.entity = Some(d),
+                    None => ok = false,
+                },
+                "note" => {}
+                _ => {
+                    self.unknown_key(e, "a fixture", FIXTURE_KEYS);
+                    ok = false;
+                }
+            }
+        }
+        for (key, present) in [("record", record), ("expect", expect)] {
+            if !present {
+                self.error(
+                    (item.line, item.col),
+                    format!("this fixture has no `{key}`"),
+                    Some(hint.into()),
+                );
+                ok = false;
+            }
+        }
+        if fx.expect == Expect::NoEvent && (fx.description.is_some() || fx.entity.is_some()) {
+            self.error(
+                (item.line, item.col),
+                "a fixture that expects no event cannot name its description or entity".into(),
+                Some("remove `description:`/`entity:`, or write `expect: event`".into()),
+            );
+            ok = false;
+        }
+        ok.then_some(fx)
     }
 
     fn rule_name(&mut self, f: &Entry) -> Option<String> {
@@ -770,10 +938,18 @@ impl Validator {
                     self.lowercase_hint(e, &v.join(""));
                     m.resources = v
                 }),
-                "subresource" => self.string(e, "e.g. `exec`").map(|v| {
-                    self.lowercase_hint(e, &v);
-                    m.subresource = Some(v)
-                }),
+                "subresource" => match &e.value.value {
+                    // `subresource: ""` (quoted): the object itself, not pods/exec, pods/log...
+                    Value::Scalar(s) if s.text.is_empty() && s.style != Style::Plain => {
+                        m.subresource = Some(String::new());
+                        Some(())
+                    }
+                    _ => self.string(e, "e.g. `exec`, or `\"\"` for the object itself").map(|v| {
+                        self.lowercase_hint(e, &v);
+                        m.subresource = Some(v)
+                    }),
+                },
+"subresources" => self.subresources(e).map(|v| m.subresources = v),
                 "verb" => self.string(e, "e.g. `get`; use `verbs:` for a list").map(|v| {
                     self.verb_hint(e, std::slice::from_ref(&v));
                     m.verb = Some(v)
@@ -810,7 +986,11 @@ impl Validator {
             ok &= good.is_some();
         }
         let has = |k: &str| entries.iter().any(|e| e.key == k);
-        for (one, many) in [("resource", "resources"), ("verb", "verbs")] {
+        for (one, many) in [
+            ("resource", "resources"),
+            ("subresource", "subresources"),
+            ("verb", "verbs"),
+        ] {
             if has(one) && has(many) {
                 self.warn(
                     (f.line, f.col),
@@ -823,6 +1003,7 @@ impl Validator {
             "resource",
             "resources",
             "subresource",
+            "subresources",
             "verb",
             "verbs",
             "annotation",
@@ -836,6 +1017,34 @@ impl Validator {
             );
         }
         ok.then_some(m)
+    }
+
+    /// `subresources:`: a list like `resources:`, where a quoted `""` is the object itself.
+    fn subresources(&mut self, e: &Entry) -> Option<Vec<String>> {
+        if let Value::Seq(items) = &e.value.value {
+            let empty_quoted = |n: &Node| matches!(&n.value, Value::Scalar(s) if s.text.is_empty() && s.style != Style::Plain);
+            if !items.is_empty() && items.iter().any(empty_quoted) {
+                let rest = Entry {
+                    value: Node {
+                        value: Value::Seq(
+                            items.iter().filter(|n| !empty_quoted(n)).cloned().collect(),
+                        ),
+                        ..e.value.clone()
+                    },
+                    ..e.clone()
+                };
+                let mut v = match &rest.value.value {
+                    Value::Seq(r) if r.is_empty() => Vec::new(),
+                    _ => self.list(&rest, false)?,
+                };
+                v.insert(0, String::new());
+                self.lowercase_hint(e, &v.join(""));
+                return Some(v);
+            }
+        }
+        let v = self.list(e, false)?;
+        self.lowercase_hint(e, &v.join(""));
+        Some(v)
     }
 
     fn lowercase_hint(&mut self, e: &Entry, v: &str) {
@@ -926,6 +1135,103 @@ pub fn parse_template(src: &str) -> Result<Template, Vec<(usize, String)>> {
     } else {
         Err(bad)
     }
+}
+
+/// A fixtures file given to `healert-agent test FIXTURES` (fixtures kept beside the rules
+/// rather than inside them): `fixtures:` and a list of fixtures, each with a `rule:` naming the
+/// rule it tests. Every problem is reported, like a rules file.
+pub fn parse_fixture_file(src: &[u8]) -> Result<Vec<(String, Fixture)>, Vec<Diagnostic>> {
+    let root = crate::detect::yaml::parse(src).map_err(|e| {
+        vec![Diagnostic {
+            level: Level::Error,
+            line: e.line,
+            col: e.col,
+            message: e.message,
+            hint: e.hint,
+        }]
+    })?;
+    let mut v = Validator {
+        diags: Vec::new(),
+        errors: 0,
+    };
+    let hint =
+        "`fixtures:` then one `- rule: NAME` entry per fixture, with `record:` and `expect:`";
+    let mut out = Vec::new();
+    let list = match &root.value {
+        Value::Map(m) => m.iter().find(|e| e.key == "fixtures"),
+        _ => None,
+    };
+    match list.map(|e| &e.value.value) {
+        Some(Value::Seq(items)) => {
+            for item in items {
+                let Value::Map(fields) = &item.value else {
+                    v.error(
+                        (item.line, item.col),
+                        format!("a fixture must be a mapping, not {}", item.kind()),
+                        Some(hint.into()),
+                    );
+                    continue;
+                };
+                let rule = fields
+                    .iter()
+                    .find(|e| e.key == "rule")
+                    .and_then(|e| e.value.as_str());
+                let Some(rule) = rule.map(str::to_string) else {
+                    v.error(
+                        (item.line, item.col),
+                        "this fixture has no `rule`".into(),
+                        Some(hint.into()),
+                    );
+                    continue;
+                };
+                let rest = Node {
+                    line: item.line,
+                    col: item.col,
+                    value: Value::Map(fields.iter().filter(|e| e.key != "rule").cloned().collect()),
+                };
+                if let Some(f) = v.fixture(&rest, hint) {
+                    out.push((rule, f));
+                }
+            }
+        }
+        _ => v.error(
+            (root.line, root.col),
+            "the file has no `fixtures:` list".into(),
+            Some(hint.into()),
+        ),
+    }
+    if v.errors > 0 {
+        let mut d = v.diags;
+        d.sort_by_key(|d| (d.line, d.col));
+        return Err(d);
+    }
+    Ok(out)
+}
+
+/// The text of a rules file with its optional block enabled: between the `# >>> optional
+/// rules` and `# <<< optional rules` lines, the `# ` in front of each line is deleted (notes
+/// starting with `##` stay comments) — exactly what rules.yaml tells a user to do by hand.
+/// `None` when the file has no such block.
+pub fn with_optional_enabled(src: &str) -> Option<String> {
+    let mut out = String::with_capacity(src.len());
+    let mut inside = false;
+    let mut seen = false;
+    for line in src.split_inclusive('\n') {
+        let t = line.trim_start();
+        if t.starts_with("# >>> optional rules") {
+            inside = true;
+            seen = true;
+        } else if t.starts_with("# <<< optional rules") {
+            inside = false;
+        } else if inside && t.starts_with("# ") && !t.starts_with("##") {
+            let indent = line.len() - t.len();
+            out.push_str(&line[..indent]);
+            out.push_str(&t[2..]);
+            continue;
+        }
+        out.push_str(line);
+    }
+    seen.then_some(out)
 }
 
 /// Reads and validates a rules file.

@@ -1,7 +1,8 @@
 //! Wall-clock formatting without a time crate: RFC 3339 UTC timestamps for logs and for events
-//! that carry no `requestReceivedTimestamp`.
+//! that carry no `requestReceivedTimestamp`; reading them back ([`parse_rfc3339_ms`]); and the
+//! one duration grammar (`250ms`, `10s`, `2m`) shared by the environment and the rules file.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// `2026-11-25T22:50:01.123Z` for the given milliseconds since the Unix epoch.
 pub fn rfc3339_millis(unix_ms: u64) -> String {
@@ -36,6 +37,107 @@ pub fn now_unix_secs() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)` → milliseconds since the Unix epoch; `None` for
+/// anything else or an instant before 1970.
+pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b.len() > 64 {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        b.get(r.clone())?.iter().try_fold(0i64, |a, &d| {
+            d.is_ascii_digit().then(|| a * 10 + i64::from(d - b'0'))
+        })
+    };
+    let sep = |i: usize, c: u8| b.get(i) == Some(&c);
+    if !(sep(4, b'-')
+        && sep(7, b'-')
+        && matches!(b[10], b'T' | b't')
+        && sep(13, b':')
+        && sep(16, b':'))
+    {
+        return None;
+    }
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut i = 19;
+    let mut millis = 0i64;
+    if b[i] == b'.' {
+        let start = i + 1;
+        i = start;
+        while i < b.len() && b[i].is_ascii_digit() {
+            if i - start < 3 {
+                millis = millis * 10 + i64::from(b[i] - b'0');
+            }
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+        for _ in (i - start)..3 {
+            millis *= 10;
+        }
+    }
+    let offset_min = match &b[i..] {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), ..] if b.len() - i == 6 && b[i + 3] == b':' => {
+            let m = num(i + 1..i + 3)? * 60 + num(i + 4..i + 6)?;
+            if *sign == b'+' {
+                m
+            } else {
+                -m
+            }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(y, mo as u32, d as u32);
+    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset_min * 60;
+    u64::try_from(secs * 1000 + millis).ok()
+}
+
+/// `250ms`, `10s`, `2m`, `1h`; a bare number means seconds (fractions allowed: `0.5`). At most
+/// 7 days. The one duration grammar: environment variables and rules files both use it.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| "not a duration: use a number with ms, s, m or h".to_string())?;
+    let scale = match unit.trim() {
+        "ms" => 0.001,
+        "" | "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        u => return Err(format!("unknown unit `{u}`: use ms, s, m or h")),
+    };
+    let secs = value * scale;
+    if !secs.is_finite() || secs > 7.0 * 86_400.0 {
+        return Err("too long: at most 7 days".into());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// `250ms`, `1.5s` → `1500ms`, `2m`: a duration as [`parse_duration`] reads it back.
+pub fn human_duration(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else if d.subsec_millis() == 0 && d.as_secs() % 3600 == 0 {
+        format!("{}h", d.as_secs() / 3600)
+    } else if d.subsec_millis() == 0 && d.as_secs() % 60 == 0 {
+        format!("{}m", d.as_secs() / 60)
+    } else if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
 }
 
 /// Seconds since the epoch → (year, month, day, hour, minute, second), proleptic Gregorian UTC.
@@ -90,6 +192,34 @@ mod tests {
             rfc3339_millis(1_764_110_000_123),
             "2025-11-25T22:33:20.123Z"
         );
+    }
+
+    #[test]
+    fn parses_what_it_formats_and_offsets() {
+        for ms in [0u64, 1_764_110_000_123, 951_782_400_000] {
+            assert_eq!(parse_rfc3339_ms(&rfc3339_millis(ms)), Some(ms));
+        }
+        assert_eq!(
+            parse_rfc3339_ms("2025-11-25T22:33:20.123456Z"),
+            Some(1_764_110_000_123)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2025-11-25T23:33:20.1+01:00"),
+            Some(1_764_110_000_100)
+        );
+        for bad in [
+            "",
+            "2025-11-25",
+            "2025-13-25T00:00:00Z",
+            "2025-11-25T00:00:00",
+            "1969-12-31T23:59:59Z",
+            "2025-11-25T00:00:00.Z",
+        ] {
+            assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
+        }
+        assert_eq!(human_duration(Duration::from_secs(600)), "10m");
+        assert_eq!(human_duration(Duration::from_secs(7200)), "2h");
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
     }
 
     #[test]

@@ -71,6 +71,19 @@ pub struct Metrics {
     /// Records evaluated although not read whole, per how they were read.
     pub records_recovered: Mutex<BTreeMap<&'static str, u64>>,
     pub events_matched: Mutex<BTreeMap<String, u64>>,
+    // suppress
+    /// Repeats counted into a window's summary instead of being sent, per rule.
+    pub events_suppressed: Mutex<BTreeMap<String, u64>>,
+    /// Events merged into the previous one as the same act (`same_act`), per rule.
+    pub events_same_act: Mutex<BTreeMap<String, u64>>,
+    /// Summaries acknowledged by the backend, per rule.
+    pub suppress_summaries: Mutex<BTreeMap<String, u64>>,
+    /// Windows open now.
+    pub suppress_windows: AtomicI64,
+    /// First events that found no room for a window (MAX_WINDOWS) and were sent unsuppressed.
+    pub suppress_overflow: AtomicU64,
+    /// Suppression state files written.
+    pub suppress_state_writes: AtomicU64,
     // deliver
     pub events_sent: Mutex<BTreeMap<String, u64>>,
     pub events_rejected: Mutex<BTreeMap<u16, u64>>,
@@ -143,6 +156,12 @@ impl Metrics {
             lines_dropped: Mutex::new(BTreeMap::new()),
             records_recovered: Mutex::new(BTreeMap::new()),
             events_matched: Mutex::new(BTreeMap::new()),
+            events_suppressed: Mutex::new(BTreeMap::new()),
+            events_same_act: Mutex::new(BTreeMap::new()),
+            suppress_summaries: Mutex::new(BTreeMap::new()),
+            suppress_windows: AtomicI64::new(0),
+            suppress_overflow: AtomicU64::new(0),
+            suppress_state_writes: AtomicU64::new(0),
             events_sent: Mutex::new(BTreeMap::new()),
             events_rejected: Mutex::new(BTreeMap::new()),
             dead_lettered: AtomicU64::new(0),
@@ -175,6 +194,20 @@ impl Metrics {
     /// skipped) or `streamed` (a line over MAX_LINE_BYTES read as it passed).
     pub fn inc_recovered(&self, how: &'static str) {
         bump(&self.records_recovered, how);
+    }
+
+    /// A repeat counted into a summary (`same_act`: merged into the previous event instead).
+    pub fn inc_suppressed(&self, rule: &str, same_act: bool) {
+        let map = if same_act {
+            &self.events_same_act
+        } else {
+            &self.events_suppressed
+        };
+        bump(map, rule.to_string());
+    }
+
+    pub fn inc_summary(&self, rule: &str) {
+        bump(&self.suppress_summaries, rule.to_string());
     }
 
     pub fn inc_sent(&self, rule: &str) {
@@ -407,6 +440,62 @@ pub fn render_prometheus_at(m: &Metrics, now_ms: u64) -> String {
             w.sample(name, &[("rule", r)], map.get(*r).copied().unwrap_or(0));
         }
     }
+    // Suppression.
+    let suppressed = snapshot(&m.events_suppressed);
+    let same_act = snapshot(&m.events_same_act);
+    w.family(
+        "healert_agent_events_suppressed_total",
+        "counter",
+        "Friction events not sent because of the suppression window, per rule: repeats counted into a summary (reason=repeat) and second halves of one act (reason=same_act).",
+    );
+    for (reason, map) in [("repeat", &suppressed), ("same_act", &same_act)] {
+        for (rule, n) in map {
+            w.sample(
+                "healert_agent_events_suppressed_total",
+                &[("rule", rule), ("reason", reason)],
+                *n,
+            );
+        }
+    }
+    let summaries = snapshot(&m.suppress_summaries);
+    w.family(
+        "healert_agent_suppress_summaries_total",
+        "counter",
+        "Summary events (\"... N more times in 10m\") acknowledged by the backend, per rule.",
+    );
+    for (rule, n) in &summaries {
+        w.sample(
+            "healert_agent_suppress_summaries_total",
+            &[("rule", rule)],
+            *n,
+        );
+    }
+    w.family(
+        "healert_agent_suppress_windows_open",
+        "gauge",
+        "Suppression windows open now (rule, entity and actor seen within their window).",
+    );
+    w.sample(
+        "healert_agent_suppress_windows_open",
+        &[],
+        m.suppress_windows.load(Ordering::Relaxed),
+    );
+    for (name, help, v) in [
+        (
+            "healert_agent_suppress_overflow_total",
+            "First events sent without a window because MAX_WINDOWS windows were open.",
+            &m.suppress_overflow,
+        ),
+        (
+            "healert_agent_suppress_state_writes_total",
+            "Suppression state files written (beside the checkpoint).",
+            &m.suppress_state_writes,
+        ),
+    ] {
+        w.family(name, "counter", help);
+        w.sample(name, &[], ld(v));
+    }
+
     let rejected = snapshot(&m.events_rejected);
     w.family(
         "healert_agent_events_rejected_total",

@@ -425,13 +425,19 @@ pub fn load(path: &Path) -> Result<Option<Checkpoint>, CheckpointError> {
 /// and the directory is fsynced so the rename itself survives a power cut. A reader sees the
 /// old or the new checkpoint, never a mix.
 pub fn save(path: &Path, cp: &Checkpoint) -> io::Result<()> {
+    write_atomically(path, &encode(cp))
+}
+
+/// The atomic store behind [`save`], for files that must change together with the checkpoint
+/// (the suppression state): `<path>.tmp` written and fsynced, renamed over `path`, directory
+/// fsynced.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut tmp_name = path.as_os_str().to_owned();
     tmp_name.push(".tmp");
     let tmp = PathBuf::from(tmp_name);
-    let bytes = encode(cp);
     {
         let mut f = File::create(&tmp)?;
-        f.write_all(&bytes)?;
+        f.write_all(bytes)?;
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path)?;

@@ -62,6 +62,7 @@ fn event(seq: usize) -> FrictionEvent {
         timestamp: "2026-11-25T22:50:01Z".into(),
         namespace: format!("team-{}", seq % 3),
         service: format!("app-{}", seq % 7),
+        repeat: Default::default(),
     }
 }
 

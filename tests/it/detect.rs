@@ -104,6 +104,7 @@ fn yaml_rules(path: &str) -> RuleSet {
                     resource: opt(&m["resource"]),
                     resources: strs(&m["resources"]),
                     subresource: opt(&m["subresource"]),
+                    subresources: Vec::new(),
                     verb: opt(&m["verb"]),
                     verbs: strs(&m["verbs"]),
                     annotation: m["annotation"].as_str().map(|a| {
@@ -114,6 +115,9 @@ fn yaml_rules(path: &str) -> RuleSet {
                     ignore_namespaces: strs(&m["ignore_namespaces"]),
                 },
                 line: 0,
+                suppress: None,
+                same_act: None,
+                fixtures: Vec::new(),
             }
         })
         .collect();
@@ -397,6 +401,8 @@ fn replay_command_prints_the_golden_events_and_a_summary() {
     let out = std::process::Command::new(crate::support::bin())
         .args(["replay", "--rules", COMPAT_ALL])
         .arg(Path::new(DATA).join("sample/audit.ndjson"))
+        // Every match, as the goldens hold them (no suppression window).
+        .env("SUPPRESS_WINDOW", "0")
         .env_remove("K8S_NAMESPACE")
         .env_remove("ENTITY_NAMESPACE")
         .output()
@@ -860,6 +866,9 @@ fn rule(name: &str, m: Match) -> Rule {
         ignore_system: true,
         matcher: m,
         line: 1,
+        suppress: None,
+        same_act: None,
+        fixtures: Vec::new(),
     }
 }
 
@@ -991,6 +1000,7 @@ fn conditions_combined_and_rules_in_order() {
         resource: Some("pods".into()),
         resources: vec!["pods".into(), "secrets".into()],
         subresource: Some("exec".into()),
+        subresources: Vec::new(),
         verb: Some("create".into()),
         verbs: vec!["create".into(), "get".into()],
         annotation: Some(("a".into(), "b".into())),

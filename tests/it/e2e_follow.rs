@@ -7,7 +7,7 @@
 //! bounded memory, and a sink slower than the writer.
 //!
 //! Every matching line is a `kubectl exec` by a unique human actor, which the repository's
-//! rules.yaml turns into two events (`kubectl-exec` and `config-drift`): the actor carries the
+//! rules.yaml turns into one event (`kubectl-exec`, [`support::EXEC_TYPES`]): the actor carries the
 //! line's token. Non-matching lines are the same shape by a service account, or a `list` of
 //! configmaps. Waits are bounded by [`HANG_GUARD`] (never timing assertions); each agent is a
 //! child killed and reaped on drop; each test's directory is removed on drop.
@@ -225,7 +225,7 @@ fn ready(dir: &TempDir, sink: &Sink, agent: &Agent, tokens: &mut Vec<String>, na
     let token = format!("{name}-ready@example.com");
     append(&dir.log(), &exec_line(&token));
     tokens.push(token);
-    wait_events(sink, 2 * tokens.len(), agent);
+    wait_events(sink, support::EXEC_TYPES.len() * tokens.len(), agent);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -261,7 +261,7 @@ fn e2e_rename_rotation_every_k_lines_with_a_continuous_writer() {
     drop(f);
     assert!(rotations >= 6);
 
-    wait_events(&sink, 2 * tokens.len(), &agent);
+    wait_events(&sink, support::EXEC_TYPES.len() * tokens.len(), &agent);
     let log = agent.stop();
     assert_exact(&sink, &expected(&tokens), &log);
     assert_eq!(actor_order(&sink), tokens, "events left out of log order");
@@ -296,7 +296,7 @@ fn e2e_copytruncate_rotation_with_the_writer_paused_during_copy_and_truncate() {
         }
         // The writer pauses; the agent has read what was written (the copy/truncate window
         // loses what is unread at truncation: a documented hazard of copytruncate).
-        wait_events(&sink, 2 * tokens.len(), &agent);
+        wait_events(&sink, support::EXEC_TYPES.len() * tokens.len(), &agent);
         fs::copy(dir.log(), dir.join(&format!("audit.log.{}", cycle + 1))).unwrap();
         OpenOptions::new()
             .write(true)
@@ -307,7 +307,7 @@ fn e2e_copytruncate_rotation_with_the_writer_paused_during_copy_and_truncate() {
     }
     drop(writer);
 
-    wait_events(&sink, 2 * tokens.len(), &agent);
+    wait_events(&sink, support::EXEC_TYPES.len() * tokens.len(), &agent);
     let log = agent.stop();
     assert_exact(&sink, &expected(&tokens), &log);
     assert_eq!(actor_order(&sink), tokens);
@@ -349,7 +349,7 @@ fn e2e_a_matching_line_written_in_three_pieces() {
                 let got = sink.events().len();
                 assert_eq!(
                     got,
-                    2 * tokens.len(),
+                    support::EXEC_TYPES.len() * tokens.len(),
                     "an event was sent for an incomplete line (after piece {})\n{}",
                     i + 1,
                     agent.log_tail()
@@ -357,13 +357,13 @@ fn e2e_a_matching_line_written_in_three_pieces() {
             }
         }
         tokens.push(n.to_string());
-        wait_events(&sink, 2 * tokens.len(), &agent);
+        wait_events(&sink, support::EXEC_TYPES.len() * tokens.len(), &agent);
     }
     let (lines, toks) = mixed("pieces-tail", 0..30);
     append(&dir.log(), &lines.concat());
     tokens.extend(toks);
 
-    wait_events(&sink, 2 * tokens.len(), &agent);
+    wait_events(&sink, support::EXEC_TYPES.len() * tokens.len(), &agent);
     let log = agent.stop();
     assert_exact(&sink, &expected(&tokens), &log);
     assert_eq!(actor_order(&sink), tokens);
@@ -383,7 +383,7 @@ fn e2e_file_missing_at_start_then_created_deleted_and_recreated() {
     let (lines, toks) = mixed("created", 0..120);
     append(&dir.log(), &lines.concat());
     tokens.extend(toks);
-    wait_events(&sink, 2 * tokens.len(), &agent);
+    wait_events(&sink, support::EXEC_TYPES.len() * tokens.len(), &agent);
 
     // More lines, then the file is deleted at once and a new one created (often on the same
     // inode): the open file is drained, the new one is read from its start.
@@ -394,7 +394,7 @@ fn e2e_file_missing_at_start_then_created_deleted_and_recreated() {
     let (lines, toks) = mixed("recreated", 0..150);
     append(&dir.log(), &lines.concat());
     tokens.extend(toks);
-    wait_events(&sink, 2 * tokens.len(), &agent);
+    wait_events(&sink, support::EXEC_TYPES.len() * tokens.len(), &agent);
 
     // Deleted, a pause with no file (the agent waits), recreated.
     fs::remove_file(dir.log()).unwrap();
@@ -403,7 +403,7 @@ fn e2e_file_missing_at_start_then_created_deleted_and_recreated() {
     append(&dir.log(), &lines.concat());
     tokens.extend(toks);
 
-    wait_events(&sink, 2 * tokens.len(), &agent);
+    wait_events(&sink, support::EXEC_TYPES.len() * tokens.len(), &agent);
     let log = agent.stop();
     assert_exact(&sink, &expected(&tokens), &log);
     assert_eq!(actor_order(&sink), tokens);
@@ -445,7 +445,7 @@ fn e2e_clean_restart_resumes_from_the_checkpoint_without_loss_or_duplicate() {
         &sink,
         &[("START_AT", "beginning"), ("CHECKPOINT_PATH", &cp)],
     );
-    wait_events(&sink, 2 * tokens.len(), &agent);
+    wait_events(&sink, support::EXEC_TYPES.len() * tokens.len(), &agent);
     agent.stop();
     assert_checkpoint_at_end(&dir, &cp_path);
 
@@ -462,7 +462,7 @@ fn e2e_clean_restart_resumes_from_the_checkpoint_without_loss_or_duplicate() {
     let (lines, toks) = mixed("after", 0..100);
     append(&dir.log(), &lines.concat());
     tokens.extend(toks);
-    wait_events(&sink, 2 * tokens.len(), &agent);
+    wait_events(&sink, support::EXEC_TYPES.len() * tokens.len(), &agent);
     let log = agent.stop();
     assert_exact(&sink, &expected(&tokens), &log);
     assert_eq!(actor_order(&sink), tokens);
@@ -509,7 +509,7 @@ fn e2e_clean_stops_with_a_backlog_across_rotations_lose_and_repeat_nothing() {
             append(&dir.log(), &lines.concat());
             tokens.extend(toks);
         }
-        let want = 2 * tokens.len();
+        let want = support::EXEC_TYPES.len() * tokens.len();
         let got = sink.events().len();
         if round >= 3 && got >= want {
             wait_events(&sink, want, &agent);
@@ -593,7 +593,7 @@ fn e2e_kill_9_then_restart_loses_nothing() {
         &agent,
         || matches!(checkpoint::load(&cp_path), Ok(Some(c)) if c.position.offset > 0),
     );
-    wait_events(&sink, 200, &agent);
+    wait_events(&sink, 100 * support::EXEC_TYPES.len(), &agent);
     agent.kill9();
     let at_kill = checkpoint::load(&cp_path).unwrap().unwrap();
     let sent_before = sink.events().len();
@@ -670,7 +670,7 @@ fn e2e_kill_9_with_a_backlog_across_rotations_loses_nothing() {
         &agent,
         || matches!(checkpoint::load(&cp_path), Ok(Some(c)) if c.position.offset > 0),
     );
-    wait_events(&sink, 150, &agent);
+    wait_events(&sink, 75 * support::EXEC_TYPES.len(), &agent);
     agent.kill9();
     let at_kill = checkpoint::load(&cp_path).unwrap().unwrap();
     let sent_before = sink.events().len();
@@ -756,7 +756,7 @@ fn e2e_rotations_while_down_are_drained_first_in_order() {
     let (lines, mut tokens) = mixed("first", 0..150);
     append(&dir.log(), &lines.concat());
     let agent = Agent::start(&dir, &sink, &env);
-    wait_events(&sink, 2 * tokens.len(), &agent);
+    wait_events(&sink, support::EXEC_TYPES.len() * tokens.len(), &agent);
     agent.stop();
     assert_checkpoint_at_end(&dir, &cp_path);
 
@@ -778,7 +778,7 @@ fn e2e_rotations_while_down_are_drained_first_in_order() {
         &sink,
         &[("START_AT", "end"), ("CHECKPOINT_PATH", &cp)],
     );
-    wait_events(&sink, 2 * tokens.len(), &agent);
+    wait_events(&sink, support::EXEC_TYPES.len() * tokens.len(), &agent);
     let log = agent.stop();
     assert_exact(&sink, &expected(&tokens), &log);
     assert_eq!(
@@ -817,7 +817,7 @@ fn e2e_a_64_mib_line_between_two_matching_lines_in_bounded_memory() {
     tokens.push("big-after@example.com".to_string());
     append(&dir.log(), &exec_line(&tokens[1]));
 
-    wait_events(&sink, 4, &agent);
+    wait_events(&sink, 2 * support::EXEC_TYPES.len(), &agent);
     let hwm = agent.vm_hwm_kib();
     let log = agent.stop();
     assert_exact(&sink, &expected(&tokens), &log);
@@ -858,11 +858,11 @@ fn e2e_a_slow_sink_backpressures_without_loss_in_bounded_memory() {
     }
     tokens.extend(all);
     assert!(
-        sink.events().len() < 2 * tokens.len(),
+        sink.events().len() < support::EXEC_TYPES.len() * tokens.len(),
         "the sink kept up: no backpressure"
     );
 
-    wait_events(&sink, 2 * tokens.len(), &agent);
+    wait_events(&sink, support::EXEC_TYPES.len() * tokens.len(), &agent);
     let hwm = agent.vm_hwm_kib();
     let log = agent.stop();
     assert_exact(&sink, &expected(&tokens), &log);
@@ -920,10 +920,10 @@ fn e2e_backpressure_with_rotations_and_old_backups_deleted() {
         tokens.extend(toks);
     }
     assert!(
-        sink.events().len() < 2 * tokens.len(),
+        sink.events().len() < support::EXEC_TYPES.len() * tokens.len(),
         "the sink kept up: no backpressure"
     );
-    wait_events(&sink, 2 * tokens.len(), &agent);
+    wait_events(&sink, support::EXEC_TYPES.len() * tokens.len(), &agent);
     let log = agent.stop();
     assert_exact(&sink, &expected(&tokens), &log);
     assert_eq!(actor_order(&sink), tokens);
@@ -940,7 +940,7 @@ fn e2e_a_line_completed_after_a_restart_is_delivered_once() {
     let (lines, mut tokens) = mixed("half", 0..30);
     append(&dir.log(), &lines.concat());
     let agent = Agent::start(&dir, &sink, &env);
-    wait_events(&sink, 2 * tokens.len(), &agent);
+    wait_events(&sink, support::EXEC_TYPES.len() * tokens.len(), &agent);
     let line = exec_line("half-split@example.com");
     let cut = line.find("half-split").unwrap() + 4;
     append(&dir.log(), &line[..cut]);
@@ -962,7 +962,7 @@ fn e2e_a_line_completed_after_a_restart_is_delivered_once() {
     let (lines, toks) = mixed("half-after", 0..30);
     append(&dir.log(), &lines.concat());
     tokens.extend(toks);
-    wait_events(&sink, 2 * tokens.len(), &agent);
+    wait_events(&sink, support::EXEC_TYPES.len() * tokens.len(), &agent);
     let log = agent.stop();
     assert_exact(&sink, &expected(&tokens), &log);
     assert_eq!(actor_order(&sink), tokens);
@@ -995,7 +995,7 @@ fn e2e_a_restart_in_the_middle_of_a_64_mib_line() {
     for _ in 0..32 {
         f.write_all(&chunk).unwrap();
     }
-    wait_events(&sink, 2, &agent);
+    wait_events(&sink, support::EXEC_TYPES.len(), &agent);
     // Let the agent reach the end of what exists of the long line.
     wait_until("the agent reads the long line's first half", &agent, || {
         fs::read_to_string(format!("/proc/{}/io", agent.pid()))
@@ -1021,7 +1021,7 @@ fn e2e_a_restart_in_the_middle_of_a_64_mib_line() {
         &sink,
         &[("START_AT", "end"), ("CHECKPOINT_PATH", &cp)],
     );
-    wait_events(&sink, 4, &agent);
+    wait_events(&sink, 2 * support::EXEC_TYPES.len(), &agent);
     let hwm2 = agent.vm_hwm_kib();
     let log = agent.stop();
     assert_exact(&sink, &expected(&tokens), &log);
@@ -1055,7 +1055,7 @@ fn e2e_many_rotations_between_two_looks_with_the_default_poll_interval() {
         let (lines, toks) = mixed(&format!("rapid{round}-live"), 0..40);
         append(&dir.log(), &lines.concat());
         tokens.extend(toks);
-        wait_events(&sink, 2 * tokens.len(), &agent);
+        wait_events(&sink, support::EXEC_TYPES.len() * tokens.len(), &agent);
     }
     let log = agent.stop();
     assert_exact(&sink, &expected(&tokens), &log);
@@ -1075,7 +1075,7 @@ fn e2e_copytruncate_while_down_reads_the_copy_from_the_checkpoint() {
     let (lines, mut tokens) = mixed("ctd-a", 0..60);
     append(&dir.log(), &lines.concat());
     let agent = Agent::start(&dir, &sink, &env);
-    wait_events(&sink, 2 * tokens.len(), &agent);
+    wait_events(&sink, support::EXEC_TYPES.len() * tokens.len(), &agent);
     agent.stop();
 
     let (lines, toks) = mixed("ctd-b", 0..30);
@@ -1100,7 +1100,7 @@ fn e2e_copytruncate_while_down_reads_the_copy_from_the_checkpoint() {
     let (lines, toks) = mixed("ctd-d", 0..20);
     append(&dir.log(), &lines.concat());
     tokens.extend(toks);
-    wait_events(&sink, 2 * tokens.len(), &agent);
+    wait_events(&sink, support::EXEC_TYPES.len() * tokens.len(), &agent);
     let log = agent.stop();
     assert_exact(&sink, &expected(&tokens), &log);
     assert_eq!(actor_order(&sink), tokens);
@@ -1121,7 +1121,7 @@ fn e2e_empty_checkpointed_file_replaced_while_down_repeats_no_old_file() {
     let (lines, mut tokens) = mixed("empty-old", 0..60);
     append(&dir.log(), &lines.concat());
     let agent = Agent::start(&dir, &sink, &env);
-    wait_events(&sink, 2 * tokens.len(), &agent);
+    wait_events(&sink, support::EXEC_TYPES.len() * tokens.len(), &agent);
     rotate(&dir, 1);
     let new_id = healert_agent::source::position::file_id(&File::open(dir.log()).unwrap()).unwrap();
     wait_until(
@@ -1150,7 +1150,7 @@ fn e2e_empty_checkpointed_file_replaced_while_down_repeats_no_old_file() {
         &sink,
         &[("START_AT", "end"), ("CHECKPOINT_PATH", &cp)],
     );
-    wait_events(&sink, 2 * tokens.len(), &agent);
+    wait_events(&sink, support::EXEC_TYPES.len() * tokens.len(), &agent);
     let log = agent.stop();
     assert_exact(&sink, &expected(&tokens), &log);
     assert_eq!(actor_order(&sink), tokens);
@@ -1177,7 +1177,7 @@ fn e2e_quick_rotations_then_one_while_down_repeat_no_backup() {
         append(&dir.log(), &lines.concat());
         tokens.extend(toks);
     }
-    wait_events(&sink, 2 * tokens.len(), &agent);
+    wait_events(&sink, support::EXEC_TYPES.len() * tokens.len(), &agent);
     let live = healert_agent::source::position::file_id(&File::open(dir.log()).unwrap()).unwrap();
     wait_until(
         "the checkpoint reaches the end of the live file",
@@ -1199,7 +1199,7 @@ fn e2e_quick_rotations_then_one_while_down_repeat_no_backup() {
         &sink,
         &[("START_AT", "end"), ("CHECKPOINT_PATH", &cp)],
     );
-    wait_events(&sink, 2 * tokens.len(), &agent);
+    wait_events(&sink, support::EXEC_TYPES.len() * tokens.len(), &agent);
     // Anything read twice would arrive right behind: wait for the agent to be idle at the end.
     wait_until(
         "the checkpoint reaches the end of the new file",
@@ -1231,7 +1231,7 @@ fn e2e_file_created_while_down_after_a_checkpoint_without_file() {
     let (lines, tokens) = mixed("created-down", 0..45);
     append(&dir.log(), &lines.concat());
     let agent = Agent::start(&dir, &sink, &env);
-    wait_events(&sink, 2 * tokens.len(), &agent);
+    wait_events(&sink, support::EXEC_TYPES.len() * tokens.len(), &agent);
     let log = agent.stop();
     assert_exact(&sink, &expected(&tokens), &log);
     assert_checkpoint_at_end(&dir, &cp_path);
@@ -1264,12 +1264,12 @@ fn e2e_second_sigterm_stops_at_once_and_the_restart_repeats_nothing() {
     let first = agent.log_text();
     assert!(first.contains("second signal"), "{first}");
     assert!(
-        sink.events().len() < 2 * tokens.len(),
+        sink.events().len() < support::EXEC_TYPES.len() * tokens.len(),
         "everything was sent before the second signal"
     );
     drop(agent);
     let agent = Agent::start(&dir, &sink, &env);
-    wait_events(&sink, 2 * tokens.len(), &agent);
+    wait_events(&sink, support::EXEC_TYPES.len() * tokens.len(), &agent);
     let log = agent.stop();
     assert_exact(&sink, &expected(&tokens), &format!("{first}\n{log}"));
     assert_eq!(actor_order(&sink), tokens);

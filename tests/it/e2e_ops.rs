@@ -139,8 +139,8 @@ fn actor(token: &str) -> String {
     format!("u-{token}@example.com")
 }
 
-/// A `kubectl exec` line by `u-<token>`: with the repo rules it yields kubectl-exec and
-/// config-drift (verb create on pods).
+/// A `kubectl exec` line by `u-<token>`: with the repo rules it yields kubectl-exec (one act,
+/// one event: config-drift does not match pods/exec).
 fn exec_line(token: &str) -> String {
     support::exec_line(&actor(token))
 }
@@ -297,7 +297,7 @@ fn sigterm_with_500_queued_events_and_a_slow_sink_loses_nothing_across_a_restart
     let dir = TempDir::new("e2e-ops", "sigterm500");
     let log = dir.join("audit.log");
     let cp = dir.join("checkpoint");
-    let toks = tokens("t500-", 250); // 250 exec lines → 500 events
+    let toks = tokens("t500-", 250 * 2 / support::EXEC_TYPES.len()); // 500 events (two per exec line with the Go rules, one with ours)
     let lines: Vec<String> = toks
         .iter()
         .flat_map(|t| [exec_line(t), quiet_line()])
@@ -354,7 +354,7 @@ fn second_sigterm_during_a_long_grace_exits_at_once_and_a_restart_delivers_the_r
     let log = dir.join("audit.log");
     let cp = dir.join("checkpoint");
     let cp_s = cp.display().to_string();
-    let toks = tokens("t2nd-", 10);
+    let toks = tokens("t2nd-", 10 * 2 / support::EXEC_TYPES.len());
     append(&log, &toks.iter().map(|t| exec_line(t)).collect::<Vec<_>>());
 
     let down = format!("http://127.0.0.1:{}", free_port());
@@ -408,7 +408,7 @@ fn backend_unreachable_at_start_is_a_warning_and_delivery_starts_when_it_comes_u
     let (mut a, addr) = start_with_health(&dir, "run", &env);
     a.wait_log("backend not reachable at startup");
     a.wait_log("UNREACHABLE at start: events are kept and retried");
-    let toks = tokens("late-", 3);
+    let toks = tokens("late-", 3 * 2 / support::EXEC_TYPES.len());
     append(&log, &toks.iter().map(|t| exec_line(t)).collect::<Vec<_>>());
     a.wait_log("backend not accepting events; retrying");
     let r = wait_http(&mut a, addr, "/readyz", |r| r.status == 503);
@@ -444,7 +444,7 @@ fn rejected_key_then_the_right_key_loses_nothing_and_never_logs_the_key() {
     let log = dir.join("audit.log");
     let cp = dir.join("checkpoint");
     let cp_s = cp.display().to_string();
-    let toks = tokens("key-", 5);
+    let toks = tokens("key-", 5 * 2 / support::EXEC_TYPES.len());
     append(&log, &toks.iter().map(|t| exec_line(t)).collect::<Vec<_>>());
     let sink = Sink::builder().api_key(RIGHT).start();
 
@@ -478,7 +478,10 @@ fn rejected_key_then_the_right_key_loses_nothing_and_never_logs_the_key() {
     );
     // Matched, kept, not sent.
     let exec = [("rule", "kubectl-exec")];
-    assert_eq!(metric(&m, "healert_agent_events_matched_total", &exec), 5.0);
+    assert_eq!(
+        metric(&m, "healert_agent_events_matched_total", &exec),
+        toks.len() as f64
+    );
     assert_eq!(metric(&m, "healert_agent_events_sent_total", &exec), 0.0);
     assert_eq!(metric(&m, "healert_agent_queue_depth", &[]), 10.0);
     assert_eq!(metric(&m, "healert_agent_backend_up", &[]), 0.0);
@@ -765,7 +768,7 @@ fn json_logs_every_stderr_line_parses_with_ts_level_msg() {
         &[("LOG_FORMAT", "json"), ("K8S_NAMESPACE", "healert-system")],
     );
     let mut a = Agent::start(&dir, "run", &env);
-    wait_total(&[&sink], 8, "json run", &a);
+    wait_total(&[&sink], 4 * support::EXEC_TYPES.len(), "json run", &a);
     a.signal("HUP");
     a.wait_log("SIGHUP: rules reloaded");
     let err = a.stop();
@@ -1045,7 +1048,7 @@ fn readyz_flips_to_503_while_the_backend_fails_and_back_when_it_recovers() {
     let env = base_env(&sink.url(), &log, &repo_rules(), &[]);
     let (mut a, addr) = start_with_health(&dir, "run", &env);
     wait_http(&mut a, addr, "/readyz", |r| r.status == 200);
-    let toks = tokens("probe-", 3);
+    let toks = tokens("probe-", 3 * 2 / support::EXEC_TYPES.len());
     append(&log, &toks.iter().map(|t| exec_line(t)).collect::<Vec<_>>());
     let r = wait_http(&mut a, addr, "/readyz", |r| r.status == 503);
     assert!(
@@ -1093,7 +1096,7 @@ fn a_1mb_request_to_metrics_is_refused_without_harm() {
     }
     a.assert_running();
     assert_eq!(http_get(addr, "/healthz").unwrap().status, 200);
-    let toks = tokens("big-", 2);
+    let toks = tokens("big-", 2 * 2 / support::EXEC_TYPES.len());
     append(&log, &toks.iter().map(|t| exec_line(t)).collect::<Vec<_>>());
     wait_total(&[&sink], 4, "after the big requests", &a);
     let m = metrics(addr);
@@ -1103,7 +1106,7 @@ fn a_1mb_request_to_metrics_is_refused_without_harm() {
             "healert_agent_events_sent_total",
             &[("rule", "kubectl-exec")]
         ),
-        2.0
+        toks.len() as f64
     );
     let err = a.stop();
     assert_exactly_once(&[&sink], &expected_exec(&toks), &err);
@@ -1118,7 +1121,8 @@ fn a_request_hanging_past_the_grace_period_does_not_hold_the_stop() {
     let log = dir.join("audit.log");
     let cp = dir.join("checkpoint");
     let cp_s = cp.display().to_string();
-    let toks = tokens("hung-", 4);
+    // 8 events.
+    let toks = tokens("hung-", 8 / support::EXEC_TYPES.len());
     append(&log, &toks.iter().map(|t| exec_line(t)).collect::<Vec<_>>());
 
     // Accepts 3 events, then never answers the 4th request.
@@ -1163,7 +1167,7 @@ fn second_sigterm_stops_at_once_while_a_request_hangs() {
     let log = dir.join("audit.log");
     let cp = dir.join("checkpoint");
     let cp_s = cp.display().to_string();
-    let toks = tokens("hung2-", 2);
+    let toks = tokens("hung2-", 2 * 2 / support::EXEC_TYPES.len());
     append(&log, &toks.iter().map(|t| exec_line(t)).collect::<Vec<_>>());
     let hung = Sink::builder().no_answer_once_after(0).start();
     let env = base_env(
@@ -1362,7 +1366,7 @@ fn readyz_waits_for_the_audit_log_to_appear() {
     let r = wait_http(&mut a, addr, "/readyz", |r| r.status == 503);
     assert_eq!(r.body, "audit log not open\n");
     assert_eq!(http_get(addr, "/healthz").unwrap().status, 200);
-    let toks = tokens("appear-", 2);
+    let toks = tokens("appear-", 2 * 2 / support::EXEC_TYPES.len());
     append(&log, &toks.iter().map(|t| exec_line(t)).collect::<Vec<_>>());
     wait_total(&[&sink], 4, "after the log appeared", &a);
     wait_http(&mut a, addr, "/readyz", |r| r.status == 200);
@@ -1379,7 +1383,7 @@ fn sigterm_with_a_full_queue_then_two_restarts_deliver_exactly_once() {
     let log = dir.join("audit.log");
     let cp = dir.join("checkpoint");
     let cp_s = cp.display().to_string();
-    let toks = tokens("fullq-", 40);
+    let toks = tokens("fullq-", 40 * 2 / support::EXEC_TYPES.len());
     append(&log, &toks.iter().map(|t| exec_line(t)).collect::<Vec<_>>());
     let slow = Sink::builder().delay(Duration::from_millis(30)).start();
     let env = base_env(

@@ -14,6 +14,7 @@ mod layout;
 mod ops;
 mod perf_replay;
 mod rules;
+mod rules_testing;
 mod script;
 mod sink;
 mod soak;

@@ -788,6 +788,7 @@ fn json_logs_parse_line_by_line_and_stay_one_line() {
         timestamp: String::new(),
         namespace: "ns".into(),
         service: "app".into(),
+        repeat: Default::default(),
     };
     // The record the sender writes for a delivered event (`[201] type=... actor=...`).
     let delivered = |format: Format| {

@@ -82,12 +82,39 @@ fn uncomment_optional(src: &str) -> String {
     out
 }
 
-/// A rule without its position, for comparing files with different layouts.
+/// A rule without its position and fixtures, for comparing files with different layouts.
 fn meaning(r: &Rule) -> Rule {
     Rule {
         line: 0,
+        fixtures: Vec::new(),
         ..r.clone()
     }
+}
+
+/// Our rules.yaml on purpose differs from the Go file in three rules (issue 16): `kubectl-exec`
+/// suppresses repeats for 10m and takes kubectl's get/create pair of one exec as one act,
+/// `port-forward` too, and `config-drift` matches the object itself or its scale only, not
+/// pods/exec or pods/portforward (one act, one event). Undo exactly that, checking it is there.
+fn without_issue_16(mut rules: Vec<Rule>) -> Vec<Rule> {
+    for r in &mut rules {
+        match r.name.as_str() {
+            "kubectl-exec" => {
+                assert_eq!(r.suppress, Some(std::time::Duration::from_secs(600)));
+                assert_eq!(r.same_act, Some(std::time::Duration::from_secs(2)));
+                (r.suppress, r.same_act) = (None, None);
+            }
+            "port-forward" => {
+                assert_eq!(r.same_act, Some(std::time::Duration::from_secs(2)));
+                r.same_act = None;
+            }
+            "config-drift" => {
+                assert_eq!(r.matcher.subresources, ["", "scale"]);
+                r.matcher.subresources.clear();
+            }
+            _ => {}
+        }
+    }
+    rules
 }
 
 #[test]
@@ -95,7 +122,12 @@ fn go_agent_files_validate_unchanged() {
     let (code, out) = validate_in(&shared(), Some(GO_RULES), None);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("OK: 5 rules, 8 ignored namespaces, 0 warnings"),
+        out.contains("OK: 5 rules, 8 ignored namespaces, 1 warning\n"),
+        "{out}"
+    );
+    // The only warning: the Go file has no fixtures (issue 16).
+    assert!(
+        out.contains("warning: 5 rules without a fixture: kubectl-exec, pipeline-skip,"),
         "{out}"
     );
     assert!(
@@ -105,7 +137,7 @@ fn go_agent_files_validate_unchanged() {
     let (code, out) = validate_in(&shared(), Some(GO_RULES_ALL), None);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("OK: 16 rules, 8 ignored namespaces, 0 warnings"),
+        out.contains("OK: 16 rules, 8 ignored namespaces, 1 warning\n"),
         "{out}"
     );
 }
@@ -142,7 +174,7 @@ fn our_rules_yaml_means_what_the_go_file_means() {
     let go = load(GO_RULES);
     assert!(ours.warnings.is_empty(), "{:?}", ours.warnings);
     assert_eq!(ours.rules.ignore_namespaces, go.rules.ignore_namespaces);
-    let a: Vec<Rule> = ours.rules.rules.iter().map(meaning).collect();
+    let a: Vec<Rule> = without_issue_16(ours.rules.rules.iter().map(meaning).collect());
     let b: Vec<Rule> = go.rules.rules.iter().map(meaning).collect();
     assert_eq!(a, b);
 
@@ -151,7 +183,7 @@ fn our_rules_yaml_means_what_the_go_file_means() {
     let go_all = load(GO_RULES_ALL);
     assert_eq!(ours_all.rules.rules.len(), 16);
     assert!(ours_all.warnings.is_empty(), "{:?}", ours_all.warnings);
-    let a: Vec<Rule> = ours_all.rules.rules.iter().map(meaning).collect();
+    let a: Vec<Rule> = without_issue_16(ours_all.rules.rules.iter().map(meaning).collect());
     let b: Vec<Rule> = go_all.rules.rules.iter().map(meaning).collect();
     assert_eq!(a, b);
 

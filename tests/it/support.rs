@@ -129,8 +129,9 @@ pub fn list_configmaps_line(username: &str) -> String {
     )
 }
 
-/// The event types rules.yaml makes of one [`exec_line`] by a human.
-pub const EXEC_TYPES: [&str; 2] = ["kubectl-exec", "config-drift"];
+/// The event types rules.yaml makes of one [`exec_line`] by a human: one act, one event
+/// (`config-drift` matches the object itself or its scale, not pods/exec).
+pub const EXEC_TYPES: [&str; 1] = ["kubectl-exec"];
 
 // ---------------------------------------------------------------------------------------------
 // Events at the sink, as a multiset.
