@@ -623,7 +623,7 @@ fn max_line_bytes_boundary_and_long_lines_across_reads_and_rotation() {
 
 #[test]
 fn real_audit_samples_are_split_exactly() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/audit-samples");
+    let dir = crate::support::audit_samples();
     let mut files = 0;
     for entry in fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
@@ -667,7 +667,7 @@ fn real_audit_samples_are_split_exactly() {
 fn follower_throughput() {
     let sample = fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../shared/audit-samples/openshift-cluster-logging-operator__ocp4.12-apiaudit-audit_in.ndjson"
+        "/tests/data/audit-samples/openshift-cluster-logging-operator__ocp4.12-apiaudit-audit_in.ndjson"
     ))
     .unwrap();
     let dir = TempDir::new("follow", "bench");
