@@ -4,14 +4,17 @@
 //! engine (actors, every match condition alone and combined, namespace exclusions, workload
 //! names, description rendering, sanitisation).
 //!
-//! Goldens: `tests/data/<case>.ndjson` → `<case>.events.jsonl`, real samples (read from
-//! ../shared) → `tests/data/samples/<stem>.events.jsonl`, all replayed with
-//! ../shared/compat/healert-go-rules-all-enabled.yaml, ENTITY_NAMESPACE=default, no
-//! K8S_NAMESPACE. Events without a usable `requestReceivedTimestamp` carry the placeholder
-//! `<now>` (the test pins the detector's clock). Regenerate with
-//! `HEALERT_UPDATE_GOLDEN=1 cargo test --test it detect::golden` and review the diff.
-//! The rules are read here with yaml-rust2 (a test oracle, independent of our loader); a
-//! separate test checks that our loader reads the same rules.
+//! Goldens: `tests/data/<case>.ndjson` → `<case>.events.jsonl`, the vendored real samples
+//! (`tests/data/audit-samples/`) → `tests/data/samples/<stem>.events.jsonl`, all replayed with
+//! our own rules with every optional rule enabled (`tests/data/rules-all-enabled.yaml`),
+//! ENTITY_NAMESPACE=default, no K8S_NAMESPACE, so they are checked on a fresh clone. Events
+//! without a usable `requestReceivedTimestamp` carry the placeholder `<now>` (the test pins the
+//! detector's clock). Regenerate with `HEALERT_UPDATE_GOLDEN=1 cargo test --test it
+//! detect::golden` and review the diff; `tests/data/check_goldens.py` (run by CI) checks them
+//! against an oracle independent of `src/`. The rules are read here with yaml-rust2 (a test
+//! oracle, independent of our loader); a separate test checks that our loader reads the same
+//! rules. The Go agent's files (`../shared/compat`, not in a fresh clone) are checked to give
+//! the same events by `go_agent_rules_give_the_same_events`.
 
 use std::path::{Path, PathBuf};
 
@@ -25,16 +28,14 @@ use healert_agent::replay;
 use healert_agent::rules::{Match, Piece, Rule, RuleSet, Severity, Template};
 use proptest::prelude::*;
 
-const COMPAT_ALL: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/compat/healert-go-rules-all-enabled.yaml"
-);
-const COMPAT: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/compat/healert-go-rules.yaml"
-);
-const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/audit-samples");
+use crate::support::{audit_samples, repo_rules, rules_all_enabled, shared_or_skip};
+
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
+
+/// `rules_all_enabled()` as a string, for argv.
+fn all_enabled() -> String {
+    rules_all_enabled().display().to_string()
+}
 
 // ---------------------------------------------------------------------------------------------
 // Rules, read by the test oracle.
@@ -74,7 +75,7 @@ fn template(s: &str) -> Template {
     Template(out)
 }
 
-fn yaml_rules(path: &str) -> RuleSet {
+fn yaml_rules(path: &Path) -> RuleSet {
     use yaml_rust2::{Yaml, YamlLoader};
     let src = std::fs::read_to_string(path).unwrap();
     let doc = &YamlLoader::load_from_str(&src).unwrap()[0];
@@ -124,8 +125,13 @@ fn yaml_rules(path: &str) -> RuleSet {
     }
 }
 
-fn compat_detector() -> Detector {
-    Detector::new(yaml_rules(COMPAT_ALL), DetectOptions::default()).with_clock(|| "<now>".into())
+/// Every rule of ours (rules.yaml with the optional ones enabled), as the goldens are made.
+fn golden_detector() -> Detector {
+    detector_for(&rules_all_enabled())
+}
+
+fn detector_for(rules: &Path) -> Detector {
+    Detector::new(yaml_rules(rules), DetectOptions::default()).with_clock(|| "<now>".into())
 }
 
 /// Payload lines for a whole input, through the same scan as `healert-agent replay`.
@@ -144,7 +150,7 @@ fn replay_payloads(input: &[u8], det: &Detector) -> Vec<String> {
 
 fn check_golden(input: &Path, expected: &Path) {
     let bytes = std::fs::read(input).unwrap();
-    let actual = replay_payloads(&bytes, &compat_detector());
+    let actual = replay_payloads(&bytes, &golden_detector());
     if std::env::var_os("HEALERT_UPDATE_GOLDEN").is_some() {
         let mut s = actual.join("\n");
         if !s.is_empty() {
@@ -172,13 +178,32 @@ fn check_golden(input: &Path, expected: &Path) {
 }
 
 fn sample_files() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(SAMPLES)
+    let mut v: Vec<PathBuf> = std::fs::read_dir(audit_samples())
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "ndjson" || e == "json"))
         .collect();
     v.sort();
-    assert!(v.len() >= 8, "audit samples missing in {SAMPLES}");
+    assert_eq!(v.len(), 8, "audit samples in {}", audit_samples().display());
+    v
+}
+
+/// Every golden input with its expected events.
+fn golden_pairs() -> Vec<(PathBuf, PathBuf)> {
+    let mut v: Vec<(PathBuf, PathBuf)> = data_cases()
+        .into_iter()
+        .map(|i| {
+            let e = i.with_extension("events.jsonl");
+            (i, e)
+        })
+        .collect();
+    for input in sample_files() {
+        let stem = input.file_stem().unwrap().to_str().unwrap().to_string();
+        let expected = Path::new(DATA)
+            .join("samples")
+            .join(format!("{stem}.events.jsonl"));
+        v.push((input, expected));
+    }
     v
 }
 
@@ -202,19 +227,56 @@ fn golden_generated_and_edge_cases() {
 
 #[test]
 fn golden_real_audit_samples() {
-    for input in sample_files() {
-        let stem = input.file_stem().unwrap().to_str().unwrap().to_string();
-        let expected = Path::new(DATA)
-            .join("samples")
-            .join(format!("{stem}.events.jsonl"));
+    for (input, expected) in golden_pairs().split_off(data_cases().len()) {
         check_golden(&input, &expected);
     }
+}
+
+/// Compatibility (needs ../shared): the Go agent's rules file with every rule enabled gives
+/// exactly the events of our goldens on every golden input, read by the test oracle and by
+/// `healert-agent replay` itself.
+#[test]
+fn go_agent_rules_give_the_same_events() {
+    let Some(shared) = shared_or_skip("detect::go_agent_rules_give_the_same_events") else {
+        return;
+    };
+    let go_all = shared.join("compat/healert-go-rules-all-enabled.yaml");
+    let go = detector_for(&go_all);
+    let mut events = 0;
+    for (input, expected) in golden_pairs() {
+        let bytes = std::fs::read(&input).unwrap();
+        let want = std::fs::read_to_string(&expected).unwrap();
+        let got = replay_payloads(&bytes, &go);
+        assert_eq!(
+            got,
+            want.lines().collect::<Vec<_>>(),
+            "{}: the Go file's rules give other events than ours",
+            input.display()
+        );
+        events += got.len();
+    }
+    assert!(events > 0);
+    let out = std::process::Command::new(crate::support::bin())
+        .args(["replay", "--rules"])
+        .arg(&go_all)
+        .arg(Path::new(DATA).join("sample/audit.ndjson"))
+        .env_remove("K8S_NAMESPACE")
+        .env_remove("ENTITY_NAMESPACE")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = std::fs::read_to_string(Path::new(DATA).join("sample/audit.events.jsonl")).unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), want);
 }
 
 #[test]
 fn bundled_sample_fires_every_rule() {
     let bytes = std::fs::read(Path::new(DATA).join("sample/audit.ndjson")).unwrap();
-    let det = compat_detector();
+    let det = golden_detector();
     let mut seen = std::collections::BTreeSet::new();
     let mut lines = 0;
     let st = replay::scan(&bytes[..], &det, |r| {
@@ -226,8 +288,13 @@ fn bundled_sample_fires_every_rule() {
     let all: std::collections::BTreeSet<String> =
         det.rules().rules.iter().map(|r| r.name.clone()).collect();
     assert_eq!(seen, all);
-    assert!((100..=400).contains(&lines) && st.malformed == 0);
-    assert!((50_000..=250_000).contains(&bytes.len()));
+    assert_eq!(
+        all.len(),
+        16,
+        "every rule of rules.yaml, optional ones included"
+    );
+    assert_eq!((lines, st.malformed), (188, 0));
+    assert_eq!(bytes.len(), 201_923);
 }
 
 /// The edge-case golden is only meaningful if the cases do what their names say.
@@ -236,7 +303,7 @@ fn edge_cases_behave_as_named() {
     let bytes = std::fs::read(Path::new(DATA).join("edge.ndjson")).unwrap();
     let names = std::fs::read_to_string(Path::new(DATA).join("edge.cases.txt")).unwrap();
     let names: Vec<&str> = names.lines().skip(1).collect();
-    let det = compat_detector();
+    let det = golden_detector();
     let mut per_line = Vec::new();
     replay::scan(&bytes[..], &det, |r| {
         per_line.push((r.verdict, r.events.to_vec()));
@@ -347,12 +414,30 @@ fn edge_cases_behave_as_named() {
     );
 }
 
-/// Our loader must read the compat files into the same rules as the test oracle.
+/// Our loader must read our rules files into the same rules as the test oracle.
 #[test]
-fn loader_reads_the_compat_rules_like_the_oracle() {
-    for path in [COMPAT, COMPAT_ALL] {
-        let ours = healert_agent::rules::load_file(Path::new(path))
-            .unwrap_or_else(|e| panic!("{path}: {e:?}"))
+fn loader_reads_our_rules_like_the_oracle() {
+    loader_agrees_with_the_oracle(&[repo_rules(), rules_all_enabled()]);
+}
+
+/// The same for the Go agent's files (needs ../shared).
+#[test]
+fn loader_reads_the_go_agent_rules_like_the_oracle() {
+    let Some(shared) = shared_or_skip("detect::loader_reads_the_go_agent_rules_like_the_oracle")
+    else {
+        return;
+    };
+    loader_agrees_with_the_oracle(&[
+        shared.join("compat/healert-go-rules.yaml"),
+        shared.join("compat/healert-go-rules-all-enabled.yaml"),
+    ]);
+}
+
+fn loader_agrees_with_the_oracle(paths: &[PathBuf]) {
+    for path in paths {
+        let path = path.as_path();
+        let ours = healert_agent::rules::load_file(path)
+            .unwrap_or_else(|e| panic!("{}: {e:?}", path.display()))
             .rules;
         let oracle = yaml_rules(path);
         assert_eq!(ours.ignore_namespaces, oracle.ignore_namespaces);
@@ -375,7 +460,8 @@ fn loader_reads_the_compat_rules_like_the_oracle() {
                     b.ignore_system,
                     &b.matcher
                 ),
-                "{path}"
+                "{}",
+                path.display()
             );
         }
     }
@@ -385,7 +471,7 @@ fn loader_reads_the_compat_rules_like_the_oracle() {
 #[test]
 fn replay_command_prints_the_golden_events_and_a_summary() {
     let out = std::process::Command::new(crate::support::bin())
-        .args(["replay", "--rules", COMPAT_ALL])
+        .args(["replay", "--rules", &all_enabled()])
         .arg(Path::new(DATA).join("sample/audit.ndjson"))
         .env_remove("K8S_NAMESPACE")
         .env_remove("ENTITY_NAMESPACE")
@@ -417,7 +503,7 @@ fn replay_command_exit_codes() {
             .output()
             .unwrap()
     };
-    let o = run(&["--rules", COMPAT_ALL, "/nonexistent/audit.log"]);
+    let o = run(&["--rules", &all_enabled(), "/nonexistent/audit.log"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot open"));
     let o = run(&["--rules", "/nonexistent/rules.yaml", "-"]);
@@ -503,9 +589,9 @@ fn limit_violations(e: &FrictionEvent) -> Vec<String> {
 
 #[test]
 fn every_event_from_every_line_fits_the_backend() {
-    let det = Detector::new(yaml_rules(COMPAT_ALL), DetectOptions::default());
+    let det = Detector::new(yaml_rules(&rules_all_enabled()), DetectOptions::default());
     // A detector whose rules match everything, to build an event from every evaluated line.
-    let mut greedy = yaml_rules(COMPAT_ALL);
+    let mut greedy = yaml_rules(&rules_all_enabled());
     greedy.rules.truncate(1);
     greedy.rules[0].matcher = Match::default();
     greedy.rules[0].ignore_system = false;
@@ -1124,7 +1210,7 @@ fn verdicts_and_stage_filter() {
 }
 
 /// Throughput of the scan on a big generated log (not a pass/fail test: prints MB/s).
-/// `python3 ../shared/tools/gen.py --rules ../shared/compat/healert-go-rules.yaml --lines 200000
+/// `python3 ../shared/tools/gen.py --rules rules.yaml --lines 200000
 /// --seed 1 --match-fraction 0.001 --body-fraction 0.15 --out /tmp/d.ndjson` then
 /// `HEALERT_BENCH_FILE=/tmp/d.ndjson cargo test --release --test it -- --ignored detect::bench`.
 #[test]
@@ -1134,7 +1220,7 @@ fn bench_scan_throughput() {
         return;
     };
     let bytes = std::fs::read(path).unwrap();
-    let det = Detector::new(yaml_rules(COMPAT), DetectOptions::default());
+    let det = Detector::new(yaml_rules(&repo_rules()), DetectOptions::default());
     let mut events = 0usize;
     for round in 0..3 {
         let t = std::time::Instant::now();
@@ -1172,7 +1258,7 @@ fn replay_command_reads_a_pretty_event_list_from_stdin() {
         item("get", "log")
     );
     let mut child = std::process::Command::new(crate::support::bin())
-        .args(["replay", "--rules", COMPAT_ALL, "-"])
+        .args(["replay", "--rules", &all_enabled(), "-"])
         .env_remove("K8S_NAMESPACE")
         .env_remove("ENTITY_NAMESPACE")
         .stdin(std::process::Stdio::piped())

@@ -10,10 +10,8 @@ use std::process::{Command, Stdio};
 use crate::gen::{self, GenOptions};
 use crate::support;
 
-const RULES: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/compat/healert-go-rules.yaml"
-);
+/// The repository's rules.yaml: its 5 enabled rules are the ones `gen.rs`'s oracle knows.
+const RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/rules.yaml");
 
 /// Runs `replay` over `input` on stdin; returns (events as JSON values, stderr).
 fn replay(input: &[u8]) -> (Vec<serde_json::Value>, String) {

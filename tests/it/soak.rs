@@ -256,13 +256,7 @@ fn start_agent(dir: &Path, log: &Path, backend: &str) -> Child {
         .env("HEALERT_BACKEND_URL", backend)
         .env("HEALERT_API_KEY", API_KEY)
         .env("AUDIT_LOG_PATH", log)
-        .env(
-            "RULES_PATH",
-            concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../shared/compat/healert-go-rules.yaml"
-            ),
-        )
+        .env("RULES_PATH", support::repo_rules())
         .env("START_AT", "beginning")
         .env("CHECKPOINT_PATH", dir.join("checkpoint"))
         .env("HTTP_TIMEOUT", "2s")

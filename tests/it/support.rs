@@ -21,14 +21,58 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_healert-agent"))
 }
 
-/// `../shared` beside the repository (read-only test material).
+/// `../shared` beside the repository: another project's material (the Go agent's rules files,
+/// the Python reference generator). It exists on the developers' machines and in CI, never in a
+/// user's fresh clone: a test that needs it gets it from [`shared_or_skip`].
 pub fn shared() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared")
+}
+
+/// The variable that turns a skip for want of `../shared` into a failure (`.ci/run` sets it).
+pub const REQUIRE_SHARED: &str = "HEALERT_REQUIRE_SHARED";
+
+/// `../shared` if it is there. If not, a test that needs it for `what` prints one line saying
+/// what was skipped and why (straight to stderr, so it shows in a passing run too) and gets
+/// `None` (it then returns, passing) — unless `HEALERT_REQUIRE_SHARED=1`, where it fails.
+pub fn shared_or_skip(what: &str) -> Option<PathBuf> {
+    let dir = shared();
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    let why = format!(
+        "{} is absent (a fresh clone has no ../shared beside it)",
+        dir.display()
+    );
+    if std::env::var(REQUIRE_SHARED).is_ok_and(|v| v == "1") {
+        panic!("{what}: {why}, and {REQUIRE_SHARED}=1 requires it");
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {what}: {why}; set {REQUIRE_SHARED}=1 to make this a failure"
+    );
+    None
 }
 
 /// The repository's rules.yaml.
 pub fn repo_rules() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rules.yaml")
+}
+
+/// `tests/data/rules-all-enabled.yaml`: rules.yaml with its optional rules enabled (the `# `
+/// prefixes of the optional block removed; `rules::rules_all_enabled_is_rules_yaml_uncommented`
+/// keeps it so). The rules file with every rule of ours, for the goldens and the loaders.
+pub fn rules_all_enabled() -> PathBuf {
+    data().join("rules-all-enabled.yaml")
+}
+
+/// `tests/data`.
+pub fn data() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data")
+}
+
+/// The vendored real audit logs, `tests/data/audit-samples` (see its README.md).
+pub fn audit_samples() -> PathBuf {
+    data().join("audit-samples")
 }
 
 // ---------------------------------------------------------------------------------------------
