@@ -127,9 +127,12 @@ fn odd_lines_are_counted_and_skipped() {
         "{stderr}"
     );
     assert_eq!(events[0]["actor"], "jürgen & zoë");
-    // At least: not JSON, truncated, trailing data after the object.
-    assert!(
-        summary_field(&stderr, "malformed").unwrap_or(0) >= 3,
+    // Not JSON, truncated, [1,2,3], null, trailing data, a raw NUL, a lone surrogate, 100 000
+    // levels deep (gen::odd_lines); the rest are blank, skipped stages or evaluated.
+    assert_eq!(summary_field(&stderr, "malformed"), Some(8), "{stderr}");
+    assert_eq!(
+        ["lines", "blank", "skipped_stages", "evaluated"].map(|k| summary_field(&stderr, k)),
+        [Some(18), Some(2), Some(2), Some(6)],
         "{stderr}"
     );
 }
