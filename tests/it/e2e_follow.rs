@@ -147,7 +147,8 @@ fn log_tail_at(path: &Path) -> String {
 
 impl Agent {
     /// Starts `healert-agent run` on `dir`'s audit.log against `sink`, with `extra` variables
-    /// on top of the test defaults (fast polling, rules.yaml of the repository).
+    /// on top of the test defaults (fast polling, rules.yaml of the repository, a health server
+    /// on `127.0.0.1:0` for [`Agent::metric`]).
     fn start(dir: &TempDir, sink: &Sink, extra: &[(&str, &str)]) -> Agent {
         static N: AtomicU64 = AtomicU64::new(0);
         let log = dir.join(&format!(
