@@ -320,26 +320,37 @@ fn sigterm_with_500_queued_events_and_a_slow_sink_loses_nothing_across_a_restart
         &slow.url(),
         &log,
         &repo_rules(),
-        &[("CHECKPOINT_PATH", &cp_s), ("SHUTDOWN_GRACE", "1s")],
+        &[("CHECKPOINT_PATH", &cp_s), ("SHUTDOWN_GRACE", "2s")],
     );
     let mut a = Agent::start(&dir, "run1", &env);
     // The whole log is read at once (the queue holds 10000): events are queued behind the
     // slow sink when the signal comes.
     assert!(slow.wait_for_events(10, GUARD), "{}", a.stderr());
     let rss1 = peak_rss_kb(a.pid());
-    let at_signal = slow.events().len();
     let err1 = a.stop();
-    assert!(err1.contains("stopping: no more reading"), "{err1}");
     let first = slow.events().len();
-    // The grace period (1 s, 40 ms an event) was used to deliver queued events, and what it
-    // did not deliver is reported as left in the log.
+    // The grace period was used to deliver queued events: by the agent's own account (events
+    // pending when it stopped reading, and left at the exit), and what it did not deliver is
+    // exactly what the sink lacks. At 40 ms an event, 2 s deliver about 50; at least 10 is a
+    // bound a loaded machine keeps, and an agent that drops the grace (one event in flight at
+    // most) does not.
+    let field = |line_start: &str, key: &str| -> usize {
+        let line = err1
+            .lines()
+            .find(|l| l.contains(line_start))
+            .unwrap_or_else(|| panic!("no {line_start:?} line\n{err1}"));
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {line}"))
+    };
+    let pending_at_stop = field("stopping: no more reading", "pending=");
+    let left = field(" stopped ", "pending_left_in_log=");
+    assert_eq!(left, 500 - first, "{first} delivered of 500\n{err1}");
     assert!(
-        first > at_signal,
-        "nothing was delivered during the grace period ({at_signal} before the signal)\n{err1}"
-    );
-    assert!(
-        err1.contains(&format!("pending_left_in_log={}", 500 - first)),
-        "{first} delivered of 500\n{err1}"
+        pending_at_stop >= left + 10,
+        "{} events delivered during the 2 s grace period\n{err1}",
+        pending_at_stop - left
     );
     assert!(cp.exists(), "no checkpoint written:\n{err1}");
 
