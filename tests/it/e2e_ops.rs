@@ -1460,12 +1460,20 @@ fn readyz_waits_for_the_audit_log_to_appear() {
     let r = wait_http(&mut a, addr, "/readyz", |r| r.status == 503);
     assert_eq!(r.body, "audit log not open\n");
     assert_eq!(http_get(addr, "/healthz").unwrap().status, 200);
+    // The scenario: the file stays missing for 25 poll intervals (POLL_INTERVAL=20ms).
+    std::thread::sleep(Duration::from_millis(500));
     let toks = tokens("appear-", 2);
     append(&log, &toks.iter().map(|t| exec_line(t)).collect::<Vec<_>>());
     wait_total(&[&sink], 4, "after the log appeared", &a);
     wait_http(&mut a, addr, "/readyz", |r| r.status == 200);
     let err = a.stop();
     assert_exactly_once(&[&sink], &expected_exec(&toks), &err);
+    // Guarantees: "the agent waits quietly (one log line, then once a minute)".
+    assert_eq!(
+        err.matches("waiting for the audit log to appear").count(),
+        1,
+        "{err}"
+    );
 }
 
 /// SIGTERM while the follower is held by a full queue (QUEUE_CAPACITY=3, slow sink): the line
