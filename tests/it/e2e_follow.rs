@@ -962,6 +962,16 @@ fn e2e_backpressure_with_rotations_and_old_backups_deleted() {
             wait_until("the agent opens the new file", &agent, || {
                 agent_holds(&agent, &dir.log())
             });
+            // It opened it while still behind on the old one (the queue holds 5 events, so
+            // more missing at the sink means lines of the old file were unread): it watches
+            // the path during the stall instead of finding the new file only after draining.
+            let behind = 2 * tokens.len() - sink.events().len();
+            assert!(
+                behind > 5,
+                "the new file was opened only {behind} events short of the old one's end: \
+                 the path is not watched while the queue is full\n{}",
+                agent.log_tail()
+            );
             while backups.len() > 1 {
                 fs::remove_file(backups.remove(0)).unwrap();
             }
