@@ -449,11 +449,7 @@ fn backend_unreachable_at_start_is_a_warning_and_delivery_starts_when_it_comes_u
     );
     assert_eq!(http_get(addr, "/healthz").unwrap().status, 200);
 
-    let port = down.release();
-    let sink = Sink::builder()
-        .port(port)
-        .try_start()
-        .unwrap_or_else(|e| panic!("the backend cannot come up on port {port} it held: {e}"));
+    let sink = down.release_to(|port| Sink::builder().port(port).try_start());
     wait_total(&[&sink], 6, "once the backend is up", &a);
     a.wait_log("backend accepting events again");
     wait_http(&mut a, addr, "/readyz", |r| r.status == 200);

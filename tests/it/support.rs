@@ -414,7 +414,7 @@ pub fn parse_reply(buf: &[u8]) -> std::io::Result<Reply> {
 
 /// A loopback port that refuses connections (nothing listens) and that no other process can
 /// listen on while this value lives: it is the local port of a loopback connection of our own,
-/// which makes any `bind` of it fail. Use it for a backend that is down; [`RefusedPort::release`]
+/// which makes any `bind` of it fail. Use it for a backend that is down; [`RefusedPort::release_to`]
 /// frees it for a listener of the test's own (a backend coming up on the address the agent was
 /// given), to be bound at once.
 pub struct RefusedPort {
@@ -456,9 +456,11 @@ impl RefusedPort {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// Closes our connection so the port can be bound at once (our side closes first and
-    /// waits for the peer's close, so the port is not left in TIME_WAIT).
-    pub fn release(self) -> u16 {
+    /// Frees the port and has `bind` listen on it: our connection is closed (our side first),
+    /// and `bind` is retried while the port is still in use by that closing connection (its
+    /// last ACK, microseconds on loopback). Panics, naming the port, if it is still taken after
+    /// 10 s: then another process took it in that window.
+    pub fn release_to<T>(self, mut bind: impl FnMut(u16) -> std::io::Result<T>) -> T {
         let RefusedPort {
             port,
             mut client,
@@ -471,7 +473,18 @@ impl RefusedPort {
             .unwrap();
         let _ = client.read(&mut [0u8; 1]);
         drop(client);
-        port
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match bind(port) {
+                Ok(t) => return t,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("cannot listen on port {port}, held until just now: {e}"),
+            }
+        }
     }
 }
 
