@@ -29,10 +29,8 @@ use std::time::{Duration, Instant};
 
 use gen::{GenOptions, Generator, Kind};
 
-const RULES: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/compat/healert-go-rules.yaml"
-);
+/// The repository's rules.yaml (its 5 enabled rules are the Go agent's 5 active ones).
+const RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/rules.yaml");
 const MIB: usize = 1 << 20;
 /// Linux's USER_HZ: the unit of utime/stime in /proc.
 const TICKS_PER_SEC: f64 = 100.0;
@@ -157,7 +155,7 @@ fn header(bin: &Path, s: &Settings) {
         "- sizes: BENCH_MB={} BENCH_BODY_MB={} BENCH_RUNS={} BENCH_SEND_EVENTS={} BENCH_LATENCY_LINES={} BENCH_IDLE_SECS={}",
         s.plain_mb, s.body_mb, s.runs, s.send_events, s.latency_lines, s.idle_secs
     );
-    println!("- rules: ../shared/compat/healert-go-rules.yaml (5 active rules)");
+    println!("- rules: rules.yaml (5 enabled rules)");
     println!();
 }
 

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Fills fuzz/corpus/TARGET with seed inputs from the repository's real test material:
-#   json_audit     every line of ../shared/audit-samples/*.ndjson and tests/data/**/*.ndjson,
-#                  plus fuzz/seeds/json_audit (escapes, invalid UTF-8, deep nesting, duplicates)
+#   json_audit     every line of tests/data/**/*.{ndjson,jsonl,json,log} (the vendored real audit
+#                  logs in tests/data/audit-samples included), plus fuzz/seeds/json_audit
+#                  (escapes, invalid UTF-8, deep nesting, duplicates)
 #   prune          the same lines as json_audit, each prefixed with a chunk size byte (the
 #                  target feeds the pruner in chunks of that size)
-#   yaml_rules     ../shared/compat/*.yaml and tests/data/**/*.yaml
+#   yaml_rules     tests/data/**/*.yaml, plus ../shared/compat/*.yaml when ../shared is there
 #   http_response  fuzz/seeds/http_response (hand-written responses: length, chunked, 429...)
 #   checkpoint     tests/data/**/*checkpoint* files, fuzz/seeds/checkpoint (first byte: mode)
 #   config_values  fuzz/seeds/config_values
@@ -25,12 +26,12 @@ data_files() { # data_files PATTERN...: files under tests/data matching any patt
 }
 case "$target" in
   json_audit)
-    for f in "$shared"/audit-samples/*.ndjson "$shared"/audit-samples/*.json $(data_files '*.ndjson' '*.jsonl' '*.log'); do
+    for f in $(data_files '*.ndjson' '*.jsonl' '*.json' '*.log'); do
       [ -f "$f" ] || continue
       split -l 1 -a 5 -d "$f" "$out/$(basename "$f")-"
     done ;;
   prune)
-    for f in "$shared"/audit-samples/*.ndjson $(data_files '*.ndjson'); do
+    for f in $(data_files '*.ndjson'); do
       [ -f "$f" ] || continue
       split -l 1 -a 5 -d "$f" "$out/$(basename "$f")-"
     done
@@ -41,6 +42,7 @@ case "$target" in
     done ;;
   yaml_rules)
     for f in "$shared"/compat/*.yaml $(data_files '*.yaml' '*.yml'); do
+      [ -f "$f" ] || continue  # no ../shared in a fresh clone: the glob stays unexpanded
       cp "$f" "$out/$(basename "$(dirname "$f")")-$(basename "$f")"
     done ;;
   checkpoint)

@@ -4,8 +4,11 @@
   tests/data/sample/audit.ndjson  the bundled sample log of the README's first command:
                                   gen.py traffic (all five generated kinds, human noise,
                                   system traffic) with hand-made calls interleaved for the
-                                  kinds gen.py lacks, so every active and optional rule of
-                                  ../shared/compat/healert-go-rules-all-enabled.yaml fires.
+                                  kinds gen.py lacks, so every enabled and optional rule of
+                                  rules.yaml fires (detect::bundled_sample_fires_every_rule).
+                                  gen.py is given the Go agent's file with all 16 rules
+                                  enabled (the same rules; its line-based parser reads only
+                                  block lists, not rules.yaml's `[a, b]`).
   tests/data/edge.ndjson          one line per edge case (see CASES below).
 
 Run from the repository root:  python3 tests/data/make_data.py

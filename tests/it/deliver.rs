@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use healert_agent::deliver::http_client::{ApiKey, BackendUrl, Client};
-use healert_agent::deliver::{self, check_backend, DeliveryOptions, DeliveryStats, SenderHandle};
+use healert_agent::deliver::{
+    self, check_backend, DeliveryOptions, DeliveryStats, Room, SenderHandle,
+};
 use healert_agent::detect::event::FrictionEvent;
 use healert_agent::detect::rules::Severity;
 use healert_agent::operate::metrics::Metrics;
@@ -26,7 +28,7 @@ fn spawn_sender(q: Arc<Queue>, client: Client, opts: DeliveryOptions) -> SenderH
 }
 
 use crate::sink::{Action, Malformed, Sink};
-use crate::support::{free_port, TempDir};
+use crate::support::{RefusedPort, TempDir};
 
 /// Hang guard for whole scenarios (never an expectation about speed).
 const GUARD: Duration = Duration::from_secs(60);
@@ -81,14 +83,16 @@ fn fast_opts() -> DeliveryOptions {
     }
 }
 
-/// Pushes `n` events, one per line of 100 bytes, with an event-less line every 5th.
+/// Pushes `n` events, one per line of 100 bytes, with an event-less line every 5th; like the
+/// pipeline's feeder, waits for room before each event (a push itself never blocks).
 fn push_all(q: &Queue, n: usize) {
     let mut off = 0;
     for seq in 0..n {
         if seq % 5 == 0 {
-            assert!(q.push_line(pos(off), pos(off + 50), 0, vec![]));
+            assert!(q.advance_to(pos(off + 50)));
             off += 50;
         }
+        while q.wait_for_room(Duration::from_millis(50)) == Room::Full {}
         assert!(q.push_line(pos(off), pos(off + 100), 0, vec![event(seq)]));
         off += 100;
     }
@@ -410,27 +414,38 @@ fn full_queue_pauses_the_producer_and_loses_nothing() {
 #[test]
 fn finish_deadline_interrupts_backoff_and_keeps_events() {
     quiet_logs();
-    let sink = Sink::builder()
-        .script(vec![Action::Status(503); 100])
-        .start();
     let q = new_queue(10);
     push_all(&q, 5);
-    // Production backoff (0.5 s .. 30 s): finish must not wait for it.
+    // Production options; the second answer asks for 10 minutes (Retry-After: 600).
     let opts = DeliveryOptions {
         log_each_event: false,
         ..DeliveryOptions::default()
     };
+    let sink = Sink::builder()
+        .script(vec![
+            Action::Status(503),
+            Action::RetryAfter(503, "600".into()),
+        ])
+        .start();
     let h = spawn_sender(q.clone(), client(&sink, None, Duration::from_secs(5)), opts);
     let until = Instant::now() + GUARD;
     while sink.statuses().len() < 2 {
         assert!(Instant::now() < until);
         std::thread::sleep(Duration::from_millis(10));
     }
+    // The sender now waits 10 minutes: finish, given 200 ms, must return soon after them. The
+    // bound (10 s) is 50 times the deadline and 60 times shorter than the wait it interrupts.
     let (tx, rx) = mpsc::channel();
+    let asked = Instant::now();
     std::thread::spawn(move || {
         let _ = tx.send(h.finish(Instant::now() + Duration::from_millis(200)));
     });
     let stats = rx.recv_timeout(GUARD).expect("finish hung");
+    let took = asked.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "finish took {took:?} with a 200 ms deadline"
+    );
     assert_eq!((stats.sent, stats.pending), (0, 5));
     assert_eq!(q.ack_position().map(|p| p.1), Some(0));
 }
@@ -452,8 +467,8 @@ fn backend_check_reports_version_and_auth() {
         "{e}"
     );
 
-    let port = free_port();
-    let down = BackendUrl::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+    let refused = RefusedPort::new();
+    let down = BackendUrl::parse(&refused.url()).unwrap();
     let e = check_backend(&mut Client::new(down, None, Duration::from_secs(2))).unwrap_err();
     assert!(e.contains("cannot connect"), "{e}");
 }
@@ -461,10 +476,12 @@ fn backend_check_reports_version_and_auth() {
 #[test]
 fn delivers_over_ipv6_loopback() {
     quiet_logs();
-    let Ok(sink) = Sink::builder().ipv6().try_start() else {
-        eprintln!("no IPv6 loopback on this machine: IPv6 path not exercised");
-        return;
-    };
+    let sink = Sink::builder().ipv6().try_start().unwrap_or_else(|e| {
+        panic!(
+            "this test delivers over the IPv6 loopback [::1] and cannot run without it ({e}); \
+             enable IPv6 on `lo` (sysctl net.ipv6.conf.lo.disable_ipv6=0)"
+        )
+    });
     assert!(sink.url().starts_with("http://[::1]:"));
     deliver_all(
         &sink,
@@ -491,8 +508,15 @@ fn connection_closed_while_idle_is_resent_without_a_retry() {
         let off = seq as u64 * 100;
         assert!(q.push_line(pos(off), pos(off + 100), 0, vec![event(seq)]));
         assert!(sink.wait_for_events(seq + 1, GUARD));
-        // Let the sink's idle timeout close the kept-alive connection.
-        std::thread::sleep(Duration::from_millis(120));
+        // The sink's idle timeout closes the kept-alive connection: wait until it has.
+        let until = Instant::now() + GUARD;
+        while sink.open_connections() > 0 {
+            assert!(
+                Instant::now() < until,
+                "the sink never closed the idle connection"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
     let stats = h.finish(Instant::now() + Duration::from_secs(5));
     assert_eq!((stats.sent, stats.retries), (3, 0));

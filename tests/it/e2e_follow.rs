@@ -9,8 +9,10 @@
 //! Every matching line is a `kubectl exec` by a unique human actor, which the repository's
 //! rules.yaml turns into one event (`kubectl-exec`, [`support::EXEC_TYPES`]): the actor carries the
 //! line's token. Non-matching lines are the same shape by a service account, or a `list` of
-//! configmaps. Waits are bounded by [`HANG_GUARD`] (never timing assertions); each agent is a
-//! child killed and reaped on drop; each test's directory is removed on drop.
+//! configmaps. Waits are bounded by [`HANG_GUARD`] (never timing assertions) and wait for a
+//! condition on the agent's own state (its checkpoint, its /metrics on `HEALTH_ADDR=127.0.0.1:0`),
+//! never a fixed time; each agent is a child killed and reaped on drop; each test's directory
+//! is removed on drop.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -22,12 +24,20 @@ use std::time::Duration;
 
 use healert_agent::source::checkpoint;
 
+use crate::ops::parse_exposition;
 use crate::sink::Sink;
 use crate::support::{self, append, audit_id, diff, Multiset, Proc, TempDir};
 
 /// Hang guard for every wait (never a timing assertion).
 const HANG_GUARD: Duration = Duration::from_secs(60);
 const POLL: &str = "20ms";
+
+/// README "Performance": a line over MAX_LINE_BYTES (16 MiB) costs at most the cap + 5 MB.
+/// Margin: 1 MiB for what the test setup adds (the health server thread of HEALTH_ADDR).
+const MAX_HWM_LONG_LINE_KIB: u64 = 16 * 1024 + 5_000_000 / 1024 + 1024;
+/// README "Performance": peak RSS on ordinary logs at most 5 MB (measured 3.5–3.6 MB); the
+/// same 1 MiB margin.
+const MAX_HWM_KIB: u64 = 5_000_000 / 1024 + 1024;
 
 // ---------------------------------------------------------------------------------------------
 // Audit lines, expected events.
@@ -69,6 +79,34 @@ fn mixed(prefix: &str, range: std::ops::Range<usize>) -> (Vec<String>, Vec<Strin
 /// The events of the matching lines by `tokens` (the actors).
 fn expected(tokens: &[String]) -> Multiset {
     support::expected_exec(tokens)
+}
+
+/// Like [`mixed`], but every matching line makes two events ([`support::BYPASS_TYPES`]), so
+/// that a stop can fall between the two events of one line.
+fn mixed_pairs(prefix: &str, range: std::ops::Range<usize>) -> (Vec<String>, Vec<String>) {
+    let mut lines = Vec::new();
+    let mut tokens = Vec::new();
+    for i in range {
+        let token = format!("{prefix}-{i}@example.com");
+        if i % 3 == 2 {
+            lines.push(quiet_line(&token, i / 3));
+        } else {
+            lines.push(support::bypass_patch_line(&token) + "\n");
+            tokens.push(token);
+        }
+    }
+    (lines, tokens)
+}
+
+/// The events of the [`mixed_pairs`] lines by `tokens`.
+fn expected_pairs(tokens: &[String]) -> Multiset {
+    let mut m = Multiset::new();
+    for t in tokens {
+        for ty in support::BYPASS_TYPES {
+            *m.entry((t.clone(), ty.to_string())).or_default() += 1;
+        }
+    }
+    m
 }
 
 fn received(sink: &Sink) -> Multiset {
@@ -137,7 +175,8 @@ fn log_tail_at(path: &Path) -> String {
 
 impl Agent {
     /// Starts `healert-agent run` on `dir`'s audit.log against `sink`, with `extra` variables
-    /// on top of the test defaults (fast polling, rules.yaml of the repository).
+    /// on top of the test defaults (fast polling, rules.yaml of the repository, a health server
+    /// on `127.0.0.1:0` for [`Agent::metric`]).
     fn start(dir: &TempDir, sink: &Sink, extra: &[(&str, &str)]) -> Agent {
         static N: AtomicU64 = AtomicU64::new(0);
         let log = dir.join(&format!(
@@ -153,6 +192,7 @@ impl Agent {
             .env("RULES_PATH", support::repo_rules())
             .env("POLL_INTERVAL", POLL)
             .env("LOG_LEVEL", "info")
+            .env("HEALTH_ADDR", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&log).unwrap());
@@ -182,6 +222,32 @@ impl Agent {
 
     fn log_tail(&self) -> String {
         log_tail_at(&self.log)
+    }
+
+    /// A value of the agent's /metrics (0 when the series is absent); panics if the health
+    /// server cannot be reached.
+    fn metric(&self, name: &str) -> f64 {
+        let port = support::listening_port(self.pid())
+            .unwrap_or_else(|| panic!("the agent listens on no port\n{}", self.log_tail()));
+        let r = support::http_get(
+            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            "/metrics",
+        )
+        .unwrap_or_else(|e| panic!("GET /metrics: {e}\n{}", self.log_tail()));
+        assert_eq!(r.status, 200, "{}", r.body);
+        parse_exposition(&r.body)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .value(name, &[])
+            .unwrap_or(0.0)
+    }
+
+    /// Waits until the agent has read every byte of the file (its `bytes_read_total` counts
+    /// partial lines too) and looked at the file's size since (`file_size_bytes`).
+    fn wait_read_to(&self, size: u64) {
+        wait_until("the agent reads to the end of the file", self, || {
+            self.metric("healert_agent_bytes_read_total") >= size as f64
+                && self.metric("healert_agent_file_size_bytes") == size as f64
+        });
     }
 
     /// Peak resident set size of the agent so far, in KiB (`VmHWM` of /proc/PID/status).
@@ -344,8 +410,11 @@ fn e2e_a_matching_line_written_in_three_pieces() {
         for (i, p) in pieces.iter().enumerate() {
             append(&dir.log(), p);
             if i < 2 {
-                // Many poll intervals pass on an incomplete line: nothing may be emitted.
-                std::thread::sleep(Duration::from_millis(300));
+                // The agent has read the incomplete line: nothing may be emitted for it. (All
+                // lines before it were delivered, so the queue is empty too.)
+                let total = fs::metadata(dir.log()).unwrap().len();
+                agent.wait_read_to(total);
+                assert_eq!(agent.metric("healert_agent_queue_depth"), 0.0);
                 let got = sink.events().len();
                 assert_eq!(
                     got,
@@ -396,9 +465,14 @@ fn e2e_file_missing_at_start_then_created_deleted_and_recreated() {
     tokens.extend(toks);
     wait_events(&sink, support::EXEC_TYPES.len() * tokens.len(), &agent);
 
-    // Deleted, a pause with no file (the agent waits), recreated.
+    // Deleted; the agent sees the path gone (and says so) while it keeps the open file;
+    // recreated.
+    const GONE: &str = "the audit log path no longer exists";
+    let gone_before = agent.log_text().matches(GONE).count();
     fs::remove_file(dir.log()).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    wait_until("the agent sees the path gone", &agent, || {
+        agent.log_text().matches(GONE).count() > gone_before
+    });
     let (lines, toks) = mixed("again", 0..60);
     append(&dir.log(), &lines.concat());
     tokens.extend(toks);
@@ -479,7 +553,7 @@ fn e2e_clean_stops_with_a_backlog_across_rotations_lose_and_repeat_nothing() {
     let sink = Sink::builder().delay(Duration::from_millis(15)).start();
     let cp_path = dir.join("checkpoint");
     let cp = cp_path.to_str().unwrap().to_string();
-    let (lines, mut tokens) = mixed("backlog-a", 0..120);
+    let (lines, mut tokens) = mixed_pairs("backlog-a", 0..120);
     append(&dir.log(), &lines.concat());
     let env = [
         ("START_AT", "beginning"),
@@ -493,11 +567,11 @@ fn e2e_clean_stops_with_a_backlog_across_rotations_lose_and_repeat_nothing() {
     loop {
         if round == 2 {
             // While down: the live file grows and is rotated; a new one follows.
-            let (lines, toks) = mixed("backlog-c", 0..60);
+            let (lines, toks) = mixed_pairs("backlog-c", 0..60);
             append(&dir.log(), &lines.concat());
             tokens.extend(toks);
             rotate(&dir, 2);
-            let (lines, toks) = mixed("backlog-d", 0..60);
+            let (lines, toks) = mixed_pairs("backlog-d", 0..60);
             append(&dir.log(), &lines.concat());
             tokens.extend(toks);
         }
@@ -505,11 +579,11 @@ fn e2e_clean_stops_with_a_backlog_across_rotations_lose_and_repeat_nothing() {
         if round == 0 {
             // Rotated while the first file's events are still queued or unread.
             rotate(&dir, 1);
-            let (lines, toks) = mixed("backlog-b", 0..90);
+            let (lines, toks) = mixed_pairs("backlog-b", 0..90);
             append(&dir.log(), &lines.concat());
             tokens.extend(toks);
         }
-        let want = support::EXEC_TYPES.len() * tokens.len();
+        let want = support::BYPASS_TYPES.len() * tokens.len();
         let got = sink.events().len();
         if round >= 3 && got >= want {
             wait_events(&sink, want, &agent);
@@ -536,12 +610,18 @@ fn e2e_clean_stops_with_a_backlog_across_rotations_lose_and_repeat_nothing() {
         with_pending >= 3,
         "only {with_pending} stops left events queued"
     );
+    // The resume skip was used: some stop fell between the two events of one line (the mid-line
+    // resume itself is pinned deterministically by e2e_a_checkpoint_in_the_middle_of_a_line_…).
+    assert!(
+        mid_line > 0,
+        "no stop fell between the two events of a line in {round} stops"
+    );
     eprintln!(
         "clean stops: {round} stops, {with_pending} with events left queued, {mid_line} \
          checkpoint(s) between the two events of a line"
     );
     let tail: String = logs.lines().rev().take(40).collect::<Vec<_>>().join("\n");
-    assert_exact(&sink, &expected(&tokens), &tail);
+    assert_exact(&sink, &expected_pairs(&tokens), &tail);
     assert_eq!(actor_order(&sink), tokens);
     assert_checkpoint_at_end(&dir, &cp_path);
 }
@@ -824,8 +904,8 @@ fn e2e_a_64_mib_line_between_two_matching_lines_in_bounded_memory() {
     assert_eq!(actor_order(&sink), tokens);
     eprintln!("64 MiB line: agent VmHWM {hwm} KiB");
     assert!(
-        hwm < 48 * 1024,
-        "agent peak RSS {hwm} KiB for a 64 MiB line (MAX_LINE_BYTES 16 MiB)"
+        hwm <= MAX_HWM_LONG_LINE_KIB,
+        "agent peak RSS {hwm} KiB for a 64 MiB line (MAX_LINE_BYTES 16 MiB): over {MAX_HWM_LONG_LINE_KIB} KiB"
     );
 }
 
@@ -869,8 +949,8 @@ fn e2e_a_slow_sink_backpressures_without_loss_in_bounded_memory() {
     assert_eq!(actor_order(&sink), tokens);
     eprintln!("backpressure: agent VmHWM {hwm} KiB");
     assert!(
-        hwm < 32 * 1024,
-        "agent peak RSS {hwm} KiB with QUEUE_CAPACITY=5"
+        hwm <= MAX_HWM_KIB,
+        "agent peak RSS {hwm} KiB with QUEUE_CAPACITY=5: over {MAX_HWM_KIB} KiB"
     );
 }
 
@@ -911,6 +991,16 @@ fn e2e_backpressure_with_rotations_and_old_backups_deleted() {
             wait_until("the agent opens the new file", &agent, || {
                 agent_holds(&agent, &dir.log())
             });
+            // It opened it while still behind on the old one (the queue holds 5 events, so
+            // more missing at the sink means lines of the old file were unread): it watches
+            // the path during the stall instead of finding the new file only after draining.
+            let behind = 2 * tokens.len() - sink.events().len();
+            assert!(
+                behind > 5,
+                "the new file was opened only {behind} events short of the old one's end: \
+                 the path is not watched while the queue is full\n{}",
+                agent.log_tail()
+            );
             while backups.len() > 1 {
                 fs::remove_file(backups.remove(0)).unwrap();
             }
@@ -944,7 +1034,8 @@ fn e2e_a_line_completed_after_a_restart_is_delivered_once() {
     let line = exec_line("half-split@example.com");
     let cut = line.find("half-split").unwrap() + 4;
     append(&dir.log(), &line[..cut]);
-    std::thread::sleep(Duration::from_millis(200));
+    // The agent has read the first half: the stop comes while it waits for the newline.
+    agent.wait_read_to(fs::metadata(dir.log()).unwrap().len());
     agent.stop();
     let saved = checkpoint::load(&cp_path).unwrap().unwrap();
     assert_eq!(
@@ -1027,7 +1118,10 @@ fn e2e_a_restart_in_the_middle_of_a_64_mib_line() {
     assert_exact(&sink, &expected(&tokens), &log);
     assert_eq!(actor_order(&sink), tokens);
     eprintln!("64 MiB line across a restart: VmHWM {hwm1} KiB then {hwm2} KiB");
-    assert!(hwm1 < 48 * 1024 && hwm2 < 48 * 1024, "{hwm1} / {hwm2} KiB");
+    assert!(
+        hwm1 <= MAX_HWM_LONG_LINE_KIB && hwm2 <= MAX_HWM_LONG_LINE_KIB,
+        "{hwm1} / {hwm2} KiB: over {MAX_HWM_LONG_LINE_KIB} KiB"
+    );
     assert_checkpoint_at_end(&dir, &cp_path);
 }
 
@@ -1274,4 +1368,80 @@ fn e2e_second_sigterm_stops_at_once_and_the_restart_repeats_nothing() {
     assert_exact(&sink, &expected(&tokens), &format!("{first}\n{log}"));
     assert_eq!(actor_order(&sink), tokens);
     assert_checkpoint_at_end(&dir, &cp_path);
+}
+
+/// The mid-line resume, deterministically: a checkpoint written by hand (the format of
+/// ARCHITECTURE.md) names the start of a line with two events and says `skip_events` of them
+/// were accepted; the file has grown past the fingerprinted prefix since (so the stored
+/// fingerprint is shorter than the file's now, the case of 75e741b). Through the real binary,
+/// exactly the remaining events of that line are delivered, then the lines after it.
+#[test]
+fn e2e_a_checkpoint_in_the_middle_of_a_line_resumes_with_its_remaining_events() {
+    for skip in [0u32, 1, 2] {
+        let dir = TempDir::new("e2e-follow", &format!("mid-line-{skip}"));
+        let sink = Sink::start();
+        let cp_path = dir.join("checkpoint");
+        let cp = cp_path.to_str().unwrap().to_string();
+        // Before the checkpoint: a line without events, then the line it points into.
+        let quiet = quiet_line("mid-quiet@example.com", 1);
+        let mid = "mid-line@example.com".to_string();
+        append(&dir.log(), &quiet);
+        append(&dir.log(), &(support::bypass_patch_line(&mid) + "\n"));
+        let at = quiet.len() as u64;
+        let size = fs::metadata(dir.log()).unwrap().len();
+        assert!(
+            size < 1024,
+            "the fingerprint must cover the whole file ({size} bytes)"
+        );
+        support::write_checkpoint(&cp_path, &dir.log(), at, skip);
+        // Written after the checkpoint: the file grows past 1 KiB.
+        let (lines, after) = mixed("mid-after", 0..6);
+        append(&dir.log(), &lines.concat());
+        assert!(fs::metadata(dir.log()).unwrap().len() > 1024);
+
+        let before = support::file_stamp(&cp_path);
+        // START_AT=end: without the checkpoint nothing of this file would be read.
+        let agent = Agent::start(
+            &dir,
+            &sink,
+            &[("START_AT", "end"), ("CHECKPOINT_PATH", &cp)],
+        );
+        assert!(
+            agent
+                .log_text()
+                .contains(&format!("(from checkpoint offset {at})")),
+            "{}",
+            agent.log_text()
+        );
+        wait_until("the checkpoint reaches the end of the file", &agent, || {
+            support::checkpoint_at_end(&cp_path, &dir.log(), before)
+        });
+        let log = agent.stop();
+        let mut want = Multiset::new();
+        for ty in &support::BYPASS_TYPES[skip as usize..] {
+            *want.entry((mid.clone(), ty.to_string())).or_default() += 1;
+        }
+        want.extend(expected(&after));
+        assert_exact(&sink, &want, &log);
+        // In log order: what is left of the line at the checkpoint comes first.
+        let types: Vec<String> = sink
+            .events_json()
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["actor"].as_str().unwrap(),
+                    e["type"].as_str().unwrap()
+                )
+            })
+            .collect();
+        let mut order: Vec<String> = support::BYPASS_TYPES[skip as usize..]
+            .iter()
+            .map(|t| format!("{mid} {t}"))
+            .collect();
+        for a in &after {
+            order.extend(support::EXEC_TYPES.iter().map(|t| format!("{a} {t}")));
+        }
+        assert_eq!(types, order, "skip_events={skip}");
+    }
 }

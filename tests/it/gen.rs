@@ -8,8 +8,8 @@
 //! fast enough to write hundreds of MB in seconds and needs no Python. It uses its own xorshift
 //! PRNG, so its output is not byte-identical to gen.py's; it is identical for equal options.
 //!
-//! Alongside the log it computes the friction events the agent must emit for the 5 active
-//! rules of the Go agent's `rules.yaml` (`../shared/compat/healert-go-rules.yaml`), with Go
+//! Alongside the log it computes the friction events the agent must emit for the 5 enabled
+//! rules of the repository's `rules.yaml` (the same 5 as the Go agent's file), with Go
 //! matching semantics plus the two fixes our agent documents (src/detect.rs):
 //! `config.ignore_namespaces` is applied, and the bypass annotation also counts in
 //! `requestObject.metadata.annotations`. The Go agent's counts are reported too. That oracle is written independently of `src/` on
@@ -20,8 +20,8 @@
 use std::collections::VecDeque;
 use std::io::{self, Write};
 
-/// The active rules of `healert-go-rules.yaml`, in file order (events of one line come in
-/// this order).
+/// The enabled rules of `rules.yaml` (and of the Go agent's file), in file order (events of
+/// one line come in this order).
 pub const RULES: [&str; 5] = [
     "kubectl-exec",
     "pipeline-skip",
@@ -30,7 +30,7 @@ pub const RULES: [&str; 5] = [
     "emergency-access",
 ];
 
-/// `config.ignore_namespaces` of `healert-go-rules.yaml`.
+/// `config.ignore_namespaces` of `rules.yaml` (and of the Go agent's file).
 pub const IGNORE_NAMESPACES: [&str; 8] = [
     "kube-system",
     "kube-public",
@@ -950,6 +950,9 @@ fn rule_matches(rule: usize, c: &Call, agent: bool) -> bool {
                     | "jobs"
                     | "cronjobs"
             ) && matches!(c.verb, "create" | "update" | "patch")
+                // One act, one event (our rules.yaml, issue 16): the object itself or its
+                // scale, not pods/exec or pods/portforward. The Go agent matched any.
+                && (!agent || c.sub.is_empty() || c.sub == "scale")
         }
         3 => c.resource == "pods" && c.sub == "portforward",
         4 => c.resource == "secrets" && c.verb == "get",
@@ -1566,7 +1569,9 @@ mod tests {
                 if i == 1 && write && go_bypass || i != 1 && *hit {
                     go += 1;
                 }
-                if *hit && !IGNORE_NAMESPACES.contains(&ns.as_str()) {
+                // Our config-drift: the object itself or its scale (one act, one event).
+                let ours = *hit && (i != 2 || sub.is_empty() || sub == "scale");
+                if ours && !IGNORE_NAMESPACES.contains(&ns.as_str()) {
                     agent.push((
                         RULES[i].to_string(),
                         s(&v["requestReceivedTimestamp"]),
@@ -1649,11 +1654,12 @@ mod tests {
             rr_fraction: 0.0,
             ..opts(300, 5)
         });
-        // Each call: ResponseStarted + ResponseComplete; port-forward + config-drift.
+        // Each call: ResponseStarted + ResponseComplete; port-forward only (one act, one
+        // event: our config-drift does not match pods/portforward).
         assert_eq!(s.calls, 150);
         assert_eq!(s.by_rule("port-forward"), 150);
-        assert_eq!(s.by_rule("config-drift"), 150);
-        assert_eq!(s.expected_events, 300);
+        assert_eq!(s.by_rule("config-drift"), 0);
+        assert_eq!(s.expected_events, 150);
     }
 
     fn key_sets(out: &[u8]) -> (BTreeSet<Vec<String>>, BTreeSet<String>, BTreeSet<String>) {
@@ -1672,14 +1678,16 @@ mod tests {
         (top, objref, user)
     }
 
-    /// Same field layout as gen.py (the reference generator in ../shared/tools).
+    /// Same field layout as gen.py (the reference generator in ../shared/tools; a fresh clone
+    /// has no ../shared: then this says so and passes, unless HEALERT_REQUIRE_SHARED=1).
     #[test]
     fn same_shape_as_gen_py() {
+        let Some(shared) = crate::support::shared_or_skip("gen::tests::same_shape_as_gen_py")
+        else {
+            return;
+        };
         let py = std::process::Command::new("python3")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../shared/tools/gen.py"
-            ))
+            .arg(shared.join("tools/gen.py"))
             .args(["--lines", "3000", "--seed", "9", "--match-fraction", "0.05"])
             .output()
             .expect("python3 runs ../shared/tools/gen.py");

@@ -1,5 +1,7 @@
 //! Rules files end to end: the Go agent's files load unchanged, our own rules.yaml (with and
-//! without its optional section) means the same as the Go file, every case under
+//! without its optional section) means the same as the Go file (those two need ../shared, which a
+//! fresh clone lacks: they say so and pass, or fail with HEALERT_REQUIRE_SHARED=1),
+//! `tests/data/rules-all-enabled.yaml` stays exactly rules.yaml uncommented, every case under
 //! `tests/data/rules/{valid,invalid}` gives exactly its `.expected` output through the real
 //! `validate` binary, size and nesting limits are clean errors, and the YAML subset parser
 //! agrees with yaml-rust2 (a well-kept YAML parser, dev-dependency only) on every valid file
@@ -14,17 +16,24 @@ use proptest::prelude::*;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
-use crate::support::{bin, shared, TempDir};
+use crate::support::{bin, rules_all_enabled, shared_or_skip, TempDir};
 
-const GO_RULES: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/compat/healert-go-rules.yaml"
-);
-const GO_RULES_ALL: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/compat/healert-go-rules-all-enabled.yaml"
-);
+/// The Go agent's files inside `../shared`, as strings for argv and `load`.
+fn go_rules(shared: &Path) -> (String, String) {
+    let c = shared.join("compat");
+    (
+        c.join("healert-go-rules.yaml").display().to_string(),
+        c.join("healert-go-rules-all-enabled.yaml")
+            .display()
+            .to_string(),
+    )
+}
+
 const OUR_RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/rules.yaml");
+const OUR_RULES_ALL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/data/rules-all-enabled.yaml"
+);
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/rules");
 
 /// A scratch directory of this test, removed on drop.
@@ -119,7 +128,11 @@ fn without_issue_16(mut rules: Vec<Rule>) -> Vec<Rule> {
 
 #[test]
 fn go_agent_files_validate_unchanged() {
-    let (code, out) = validate_in(&shared(), Some(GO_RULES), None);
+    let Some(shared) = shared_or_skip("rules::go_agent_files_validate_unchanged") else {
+        return;
+    };
+    let (go_rules, go_rules_all) = go_rules(&shared);
+    let (code, out) = validate_in(&shared, Some(&go_rules), None);
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("OK: 5 rules, 8 ignored namespaces, 1 warning\n"),
@@ -134,7 +147,7 @@ fn go_agent_files_validate_unchanged() {
         out.contains("  kubectl-exec      severity=high    workflow=deploy     line 155"),
         "{out}"
     );
-    let (code, out) = validate_in(&shared(), Some(GO_RULES_ALL), None);
+    let (code, out) = validate_in(&shared, Some(&go_rules_all), None);
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("OK: 16 rules, 8 ignored namespaces, 1 warning\n"),
@@ -144,7 +157,11 @@ fn go_agent_files_validate_unchanged() {
 
 #[test]
 fn go_file_is_read_as_the_go_agent_meant_it() {
-    let l = load(GO_RULES);
+    let Some(shared) = shared_or_skip("rules::go_file_is_read_as_the_go_agent_meant_it") else {
+        return;
+    };
+    let (go_rules, go_rules_all) = go_rules(&shared);
+    let l = load(&go_rules);
     let exec = &l.rules.rules[0];
     assert_eq!(exec.name, "kubectl-exec");
     assert_eq!(exec.matcher.resource.as_deref(), Some("pods"));
@@ -157,7 +174,7 @@ fn go_file_is_read_as_the_go_agent_meant_it() {
         Some(("policy.admission.k8s.io/bypass".into(), "true".into()))
     );
     assert_eq!(l.rules.ignore_namespaces[7], "vault");
-    let all = load(GO_RULES_ALL);
+    let all = load(&go_rules_all);
     let rbac = all
         .rules
         .rules
@@ -170,26 +187,56 @@ fn go_file_is_read_as_the_go_agent_meant_it() {
 
 #[test]
 fn our_rules_yaml_means_what_the_go_file_means() {
+    let Some(shared) = shared_or_skip("rules::our_rules_yaml_means_what_the_go_file_means") else {
+        return;
+    };
+    let (go_rules, go_rules_all) = go_rules(&shared);
     let ours = load(OUR_RULES);
-    let go = load(GO_RULES);
+    let go = load(&go_rules);
     assert!(ours.warnings.is_empty(), "{:?}", ours.warnings);
     assert_eq!(ours.rules.ignore_namespaces, go.rules.ignore_namespaces);
     let a: Vec<Rule> = without_issue_16(ours.rules.rules.iter().map(meaning).collect());
     let b: Vec<Rule> = go.rules.rules.iter().map(meaning).collect();
     assert_eq!(a, b);
 
-    let enabled = uncomment_optional(&std::fs::read_to_string(OUR_RULES).unwrap());
-    let ours_all = parse_rules(enabled.as_bytes()).unwrap_or_else(|d| panic!("{d:?}"));
-    let go_all = load(GO_RULES_ALL);
+    let ours_all = load(OUR_RULES_ALL);
+    let go_all = load(&go_rules_all);
     assert_eq!(ours_all.rules.rules.len(), 16);
     assert!(ours_all.warnings.is_empty(), "{:?}", ours_all.warnings);
+    assert_eq!(
+        ours_all.rules.ignore_namespaces,
+        go_all.rules.ignore_namespaces
+    );
     let a: Vec<Rule> = without_issue_16(ours_all.rules.rules.iter().map(meaning).collect());
     let b: Vec<Rule> = go_all.rules.rules.iter().map(meaning).collect();
     assert_eq!(a, b);
+}
+
+/// The test-only file with every rule of ours is exactly rules.yaml with the optional rules
+/// enabled the way the file tells users to: it cannot drift from rules.yaml. It loads (our
+/// loader and `validate`) as 16 rules: rules.yaml's 5, then the 11 optional ones.
+#[test]
+fn rules_all_enabled_is_rules_yaml_uncommented() {
+    assert_eq!(rules_all_enabled().to_str(), Some(OUR_RULES_ALL));
+    let want = uncomment_optional(&std::fs::read_to_string(OUR_RULES).unwrap());
+    let have = std::fs::read_to_string(OUR_RULES_ALL).unwrap();
+    assert!(
+        have == want,
+        "tests/data/rules-all-enabled.yaml is not rules.yaml with the `# ` of its optional \
+         block removed; regenerate it from rules.yaml (see uncomment_optional)"
+    );
+    let base = load(OUR_RULES);
+    let all = load(OUR_RULES_ALL);
+    assert!(all.warnings.is_empty(), "{:?}", all.warnings);
+    assert_eq!((base.rules.rules.len(), all.rules.rules.len()), (5, 16));
+    assert_eq!(all.rules.ignore_namespaces, base.rules.ignore_namespaces);
+    let a: Vec<Rule> = base.rules.rules.iter().map(meaning).collect();
+    let b: Vec<Rule> = all.rules.rules[..5].iter().map(meaning).collect();
+    assert_eq!(a, b, "the enabled rules come first, unchanged");
 
     // And through the binary, as a user would check it.
     let dir = scratch("enabled");
-    std::fs::write(dir.join("rules.yaml"), enabled).unwrap();
+    std::fs::write(dir.join("rules.yaml"), have).unwrap();
     let (code, out) = validate_in(dir.path(), None, None);
     assert_eq!(code, 0, "{out}");
     assert!(
@@ -200,10 +247,10 @@ fn our_rules_yaml_means_what_the_go_file_means() {
 
 #[test]
 fn crlf_and_bom_do_not_change_the_meaning() {
-    let src = std::fs::read_to_string(GO_RULES_ALL).unwrap();
+    let src = std::fs::read_to_string(OUR_RULES_ALL).unwrap();
     let crlf = format!("\u{feff}{}", src.replace('\n', "\r\n"));
     let a = parse_rules(crlf.as_bytes()).unwrap_or_else(|d| panic!("{d:?}"));
-    let b = load(GO_RULES_ALL);
+    let b = load(OUR_RULES_ALL);
     assert_eq!(a.rules, b.rules);
 }
 
@@ -266,7 +313,7 @@ fn data_driven_cases() {
             }
         }
     }
-    assert!(count >= 60, "only {count} cases found");
+    assert_eq!(count, 63, "cases found under {DATA}");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -326,7 +373,7 @@ fn unreadable_file_exits_2_and_says_how_to_set_rules_path() {
         "{out}"
     );
     // RULES_PATH is used when no argument is given.
-    let (code, out) = validate_in(dir.path(), None, Some(GO_RULES));
+    let (code, out) = validate_in(dir.path(), None, Some(OUR_RULES));
     assert_eq!(code, 0, "{out}");
     // A directory is unreadable as a file.
     let (code, out) = validate_in(dir.path(), Some("."), None);
@@ -498,7 +545,7 @@ fn theirs(src: &str, with_pos: bool) -> Option<T> {
 #[test]
 fn differential_against_yaml_rust2_on_every_valid_file() {
     let mut files: Vec<(String, String)> = Vec::new();
-    for p in [GO_RULES, GO_RULES_ALL, OUR_RULES] {
+    for p in [OUR_RULES, OUR_RULES_ALL] {
         files.push((p.into(), std::fs::read_to_string(p).unwrap()));
     }
     files.push((
@@ -515,8 +562,32 @@ fn differential_against_yaml_rust2_on_every_valid_file() {
             ));
         }
     }
-    assert!(files.len() >= 7);
-    for (name, src) in &files {
+    // rules.yaml, rules-all-enabled.yaml, rules.yaml uncommented here, the 3 valid cases.
+    assert_eq!(files.len(), 6);
+    agree_with_yaml_rust2(&files);
+}
+
+/// The same for the Go agent's files (needs ../shared).
+#[test]
+fn differential_against_yaml_rust2_on_the_go_agent_files() {
+    let Some(shared) =
+        shared_or_skip("rules::differential_against_yaml_rust2_on_the_go_agent_files")
+    else {
+        return;
+    };
+    let (go_rules, go_rules_all) = go_rules(&shared);
+    let files: Vec<(String, String)> = [go_rules, go_rules_all]
+        .into_iter()
+        .map(|p| {
+            let src = std::fs::read_to_string(&p).unwrap();
+            (p, src)
+        })
+        .collect();
+    agree_with_yaml_rust2(&files);
+}
+
+fn agree_with_yaml_rust2(files: &[(String, String)]) {
+    for (name, src) in files {
         let mine = yaml::parse(src.as_bytes()).unwrap_or_else(|e| panic!("{name}: {e}"));
         let theirs = theirs(src, true).unwrap_or_else(|| panic!("{name}: yaml-rust2 rejected it"));
         assert_eq!(ours(&mine, true), theirs, "{name}");
@@ -733,7 +804,7 @@ proptest! {
     #[test]
     fn mutated_rules_files_never_misparse(edits in prop::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 1..4)) {
         // Without its full-line comments, so that most edits land in YAML structure.
-        let src: String = std::fs::read_to_string(GO_RULES_ALL)
+        let src: String = std::fs::read_to_string(OUR_RULES_ALL)
             .unwrap()
             .lines()
             .filter(|l| !l.trim_start().starts_with('#'))

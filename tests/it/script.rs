@@ -15,7 +15,7 @@ use healert_agent::config::{self, VARS};
 use yaml_rust2::{Yaml, YamlLoader};
 
 use crate::sink::{Action, Sink};
-use crate::support::{bin, free_port, shared, Proc, TempDir};
+use crate::support::{bin, free_port, rules_all_enabled, Proc, TempDir};
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -247,8 +247,8 @@ fn validate_is_the_agents_own_validate() {
     let broken = s.root().join("broken.yaml");
     std::fs::write(&broken, "rules:\n  - name: [unclosed\n").unwrap();
     let missing = s.root().join("missing.yaml");
-    let compat = shared().join("compat/healert-go-rules-all-enabled.yaml");
-    for path in [compat.as_path(), broken.as_path(), missing.as_path()] {
+    let all_rules = rules_all_enabled();
+    for path in [all_rules.as_path(), broken.as_path(), missing.as_path()] {
         let p = path.to_str().unwrap();
         let agent = run_bounded({
             let mut c = Command::new(bin());
@@ -1033,11 +1033,8 @@ fn audit_policy_records_what_every_rule_needs_and_no_secret_bodies() {
     assert_eq!(policy["kind"].as_str(), Some("Policy"));
     assert_eq!(strs(&policy["omitStages"]), vec!["RequestReceived"]);
 
-    // The rules come from the Go agent's file with all 16 rules enabled.
-    let rules_doc = &YamlLoader::load_from_str(&read(
-        &shared().join("compat/healert-go-rules-all-enabled.yaml"),
-    ))
-    .unwrap()[0];
+    // Every rule of rules.yaml, the 11 optional ones enabled (16 rules).
+    let rules_doc = &YamlLoader::load_from_str(&read(&rules_all_enabled())).unwrap()[0];
     let rules = rules_doc["rules"].as_vec().unwrap();
     assert_eq!(rules.len(), 16);
 

@@ -302,6 +302,11 @@ impl Sink {
         self.state.lock().connections
     }
 
+    /// TCP connections open now (each served by a thread of its own until either side closes).
+    pub fn open_connections(&self) -> usize {
+        self.state.active.load(Ordering::SeqCst)
+    }
+
     /// Every request received (all paths), in order.
     pub fn requests(&self) -> Vec<Request> {
         self.state.lock().requests.clone()

@@ -21,14 +21,58 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_healert-agent"))
 }
 
-/// `../shared` beside the repository (read-only test material).
+/// `../shared` beside the repository: another project's material (the Go agent's rules files,
+/// the Python reference generator). It exists on the developers' machines and in CI, never in a
+/// user's fresh clone: a test that needs it gets it from [`shared_or_skip`].
 pub fn shared() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared")
+}
+
+/// The variable that turns a skip for want of `../shared` into a failure (`.ci/run` sets it).
+pub const REQUIRE_SHARED: &str = "HEALERT_REQUIRE_SHARED";
+
+/// `../shared` if it is there. If not, a test that needs it for `what` prints one line saying
+/// what was skipped and why (straight to stderr, so it shows in a passing run too) and gets
+/// `None` (it then returns, passing) — unless `HEALERT_REQUIRE_SHARED=1`, where it fails.
+pub fn shared_or_skip(what: &str) -> Option<PathBuf> {
+    let dir = shared();
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    let why = format!(
+        "{} is absent (a fresh clone has no ../shared beside it)",
+        dir.display()
+    );
+    if std::env::var(REQUIRE_SHARED).is_ok_and(|v| v == "1") {
+        panic!("{what}: {why}, and {REQUIRE_SHARED}=1 requires it");
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {what}: {why}; set {REQUIRE_SHARED}=1 to make this a failure"
+    );
+    None
 }
 
 /// The repository's rules.yaml.
 pub fn repo_rules() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rules.yaml")
+}
+
+/// `tests/data/rules-all-enabled.yaml`: rules.yaml with its optional rules enabled (the `# `
+/// prefixes of the optional block removed; `rules::rules_all_enabled_is_rules_yaml_uncommented`
+/// keeps it so). The rules file with every rule of ours, for the goldens and the loaders.
+pub fn rules_all_enabled() -> PathBuf {
+    data().join("rules-all-enabled.yaml")
+}
+
+/// `tests/data`.
+pub fn data() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data")
+}
+
+/// The vendored real audit logs, `tests/data/audit-samples` (see its README.md).
+pub fn audit_samples() -> PathBuf {
+    data().join("audit-samples")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -128,6 +172,25 @@ pub fn list_configmaps_line(username: &str) -> String {
         id = audit_id()
     )
 }
+
+/// One audit event (no newline) that rules.yaml makes two events of ([`BYPASS_TYPES`]): a
+/// `patch` of deployment `shop/web` by `username` carrying the policy-bypass annotation.
+pub fn bypass_patch_line(username: &str) -> String {
+    format!(
+        "{{\"kind\":\"Event\",\"apiVersion\":\"audit.k8s.io/v1\",\"level\":\"Request\",\
+         \"auditID\":\"{id}\",\"stage\":\"ResponseComplete\",\
+         \"requestURI\":\"/apis/apps/v1/namespaces/shop/deployments/web\",\"verb\":\"patch\",\
+         \"user\":{{\"username\":\"{username}\"}},\
+         \"objectRef\":{{\"resource\":\"deployments\",\"namespace\":\"shop\",\"name\":\"web\",\
+         \"apiGroup\":\"apps\",\"apiVersion\":\"v1\"}},\"responseStatus\":{{\"code\":200}},\
+         \"requestObject\":{{\"metadata\":{{\"annotations\":{{\"policy.admission.k8s.io/bypass\":\"true\"}}}}}},\
+         \"requestReceivedTimestamp\":\"2026-11-25T10:00:00.000000Z\"}}",
+        id = audit_id()
+    )
+}
+
+/// The event types rules.yaml makes of one [`bypass_patch_line`], in order.
+pub const BYPASS_TYPES: [&str; 2] = ["pipeline-skip", "config-drift"];
 
 /// The event types rules.yaml makes of one [`exec_line`] by a human: one act, one event
 /// (`config-drift` matches the object itself or its scale, not pods/exec).
@@ -364,4 +427,217 @@ pub fn parse_reply(buf: &[u8]) -> std::io::Result<Reply> {
         head: head.to_string(),
         body: body.to_string(),
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ports that cannot collide.
+
+/// A loopback port that refuses connections (nothing listens) and that no other process can
+/// listen on while this value lives: it is the local port of a loopback connection of our own,
+/// which makes any `bind` of it fail. Use it for a backend that is down; [`RefusedPort::release_to`]
+/// frees it for a listener of the test's own (a backend coming up on the address the agent was
+/// given), to be bound at once.
+pub struct RefusedPort {
+    port: u16,
+    client: TcpStream,
+    server: TcpStream,
+}
+
+impl RefusedPort {
+    pub fn new() -> RefusedPort {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (server, _) = l.accept().unwrap();
+        drop(l);
+        let port = client.local_addr().unwrap().port();
+        let probe = TcpStream::connect_timeout(
+            &SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(10),
+        );
+        assert!(
+            probe
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused),
+            "port {port} should refuse connections: {probe:?}"
+        );
+        RefusedPort {
+            port,
+            client,
+            server,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Frees the port and has `bind` listen on it: our connection is closed (our side first),
+    /// and `bind` is retried while the port is still in use by that closing connection (its
+    /// last ACK, microseconds on loopback). Panics, naming the port, if it is still taken after
+    /// 10 s: then another process took it in that window.
+    pub fn release_to<T>(self, mut bind: impl FnMut(u16) -> std::io::Result<T>) -> T {
+        let RefusedPort {
+            port,
+            mut client,
+            server,
+        } = self;
+        let _ = server.shutdown(std::net::Shutdown::Both);
+        drop(server);
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let _ = client.read(&mut [0u8; 1]);
+        drop(client);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match bind(port) {
+                Ok(t) => return t,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("cannot listen on port {port}, held until just now: {e}"),
+            }
+        }
+    }
+}
+
+impl Default for RefusedPort {
+    fn default() -> Self {
+        RefusedPort::new()
+    }
+}
+
+/// The loopback port process `pid` listens on, read from /proc (its socket inodes among
+/// /proc/PID/fd, in LISTEN state in /proc/PID/net/tcp or tcp6). Lets an agent bind
+/// `HEALTH_ADDR=127.0.0.1:0` (no port can collide) and the test find where.
+pub fn listening_port(pid: u32) -> Option<u16> {
+    let mut inodes = std::collections::BTreeSet::new();
+    for fd in fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
+        if let Ok(target) = fs::read_link(fd.path()) {
+            let t = target.to_string_lossy();
+            if let Some(n) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
+                inodes.insert(n.to_string());
+            }
+        }
+    }
+    for table in ["tcp", "tcp6"] {
+        let text = fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 9 && f[3] == "0A" && inodes.contains(f[9]) {
+                let port = f[1].rsplit(':').next()?;
+                return u16::from_str_radix(port, 16).ok();
+            }
+        }
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------------------------
+// The checkpoint file, read and written here independently of src/ (format: ARCHITECTURE.md).
+
+/// FNV-1a, 64 bit (the checkpoint's fingerprint and checksum).
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// What a checkpoint file records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedCheckpoint {
+    /// `path=` as written (percent-encoded).
+    pub path: String,
+    pub dev: u64,
+    pub ino: u64,
+    pub fingerprint: u64,
+    pub fingerprint_len: u32,
+    pub offset: u64,
+    pub skip_events: u32,
+}
+
+/// The checkpoint at `path`, if there is one and its checksum holds.
+pub fn read_checkpoint(path: &Path) -> Option<SavedCheckpoint> {
+    let text = fs::read_to_string(path).ok()?;
+    let at = text.find("\nchecksum=")? + 1;
+    let (body, sum) = text.split_at(at);
+    let sum = u64::from_str_radix(sum.strip_prefix("checksum=")?.trim_end(), 16).ok()?;
+    if fnv1a64(body.as_bytes()) != sum {
+        return None;
+    }
+    let mut lines = body.lines();
+    if lines.next()? != "healert-agent checkpoint v1" {
+        return None;
+    }
+    let kv: BTreeMap<&str, &str> = lines.filter_map(|l| l.split_once('=')).collect();
+    Some(SavedCheckpoint {
+        path: kv.get("path")?.to_string(),
+        dev: kv.get("dev")?.parse().ok()?,
+        ino: kv.get("ino")?.parse().ok()?,
+        fingerprint: u64::from_str_radix(kv.get("fingerprint")?, 16).ok()?,
+        fingerprint_len: kv.get("fingerprint_len")?.parse().ok()?,
+        offset: kv.get("offset")?.parse().ok()?,
+        skip_events: kv.get("skip_events")?.parse().ok()?,
+    })
+}
+
+/// Writes a checkpoint by hand, as the agent would: `log` (its device, inode and the
+/// fingerprint of its first min(size, 1024) bytes, now), resume at `offset`, the first
+/// `skip_events` events of the line there already accepted. `log` must be plain ASCII.
+pub fn write_checkpoint(path: &Path, log: &Path, offset: u64, skip_events: u32) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(log).unwrap();
+    let head = fs::read(log).unwrap();
+    let head = &head[..head.len().min(1024)];
+    let shown = log.to_str().unwrap();
+    assert!(
+        shown
+            .bytes()
+            .all(|b| (0x21..=0x7e).contains(&b) && b != b'%'),
+        "write_checkpoint: {shown} needs percent-encoding"
+    );
+    let body = format!(
+        "healert-agent checkpoint v1\npath={shown}\ndev={}\nino={}\nfingerprint={:016x}\n\
+         fingerprint_len={}\noffset={offset}\nskip_events={skip_events}\n",
+        meta.dev(),
+        meta.ino(),
+        fnv1a64(head),
+        head.len()
+    );
+    let sum = fnv1a64(body.as_bytes());
+    fs::write(path, format!("{body}checksum={sum:016x}\n")).unwrap();
+}
+
+/// The identity of the file at `path` now (inode and modification time): the agent replaces
+/// its checkpoint file on each save, so a different stamp later means a save happened since.
+pub fn file_stamp(path: &Path) -> Option<(u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path)
+        .ok()
+        .map(|m| (m.ino(), m.mtime(), m.mtime_nsec()))
+}
+
+/// Whether the checkpoint at `cp` was saved since `before` (its [`file_stamp`] then) and records the very end of `log`, nothing of its last line pending: the
+/// agent read all of `log` and the backend acknowledged every event of it. This is the real
+/// condition to wait for before asserting that nothing more arrives.
+pub fn checkpoint_at_end(cp: &Path, log: &Path, before: Option<(u64, i64, i64)>) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Some(c), Ok(meta)) = (read_checkpoint(cp), fs::metadata(log)) else {
+        return false;
+    };
+    file_stamp(cp) != before
+        && c.dev == meta.dev()
+        && c.ino == meta.ino()
+        && c.offset == meta.len()
+        && c.skip_events == 0
 }
