@@ -14,6 +14,7 @@ mod ops;
 mod perf_replay;
 mod rules;
 mod script;
+mod secure;
 mod sink;
 mod soak;
 mod support;

@@ -1,0 +1,321 @@
+//! Issue 17 (the binary's side of the adversarial review) and issue 18 item 2 (the key checked
+//! at start), through the real binary: every test starts `healert-agent` as a child process
+//! (killed on drop) against the std-only [`Sink`] or a hostile loopback peer, and checks what
+//! the agent did: probes answered, events delivered exactly once, files it created, what its
+//! messages show.
+
+#![allow(dead_code, unused_imports)]
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::ops::parse_exposition;
+use crate::sink::Sink;
+use crate::support::{
+    self, assert_exactly_once, expected_exec, free_port, http_get, repo_rules, Proc, Reply, TempDir,
+};
+
+/// Hang guard for every wait (a loaded 2-core CI machine is slow, not stuck).
+const GUARD: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------------------------------------
+// The agent as a child process.
+
+struct Agent {
+    proc: Proc,
+    stderr_path: PathBuf,
+}
+
+type Env = Vec<(String, String)>;
+
+/// A running agent's environment: `backend`, `log`, the repository's rules, fast polling.
+fn env(backend: &str, log: &Path, extra: &[(&str, &str)]) -> Env {
+    let mut env: Env = vec![
+        ("HEALERT_BACKEND_URL".into(), backend.to_string()),
+        ("AUDIT_LOG_PATH".into(), log.display().to_string()),
+        ("RULES_PATH".into(), repo_rules().display().to_string()),
+        ("POLL_INTERVAL".into(), "20ms".into()),
+        ("START_AT".into(), "beginning".into()),
+        ("SHUTDOWN_GRACE".into(), "2s".into()),
+    ];
+    for (k, v) in extra {
+        env.retain(|(n, _)| n != k);
+        env.push((k.to_string(), v.to_string()));
+    }
+    env
+}
+
+/// `program` with none of the agent's variables inherited, in `dir`, with `env`.
+fn command_for(program: &Path, dir: &Path, env: &[(String, String)]) -> Command {
+    let mut c = Command::new(program);
+    for (name, _, _) in healert_agent::config::VARS {
+        c.env_remove(name);
+    }
+    c.env_remove("HEALERT_MODE");
+    c.current_dir(dir);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c
+}
+
+/// The binary (see [`command_for`]).
+fn command(dir: &Path, env: &[(String, String)]) -> Command {
+    command_for(&support::bin(), dir, env)
+}
+
+impl Agent {
+    /// `healert-agent run` (under `umask`, when given); stderr to `<dir>/<label>.stderr`.
+    fn start_umask(
+        dir: &TempDir,
+        label: &str,
+        env: &[(String, String)],
+        umask: Option<&str>,
+    ) -> Agent {
+        let stderr_path = dir.join(&format!("{label}.stderr"));
+        let err = File::create(&stderr_path).unwrap();
+        let mut cmd = match umask {
+            None => command(dir.path(), env),
+            Some(mask) => {
+                // `exec` keeps the pid, so signals reach the agent itself.
+                let mut c = command_for(Path::new("sh"), dir.path(), env);
+                c.arg("-c")
+                    .arg(format!("umask {mask} && exec \"$0\" run"))
+                    .arg(support::bin());
+                c
+            }
+        };
+        if umask.is_none() {
+            cmd.arg("run");
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(err))
+            .spawn()
+            .unwrap();
+        Agent {
+            proc: Proc::new(child),
+            stderr_path,
+        }
+    }
+
+    fn start(dir: &TempDir, label: &str, env: &[(String, String)]) -> Agent {
+        Agent::start_umask(dir, label, env, None)
+    }
+
+    /// With a health server on a free loopback port (retried if another process took it).
+    fn start_with_health(
+        dir: &TempDir,
+        label: &str,
+        env: &[(String, String)],
+    ) -> (Agent, SocketAddr) {
+        for _ in 0..5 {
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let mut env = env.to_vec();
+            env.push(("HEALTH_ADDR".into(), addr.to_string()));
+            let mut a = Agent::start(dir, label, &env);
+            let deadline = Instant::now() + GUARD;
+            loop {
+                if let Some(st) = a.proc.try_wait() {
+                    let err = a.stderr();
+                    assert!(
+                        err.contains("cannot serve health"),
+                        "agent exited ({st}):\n{err}"
+                    );
+                    break;
+                }
+                if http_get(addr, "/healthz").is_ok() {
+                    return (a, addr);
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no health server:\n{}",
+                    a.stderr()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("no free port for HEALTH_ADDR after 5 tries");
+    }
+
+    fn stderr(&self) -> String {
+        support::read_lossy(&self.stderr_path)
+    }
+
+    /// Waits until stderr contains `needle` (hang guard).
+    fn wait_log(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + GUARD;
+        loop {
+            let err = self.stderr();
+            if err.contains(needle) {
+                return err;
+            }
+            if let Some(st) = self.proc.try_wait() {
+                let err = self.stderr();
+                assert!(
+                    err.contains(needle),
+                    "agent exited ({st}) before logging {needle:?}:\n{err}"
+                );
+                return err;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in stderr after {GUARD:?}:\n{err}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn wait_exit(&mut self) -> ExitStatus {
+        let path = self.stderr_path.clone();
+        self.proc.wait_exit(GUARD, || {
+            format!("agent stderr:\n{}", support::read_lossy(&path))
+        })
+    }
+
+    /// SIGTERM, a clean exit, the whole stderr.
+    fn stop(&mut self) -> String {
+        self.proc.signal("TERM");
+        let st = self.wait_exit();
+        let err = self.stderr();
+        assert_eq!(st.code(), Some(0), "agent exit status {st}:\n{err}");
+        err
+    }
+
+    /// Polls `GET path` until `cond` holds (hang guard).
+    fn wait_http(&mut self, addr: SocketAddr, path: &str, cond: impl Fn(&Reply) -> bool) -> Reply {
+        let deadline = Instant::now() + GUARD;
+        loop {
+            if let Some(st) = self.proc.try_wait() {
+                panic!("agent exited ({st}):\n{}", self.stderr());
+            }
+            let last = match http_get(addr, path) {
+                Ok(r) if cond(&r) => return r,
+                Ok(r) => format!("{} {}", r.status, r.body),
+                Err(e) => format!("error: {e}"),
+            };
+            assert!(
+                Instant::now() < deadline,
+                "GET {path}: not as expected after {GUARD:?}; last: {last}\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+/// Runs the binary to its exit (a refusal at start): (exit code, stderr).
+fn run_to_exit(dir: &TempDir, env: &[(String, String)]) -> (Option<i32>, String) {
+    let mut a = Agent::start(dir, "refused", env);
+    let st = a.wait_exit();
+    (st.code(), a.stderr())
+}
+
+fn metric(addr: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let r = http_get(addr, "/metrics").unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let e = parse_exposition(&r.body).unwrap_or_else(|e| panic!("bad exposition: {e}\n{}", r.body));
+    e.value(name, labels).unwrap_or(0.0)
+}
+
+fn actor(token: &str) -> String {
+    format!("u-{token}@example.com")
+}
+
+/// `n` kubectl-exec lines by `u-<prefix><i>`; returns the tokens.
+fn exec_lines(log: &Path, prefix: &str, n: usize) -> Vec<String> {
+    let toks: Vec<String> = (0..n).map(|i| format!("{prefix}{i:03}")).collect();
+    let mut text = String::new();
+    for t in &toks {
+        text.push_str(&support::exec_line(&actor(t)));
+        text.push('\n');
+    }
+    support::append(log, &text);
+    toks
+}
+
+fn quiet_line() -> String {
+    support::list_configmaps_line("system:serviceaccount:kube-system:foo") + "\n"
+}
+
+fn wait_events(sink: &Sink, n: usize, agent: &Agent) {
+    assert!(
+        sink.wait_for_events(n, GUARD),
+        "{} of {n} events at the sink:\n{}",
+        sink.events().len(),
+        agent.stderr()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Finding 1: probes that cannot be starved.
+
+/// 32 clients trickling one byte at a time into never-ending request heads (reconnecting as
+/// soon as the server drops them) while 20 `/healthz` probes are made: every probe is
+/// answered 200.
+#[test]
+fn every_healthz_probe_is_answered_200_while_32_clients_trickle_on_the_health_port() {
+    let dir = TempDir::new("secure", "trickle");
+    let log = dir.log();
+    support::append(&log, &quiet_line());
+    let sink = Sink::start();
+    let (mut a, addr) = Agent::start_with_health(&dir, "run", &env(&sink.url(), &log, &[]));
+    a.wait_http(addr, "/readyz", |r| r.status == 200);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let connected = Arc::new(AtomicUsize::new(0));
+    let tricklers: Vec<_> = (0..32)
+        .map(|_| {
+            let (stop, connected) = (Arc::clone(&stop), Arc::clone(&connected));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let Ok(mut s) = TcpStream::connect(addr) else {
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    };
+                    connected.fetch_add(1, Ordering::SeqCst);
+                    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nX-Slow: ");
+                    while !stop.load(Ordering::SeqCst) && s.write_all(b"a").is_ok() {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    connected.fetch_sub(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    support::wait_until(
+        GUARD,
+        "32 trickling connections",
+        || connected.load(Ordering::SeqCst) >= 32,
+        || a.stderr(),
+    );
+    let mut answers = Vec::new();
+    for _ in 0..20 {
+        answers.push(match http_get(addr, "/healthz") {
+            Ok(r) => format!("{} {}", r.status, r.body.trim()),
+            Err(e) => format!("error: {e}"),
+        });
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::SeqCst);
+    for t in tricklers {
+        t.join().unwrap();
+    }
+    let failed: Vec<&String> = answers.iter().filter(|a| *a != "200 ok").collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 20 probes failed: {answers:?}",
+        failed.len()
+    );
+    // The agent itself was never disturbed.
+    assert_eq!(http_get(addr, "/readyz").unwrap().status, 200);
+    a.stop();
+}
