@@ -428,11 +428,12 @@ impl Config {
     }
 
     /// The production delivery policy with the operator's knobs (MAX_EVENTS_PER_MINUTE,
-    /// DEAD_LETTER_PATH).
+    /// DEAD_LETTER_PATH), checking the backend before the first event.
     pub fn delivery_options(&self) -> DeliveryOptions {
         DeliveryOptions {
             max_events_per_minute: self.max_events_per_minute,
             dead_letter_path: self.dead_letter_path.clone(),
+            startup_check: true,
             ..DeliveryOptions::default()
         }
     }

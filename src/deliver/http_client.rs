@@ -597,6 +597,11 @@ impl Client {
         self.api_key.is_some()
     }
 
+    /// The deadline of one whole request (HTTP_TIMEOUT).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// No request runs past `cap` (shutdown deadline), even if HTTP_TIMEOUT would allow it.
     pub fn set_deadline_cap(&mut self, cap: Option<Instant>) {
         self.deadline_cap = cap;

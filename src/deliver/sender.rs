@@ -20,7 +20,7 @@ use crate::deliver::queue::Queue;
 use crate::detect::json::{Peek, Scanner};
 use crate::detect::FrictionEvent;
 use crate::operate::log::{sanitize, Throttle};
-use crate::operate::metrics::{BackendState, Metrics};
+use crate::operate::metrics::{now_unix_ms, BackendState, Metrics};
 use crate::{error, info, warn};
 
 /// How the sender behaves; `Default` is the production policy of the issue.
@@ -41,6 +41,9 @@ pub struct DeliveryOptions {
     pub auth_log_every: Duration,
     /// Log one line per delivered event (`[200] type=... severity=...`).
     pub log_each_event: bool,
+    /// Check the backend (`GET /health`) on the sender thread before the first event, so
+    /// that a slow or blackholed backend never holds up the follower.
+    pub startup_check: bool,
 }
 
 impl Default for DeliveryOptions {
@@ -54,6 +57,7 @@ impl Default for DeliveryOptions {
             retry_after_max: Duration::from_secs(600),
             auth_log_every: Duration::from_secs(60),
             log_each_event: true,
+            startup_check: false,
         }
     }
 }
@@ -317,6 +321,11 @@ struct Sender<P> {
 
 impl<P: Copy> Sender<P> {
     fn run(&mut self) -> DeliveryStats {
+        if self.opts.startup_check && !self.control.stopped() {
+            self.in_flight();
+            log_backend_check(&mut self.client);
+            self.metrics.sender.beat();
+        }
         while let Some(ev) = self.next_event() {
             let delivered = self.deliver(&ev);
             *self.progress.lock().unwrap_or_else(|p| p.into_inner()) = self.stats;
@@ -391,7 +400,9 @@ impl<P: Copy> Sender<P> {
                 return false;
             }
             self.client.set_deadline_cap(self.control.deadline());
+            self.in_flight();
             let result = self.client.post_json("/events", body);
+            self.metrics.sender.beat();
             // The status sharpens the /readyz reason ("rejected the API key (401)", "failing
             // (last status 503)"); 0 for a transport error ("unreachable").
             self.metrics
@@ -452,6 +463,15 @@ impl<P: Copy> Sender<P> {
                 }
             }
         }
+    }
+
+    /// Declares a request about to block this thread: it is bounded by HTTP_TIMEOUT, so liveness
+    /// must not call the sender stalled before that deadline (HTTP_TIMEOUT may exceed
+    /// `STALL_AFTER_MS`).
+    fn in_flight(&self) {
+        self.metrics
+            .sender
+            .busy_until(now_unix_ms().saturating_add(self.client.timeout().as_millis() as u64));
     }
 
     /// Waits for the client-side pacing slot; false if stopped meanwhile.

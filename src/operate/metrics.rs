@@ -109,12 +109,20 @@ impl Heartbeat {
         self.0.store(now_unix_ms(), Ordering::Relaxed);
     }
 
+    /// Declares that the thread is about to block on an operation bounded by a deadline at
+    /// `unix_ms` (a backend request and its HTTP_TIMEOUT): it counts as alive until then, and
+    /// stalled only [`STALL_AFTER_MS`] past it.
+    pub fn busy_until(&self, unix_ms: u64) {
+        self.0.store(unix_ms, Ordering::Relaxed);
+    }
+
     /// Records a loop turn at `unix_ms` (tests).
     pub fn beat_at(&self, unix_ms: u64) {
         self.0.store(unix_ms, Ordering::Relaxed);
     }
 
-    /// Unix ms of the last beat, 0 if none.
+    /// Unix ms of the last beat (or of the end of a declared [`Heartbeat::busy_until`], which
+    /// may lie ahead), 0 if none.
     pub fn last_unix_ms(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -710,6 +718,17 @@ mod tests {
         );
         // Clock stepped back: not a stall.
         assert!(health(&m, 900_000).0);
+        // A request bounded by a 60 s HTTP_TIMEOUT: alive until its deadline, stalled only
+        // STALL_AFTER_MS past it.
+        m.follower.beat_at(1_100_000);
+        m.sender.beat_at(1_040_000);
+        m.sender.busy_until(1_100_000);
+        assert!(health(&m, 1_095_000).0);
+        assert!(health(&m, 1_100_000 + STALL_AFTER_MS).0);
+        m.follower.beat_at(1_200_000);
+        let (ok, why) = health(&m, 1_200_000);
+        assert!(!ok);
+        assert_eq!(why, "sender stalled: last progress 100 s ago");
     }
 
     #[test]

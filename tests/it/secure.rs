@@ -319,3 +319,48 @@ fn every_healthz_probe_is_answered_200_while_32_clients_trickle_on_the_health_po
     assert_eq!(http_get(addr, "/readyz").unwrap().status, 200);
     a.stop();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Finding 9: the follower does not wait for the startup check.
+
+/// A backend that accepts connections (the kernel completes the handshake) and never answers,
+/// with HTTP_TIMEOUT=60s: the follower reads and detects at once, /healthz stays 200, and a
+/// SIGTERM still stops the agent.
+#[test]
+fn the_follower_starts_while_the_startup_check_waits_on_a_blackholed_backend() {
+    let dir = TempDir::new("secure", "blackhole");
+    let log = dir.log();
+    support::append(&log, &quiet_line());
+    let hole = TcpListener::bind("127.0.0.1:0").unwrap(); // never accepted
+    let url = format!("http://{}", hole.local_addr().unwrap());
+    let (mut a, addr) = Agent::start_with_health(
+        &dir,
+        "run",
+        &env(
+            &url,
+            &log,
+            &[("HTTP_TIMEOUT", "60s"), ("SHUTDOWN_GRACE", "1s")],
+        ),
+    );
+    exec_lines(&log, "hole-", 3);
+    let deadline = Instant::now() + GUARD;
+    while metric(
+        addr,
+        "healert_agent_events_matched_total",
+        &[("rule", "kubectl-exec")],
+    ) < 3.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the follower did not detect the 3 lines while the backend check hangs:\n{}",
+            a.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert_eq!(metric(addr, "healert_agent_queue_depth", &[]), 6.0);
+    let h = http_get(addr, "/healthz").unwrap();
+    assert_eq!((h.status, h.body.as_str()), (200, "ok\n"));
+    let err = a.stop();
+    assert!(err.contains("checking the backend"), "{err}");
+    drop(hole);
+}
