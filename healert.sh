@@ -45,6 +45,7 @@ AGENT_VARS=(
   HEALTH_ADDR
   LOG_FORMAT
   LOG_LEVEL
+  HEALERT_MODE
 )
 # Variables only this script reads (documented in `help` and the README).
 SCRIPT_VARS=(HEALERT_HOST HEALERT_PORT HEALERT_AGENT_BIN KUBECTL HEALERT_RULES_SOURCE)
@@ -205,6 +206,8 @@ _load_agent_config() {
   export K8S_NAMESPACE=${K8S_NAMESPACE:-healert-system}
   # Local mode keeps a checkpoint so a restart neither loses nor repeats events.
   export CHECKPOINT_PATH=${CHECKPOINT_PATH:-$RUN_DIR/checkpoint}
+  # A refused key is then reported with the local fix (.env, ./healert.sh restart agent).
+  export HEALERT_MODE=${HEALERT_MODE:-local}
 }
 
 # =============================================================================

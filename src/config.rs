@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::deliver::http_client::{ApiKey, BackendUrl, Client};
-use crate::deliver::DeliveryOptions;
+use crate::deliver::{DeliveryOptions, RunMode};
 use crate::detect::DetectOptions;
 use crate::operate::log;
 use crate::source::follow::{FollowOptions, StartAt};
@@ -98,6 +98,11 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ),
     ("LOG_FORMAT", "text", "text | json"),
     ("LOG_LEVEL", "info", "debug | info | warn | error"),
+    (
+        "HEALERT_MODE",
+        "(none)",
+        "local | daemonset: which fix a refused API key's message gives (healert.sh and daemonset.yaml set it)",
+    ),
 ];
 
 #[derive(Debug, Clone)]
@@ -121,6 +126,7 @@ pub struct Config {
     pub health_addr: Option<String>,
     pub log_format: log::Format,
     pub log_level: log::Level,
+    pub mode: RunMode,
 }
 
 /// One bad variable.
@@ -379,6 +385,19 @@ impl Config {
             }),
         };
 
+        let mode = match get("HEALERT_MODE") {
+            None => RunMode::Unspecified,
+            Some(v) => RunMode::parse(&v).unwrap_or_else(|| {
+                err(
+                    "HEALERT_MODE",
+                    &v,
+                    "must be `local` or `daemonset`".into(),
+                    "daemonset",
+                );
+                RunMode::Unspecified
+            }),
+        };
+
         let cfg = Config {
             backend_url,
             api_key,
@@ -398,6 +417,7 @@ impl Config {
             health_addr,
             log_format,
             log_level,
+            mode,
         };
         (cfg, errs.into_inner())
     }
@@ -428,12 +448,13 @@ impl Config {
     }
 
     /// The production delivery policy with the operator's knobs (MAX_EVENTS_PER_MINUTE,
-    /// DEAD_LETTER_PATH), checking the backend before the first event.
+    /// DEAD_LETTER_PATH, HEALERT_MODE), checking the backend and the key before the first event.
     pub fn delivery_options(&self) -> DeliveryOptions {
         DeliveryOptions {
             max_events_per_minute: self.max_events_per_minute,
             dead_letter_path: self.dead_letter_path.clone(),
             startup_check: true,
+            mode: self.mode,
             ..DeliveryOptions::default()
         }
     }
@@ -471,6 +492,7 @@ pub fn replay_vars(send: bool) -> &'static [&'static str] {
         "SHUTDOWN_GRACE",
         "LOG_FORMAT",
         "LOG_LEVEL",
+        "HEALERT_MODE",
     ];
     if send {
         SEND

@@ -15,6 +15,6 @@ pub mod sender;
 
 pub use queue::{Queue, Room};
 pub use sender::{
-    check_backend, log_backend_check, spawn_sender, DeliveryOptions, DeliveryStats, Drained,
-    SenderHandle,
+    check_backend, check_key, key_fix, log_backend_check, spawn_sender, DeliveryOptions,
+    DeliveryStats, Drained, KeyCheck, RunMode, SenderHandle,
 };

@@ -364,3 +364,86 @@ fn the_follower_starts_while_the_startup_check_waits_on_a_blackholed_backend() {
     assert!(err.contains("checking the backend"), "{err}");
     drop(hole);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 18 item 2: the key is checked at start.
+
+/// A wrong key is reported at start, before any event, with the fix for the mode the agent
+/// runs in; /readyz says not ready; the check (`POST /events` with `{}`) stores nothing.
+#[test]
+fn a_wrong_key_is_reported_at_start_with_the_fix_for_local_and_daemonset_mode() {
+    const RIGHT: &str = "right-key-8fQ2mZp0Lx";
+    const WRONG: &str = "wrong-key-3nB7vR1sKc";
+    let dir = TempDir::new("secure", "key-check");
+    let log = dir.log();
+    support::append(&log, &quiet_line());
+    let sink = Sink::builder().api_key(RIGHT).start();
+    for (mode, fix) in [
+        ("local", "./healert.sh restart agent"),
+        ("daemonset", "Secret healert-api-key"),
+    ] {
+        let e = env(
+            &sink.url(),
+            &log,
+            &[("HEALERT_API_KEY", WRONG), ("HEALERT_MODE", mode)],
+        );
+        let (mut a, addr) = Agent::start_with_health(&dir, mode, &e);
+        let err = a.wait_log("the API key was checked at start and refused (401)");
+        let line = err
+            .lines()
+            .find(|l| l.contains("checked at start and refused"))
+            .unwrap();
+        assert!(line.contains(fix), "{mode}: {line}");
+        if mode == "local" {
+            assert!(line.contains(".env"), "{line}");
+            assert!(!line.contains("Secret"), "{line}");
+        } else {
+            assert!(!line.contains(".env"), "{line}");
+        }
+        let r = a.wait_http(addr, "/readyz", |r| r.status == 503);
+        assert!(
+            r.body.contains("backend rejected the API key (401)"),
+            "{}",
+            r.body
+        );
+        let err = a.stop();
+        assert!(!err.contains(WRONG) && !err.contains(&WRONG[10..]), "{err}");
+    }
+    let checks = sink.key_checks();
+    assert_eq!(checks.len(), 2, "one check per start");
+    assert!(checks.iter().all(|(r, s)| *s == 401 && r.body == b"{}"));
+
+    // The right key: accepted (422 to the empty event), ready, nothing stored.
+    let e = env(
+        &sink.url(),
+        &log,
+        &[("HEALERT_API_KEY", RIGHT), ("HEALERT_MODE", "local")],
+    );
+    let (mut a, addr) = Agent::start_with_health(&dir, "right", &e);
+    a.wait_log("API key accepted by the backend");
+    a.wait_http(addr, "/readyz", |r| r.status == 200);
+    let err = a.stop();
+    assert!(!err.contains("ERROR"), "{err}");
+    assert_eq!(sink.key_checks().last().map(|c| c.1), Some(422));
+    assert!(sink.events().is_empty());
+    assert!(sink.requests().iter().all(|r| r.method != "POST"));
+}
+
+/// An unknown mode is a bad value (the agent names the variable and the choices).
+#[test]
+fn healert_mode_takes_local_or_daemonset() {
+    let dir = TempDir::new("secure", "mode");
+    let (code, err) = run_to_exit(
+        &dir,
+        &env(
+            "http://127.0.0.1:9",
+            &dir.log(),
+            &[("HEALERT_MODE", "laptop")],
+        ),
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("HEALERT_MODE=\"laptop\": must be `local` or `daemonset`"),
+        "{err}"
+    );
+}
