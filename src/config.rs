@@ -79,7 +79,7 @@ pub const VARS: &[(&str, &str, &str)] = &[
     (
         "DEAD_LETTER_PATH",
         "(none)",
-        "append events the backend refuses (4xx) here, one JSON line each",
+        "append events the backend refuses for their content (400, 422) here, one JSON line each",
     ),
     (
         "MAX_EVENTS_PER_MINUTE",

@@ -2,9 +2,13 @@
 //! still accept.
 //!
 //! The sender takes the event at the front of the [`Queue`], POSTs it, and pops it only once
-//! the backend answered 2xx (or refused it for good with a 4xx, which dead-letters it), so the
-//! queue's front is always the oldest unacknowledged event. 429/503/5xx/network errors back off
-//! and retry forever; 401/403 wait for a fixed key. [`SenderHandle::drain`] is the one
+//! the backend answered 2xx, or refused the event's *content* with 400 or 422 (which
+//! dead-letters it), so the queue's front is always the oldest unacknowledged event.
+//! 429/503/5xx/network errors back off and retry forever; 401/403 wait for a fixed key; every
+//! other 4xx (404, 405, 413...) says something about the address or a proxy in between, not
+//! about the event — a wrong base path, a proxy being reconfigured, anyone on the path — so it
+//! is retried with backoff like a 5xx, logged with what to check and shown in `/readyz` and
+//! `/metrics` (state `refusing`): a misconfiguration never costs an event. [`SenderHandle::drain`] is the one
 //! shutdown: deliver what is queued within a grace period, then stop.
 
 use std::fs::OpenOptions;
@@ -63,7 +67,7 @@ pub fn key_fix(mode: RunMode, has_key: bool) -> &'static str {
 pub struct DeliveryOptions {
     /// Client-side pacing of POST /events (0 = off).
     pub max_events_per_minute: u32,
-    /// Where refused (4xx) payloads are appended, one JSON line each.
+    /// Where refused (400, 422) payloads are appended, one JSON line each.
     pub dead_letter_path: Option<PathBuf>,
     /// First backoff step after a failure (doubles up to `backoff_max`).
     pub backoff_base: Duration,
@@ -106,7 +110,7 @@ impl Default for DeliveryOptions {
 pub struct DeliveryStats {
     /// Accepted with 2xx.
     pub sent: u64,
-    /// Refused with a 4xx, acknowledged (and written to DEAD_LETTER_PATH when set).
+    /// Refused with 400 or 422, acknowledged (and written to DEAD_LETTER_PATH when set).
     pub dead_lettered: u64,
     /// Events still in the queue when the sender stopped.
     pub pending: usize,
@@ -303,8 +307,11 @@ pub fn spawn_sender<P: Copy + Send + 'static>(
 #[derive(Debug, PartialEq, Eq)]
 enum Outcome {
     Accepted(u16),
-    /// 4xx: never acceptable; dead-letter and move on.
+    /// 400/422: the backend rejects the event's content; dead-letter and move on.
     Refused(u16, String),
+    /// Another 4xx (404, 405, 413...): the address or a proxy is wrong, not the event; retry
+    /// with backoff until it is fixed.
+    Misrouted(u16, String),
     /// 401/403: the key is wrong or missing.
     Unauthorized(u16),
     /// Try again after the given wait (None: the next backoff step).
@@ -327,7 +334,8 @@ fn classify(result: &Result<Response, HttpError>, retry_after_max: Duration) -> 
         ),
         // 408 Request Timeout is transient by definition.
         408 => Outcome::Retry("HTTP 408".into(), None),
-        400..=499 => Outcome::Refused(r.status, detail(&r.body)),
+        400 | 422 => Outcome::Refused(r.status, detail(&r.body)),
+        400..=499 => Outcome::Misrouted(r.status, detail(&r.body)),
         // 5xx, and 1xx/3xx (a redirect means a wrong base URL: keep the events until fixed).
         s => Outcome::Retry(format!("HTTP {s}: {}", detail(&r.body)), None),
     }
@@ -476,6 +484,18 @@ impl<P: Copy> Sender<P> {
                                "pending" => self.queue.len(), "suppressed" => suppressed);
                     }
                     if !self.sleep(self.opts.auth_retry) {
+                        return false;
+                    }
+                }
+                Outcome::Misrouted(status, detail) => {
+                    self.metrics.set_backend_state(BackendState::Refusing);
+                    self.metrics.retries.fetch_add(1, Ordering::Relaxed);
+                    let attempt = self.note_failure();
+                    let wait = self.backoff.next();
+                    warn!(format!("backend answered {status} to POST /events: {}; the event is kept and retried (nothing is dropped)", misrouted_hint(status)),
+                          "detail" => detail, "attempt" => attempt,
+                          "wait" => human(wait), "pending" => self.queue.len());
+                    if !self.sleep(wait) {
                         return false;
                     }
                 }
@@ -826,12 +846,20 @@ pub fn check_key(client: &mut Client) -> KeyCheck {
     }
 }
 
+/// What a 4xx other than 400/401/403/408/422/429 suggests to check.
+pub fn misrouted_hint(status: u16) -> &'static str {
+    match status {
+        413 => "the event is larger than the backend or a proxy in between accepts: check HEALERT_BACKEND_URL's base path and raise the proxy's body size limit",
+        _ => "check HEALERT_BACKEND_URL's base path (events go to {url}/events) and any proxy in between",
+    }
+}
+
 /// What an unexpected answer to the key check suggests.
 fn unexpected_hint(status: u16) -> &'static str {
     match status {
         200..=299 => "is HEALERT_BACKEND_URL the Healert backend? it accepted an empty event",
-        404 | 405 => "check HEALERT_BACKEND_URL's base path (events go to {url}/events) and any proxy in between",
         429 | 503 => "the backend is busy; the first event sent will tell",
+        400..=499 => misrouted_hint(status),
         _ => "the first event sent will tell",
     }
 }
@@ -948,6 +976,17 @@ mod tests {
             classify(&resp(422, &[], r#"{"detail":"bad \"type\"\n"}"#), max),
             Outcome::Refused(422, "bad \"type\"\\u{a}".into())
         );
+        assert_eq!(
+            classify(&resp(400, &[], "nope"), max),
+            Outcome::Refused(400, "nope".into())
+        );
+        // Only 400 and 422 reject the content; every other 4xx is about the address.
+        for s in [404, 405, 409, 410, 411, 413, 414, 415, 418, 451, 499] {
+            assert!(
+                matches!(classify(&resp(s, &[], ""), max), Outcome::Misrouted(st, _) if st == s),
+                "{s}"
+            );
+        }
         assert!(matches!(
             classify(&resp(500, &[], ""), max),
             Outcome::Retry(_, None)

@@ -26,12 +26,14 @@ pub const STALL_AFTER_MS: u64 = 30_000;
 pub enum BackendState {
     /// Nothing was sent yet.
     Unknown = 0,
-    /// The last request was accepted (2xx, or a 4xx that is dead-lettered: the backend answered).
+    /// The last request was accepted (2xx, or 400/422, dead-lettered: the backend answered).
     Ok = 1,
     /// The backend is unreachable, timing out, or answering 5xx/429.
     Failing = 2,
     /// 401/403: the API key is wrong or missing.
     Unauthorized = 3,
+    /// Another 4xx (404, 405, 413...): the base path or a proxy in between is wrong.
+    Refusing = 4,
 }
 
 impl BackendState {
@@ -40,6 +42,7 @@ impl BackendState {
             1 => BackendState::Ok,
             2 => BackendState::Failing,
             3 => BackendState::Unauthorized,
+            4 => BackendState::Refusing,
             _ => BackendState::Unknown,
         }
     }
@@ -460,6 +463,7 @@ pub fn render_prometheus_at(m: &Metrics, now_ms: u64) -> String {
         BackendState::Ok,
         BackendState::Failing,
         BackendState::Unauthorized,
+        BackendState::Refusing,
     ] {
         w.sample(
             "healert_agent_backend_state",
@@ -478,6 +482,7 @@ impl BackendState {
             BackendState::Ok => "ok",
             BackendState::Failing => "failing",
             BackendState::Unauthorized => "unauthorized",
+            BackendState::Refusing => "refusing",
         }
     }
 }
@@ -552,6 +557,16 @@ pub fn readiness(m: &Metrics) -> (bool, String) {
             };
             problems.push(format!(
                 "backend rejected the API key ({code}){since}; check HEALERT_API_KEY"
+            ));
+        }
+        BackendState::Refusing => {
+            let code = if status == 0 {
+                "4xx".to_string()
+            } else {
+                status.to_string()
+            };
+            problems.push(format!(
+                "backend refuses POST /events ({code}){since}; check HEALERT_BACKEND_URL's base path and any proxy in between"
             ));
         }
         BackendState::Failing => {
@@ -753,6 +768,15 @@ mod tests {
         let (ok, why) = readiness(&m);
         assert!(!ok);
         assert!(why.starts_with("backend unreachable since "), "{why}");
+        m.set_backend_status(404);
+        m.set_backend_state(BackendState::Refusing);
+        let (ok, why) = readiness(&m);
+        assert!(!ok);
+        assert!(
+            why.starts_with("backend refuses POST /events (404) since ")
+                && why.ends_with("check HEALERT_BACKEND_URL's base path and any proxy in between"),
+            "{why}"
+        );
         m.set_backend_state(BackendState::Ok);
         assert!(readiness(&m).0);
     }

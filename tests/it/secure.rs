@@ -366,6 +366,68 @@ fn the_follower_starts_while_the_startup_check_waits_on_a_blackholed_backend() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Finding 2: 404 and other "wrong address" answers are retried, never dead-lettered.
+
+/// A backend path answering 404 for a while: /readyz and /metrics say so, the log says what
+/// to check, the checkpoint stays before the first event, nothing is dead-lettered, and once
+/// it answers 200 every event arrives once.
+#[test]
+fn a_404_is_retried_shown_in_readyz_and_metrics_and_loses_nothing() {
+    let dir = TempDir::new("secure", "404");
+    let log = dir.log();
+    let quiet = quiet_line();
+    support::append(&log, &quiet);
+    let cp = dir.join("checkpoint");
+    let dl = dir.join("dead-letter.jsonl");
+    let sink = Sink::builder()
+        .status_for(404, Duration::from_secs(3))
+        .start();
+    let (cp_s, dl_s) = (cp.display().to_string(), dl.display().to_string());
+    let (mut a, addr) = Agent::start_with_health(
+        &dir,
+        "run",
+        &env(
+            &sink.url(),
+            &log,
+            &[("CHECKPOINT_PATH", &cp_s), ("DEAD_LETTER_PATH", &dl_s)],
+        ),
+    );
+    let toks = exec_lines(&log, "nf-", 3);
+    let r = a.wait_http(addr, "/readyz", |r| {
+        r.status == 503 && r.body.contains("404")
+    });
+    assert!(r.body.contains("HEALERT_BACKEND_URL"), "{}", r.body);
+    assert_eq!(
+        metric(
+            addr,
+            "healert_agent_backend_state",
+            &[("state", "refusing")]
+        ),
+        1.0
+    );
+    a.wait_log("check HEALERT_BACKEND_URL's base path");
+    // Nothing acknowledged: the checkpoint (if written yet) is at the first exec line.
+    if let Ok(text) = fs::read_to_string(&cp) {
+        if sink.events().is_empty() {
+            assert!(
+                text.contains(&format!("\noffset={}\n", quiet.len())),
+                "{text}"
+            );
+        }
+    }
+    wait_events(&sink, 6, &a);
+    a.wait_http(addr, "/readyz", |r| r.status == 200);
+    let err = a.stop();
+    assert_exactly_once(
+        &[&sink],
+        &expected_exec(toks.iter().map(|t| actor(t))),
+        &err,
+    );
+    assert!(!dl.exists(), "dead-lettered:\n{}", support::read_lossy(&dl));
+    assert!(sink.statuses().iter().filter(|s| **s == 404).count() >= 2);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Issue 18 item 2: the key is checked at start.
 
 /// A wrong key is reported at start, before any event, with the fix for the mode the agent
