@@ -6,6 +6,12 @@
 //! kept body are bounded ([`Limits`]), every read has the request's deadline, and anything that
 //! is not HTTP/1.x becomes an [`HttpError`] whose `Display` says what happened and what to do —
 //! never a panic or a hang. The API key goes only into the request bytes, never into an error.
+//!
+//! A kept-alive connection carries the next request only if nothing is waiting on it: bytes
+//! left after a complete response (in the buffer, or arrived since) would be read as the next
+//! request's answer — a stray `400` would dead-letter an event it was never about, a stray
+//! `201` acknowledge one the backend never saw. Such a connection is closed and counted
+//! ([`Client::discarded_connections`]), and the request goes out on a fresh one.
 
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -563,6 +569,7 @@ pub struct Client {
     conn: Option<BufReader<DeadlineStream>>,
     deadline_cap: Option<Instant>,
     connections_opened: u64,
+    connections_discarded: u64,
 }
 
 impl fmt::Debug for Client {
@@ -586,6 +593,7 @@ impl Client {
             conn: None,
             deadline_cap: None,
             connections_opened: 0,
+            connections_discarded: 0,
         }
     }
 
@@ -610,6 +618,12 @@ impl Client {
     /// TCP connections opened so far (connection reuse shows as 1).
     pub fn connections_opened(&self) -> u64 {
         self.connections_opened
+    }
+
+    /// Kept-alive connections closed instead of reused because bytes nobody asked for followed
+    /// a response.
+    pub fn discarded_connections(&self) -> u64 {
+        self.connections_discarded
     }
 
     /// `POST {base}{path}` with a JSON body.
@@ -670,15 +684,46 @@ impl Client {
     fn send_once(&mut self, bytes: &[u8], deadline: Instant) -> Result<Response, HttpError> {
         let result = self.exchange(bytes, deadline);
         match &result {
-            Ok((_, true)) => {}
+            Ok((_, true)) => {
+                // More bytes than the response: never take them for the next answer.
+                if self.conn.as_ref().is_some_and(|c| !c.buffer().is_empty()) {
+                    self.conn = None;
+                    self.connections_discarded += 1;
+                }
+            }
             // Unknown state of the stream: never reuse it.
             _ => self.conn = None,
         }
         result.map(|(r, _)| r)
     }
 
+    /// The kept-alive connection, if it is still clean: nothing arrived on it since the last
+    /// response (stray bytes: closed and counted) and the server did not close it (closed
+    /// quietly; a new connection is not a retry).
+    fn reusable_conn(&mut self) -> Option<BufReader<DeadlineStream>> {
+        let conn = self.conn.take()?;
+        let stream = &conn.get_ref().stream;
+        if stream.set_nonblocking(true).is_err() {
+            return None;
+        }
+        let mut probe = [0u8; 1];
+        let state = stream.peek(&mut probe);
+        if stream.set_nonblocking(false).is_err() {
+            return None;
+        }
+        match state {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Some(conn),
+            Ok(n) if n > 0 => {
+                self.connections_discarded += 1;
+                None
+            }
+            // End of stream (closed while idle) or an error: not usable.
+            _ => None,
+        }
+    }
+
     fn exchange(&mut self, bytes: &[u8], deadline: Instant) -> Result<(Response, bool), HttpError> {
-        let conn = match self.conn.take() {
+        let conn = match self.reusable_conn() {
             Some(c) => self.conn.insert(c),
             None => {
                 let c = self.connect(deadline)?;
@@ -1095,6 +1140,93 @@ mod response_tests {
             let mut framed = b"HTTP/1.1 200 OK\r\n".to_vec();
             framed.extend_from_slice(&bytes);
             let _ = parse(&framed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod reuse_tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+
+    /// Reads one request (head and Content-Length body) from `r`; false at end of stream.
+    fn read_request(r: &mut BufReader<TcpStream>) -> bool {
+        let mut len = 0usize;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                return false;
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some(v) = l.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0u8; len];
+        r.read_exact(&mut body).is_ok()
+    }
+
+    /// A server whose first connection answers 200 and then, unasked, a second response
+    /// (`late`: after the client has the first one); any request sent on that connection
+    /// afterwards gets 500. The next connection answers 201. Signals when the stray is sent.
+    fn two_answer_server(late: bool) -> (BackendUrl, mpsc::Receiver<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = BackendUrl::parse(&format!("http://{}", l.local_addr().unwrap())).unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for (i, s) in l.incoming().take(2).enumerate() {
+                let s = s.unwrap();
+                let mut w = s.try_clone().unwrap();
+                let mut r = BufReader::new(s);
+                std::thread::spawn({
+                    let tx = tx.clone();
+                    move || {
+                        while read_request(&mut r) {
+                            let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+                            let stray = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 2\r\n\r\n{}";
+                            let other = b"HTTP/1.1 500 Oops\r\nContent-Length: 2\r\n\r\n{}";
+                            let created = b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n{}";
+                            if i > 0 {
+                                w.write_all(created).unwrap();
+                            } else if late {
+                                w.write_all(ok).unwrap();
+                                std::thread::sleep(Duration::from_millis(20));
+                                w.write_all(stray).unwrap();
+                                let _ = tx.send(());
+                                w.write_all(other).unwrap();
+                            } else {
+                                w.write_all(&[&ok[..], &stray[..]].concat()).unwrap();
+                                let _ = tx.send(());
+                                w.write_all(other).unwrap();
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (url, rx)
+    }
+
+    #[test]
+    fn a_connection_with_bytes_after_the_response_is_closed_not_reused() {
+        for late in [false, true] {
+            let (url, sent) = two_answer_server(late);
+            let mut c = Client::new(url, None, Duration::from_secs(10));
+            assert_eq!(c.post_json("/events", b"{\"n\":1}").unwrap().status, 200);
+            // The stray answer is on its way (on loopback it is queued once written).
+            sent.recv_timeout(Duration::from_secs(10)).unwrap();
+            let r = c.post_json("/events", b"{\"n\":2}").unwrap();
+            assert_eq!(r.status, 201, "late={late}: took a stray answer");
+            assert_eq!(
+                (c.connections_opened(), c.discarded_connections()),
+                (2, 1),
+                "late={late}"
+            );
         }
     }
 }

@@ -449,6 +449,9 @@ impl<P: Copy> Sender<P> {
             self.in_flight();
             let result = self.client.post_json("/events", body);
             self.metrics.sender.beat();
+            self.metrics
+                .connections_discarded
+                .store(self.client.discarded_connections(), Ordering::Relaxed);
             // The status sharpens the /readyz reason ("rejected the API key (401)", "failing
             // (last status 503)"); 0 for a transport error ("unreachable").
             self.metrics

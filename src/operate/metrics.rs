@@ -75,6 +75,9 @@ pub struct Metrics {
     pub events_rejected: Mutex<BTreeMap<u16, u64>>,
     pub dead_lettered: AtomicU64,
     pub retries: AtomicU64,
+    /// Kept-alive backend connections closed because bytes nobody asked for followed a
+    /// response (the client's count, copied by the sender).
+    pub connections_discarded: AtomicU64,
     pub queue_depth: AtomicI64,
     pub backend_state: AtomicU8,
     /// Unix ms at which `backend_state` last changed (set by [`Metrics::set_backend_state`]).
@@ -152,6 +155,7 @@ impl Metrics {
             events_rejected: Mutex::new(BTreeMap::new()),
             dead_lettered: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            connections_discarded: AtomicU64::new(0),
             queue_depth: AtomicI64::new(0),
             backend_state: AtomicU8::new(0),
             backend_since_unix_ms: AtomicU64::new(0),
@@ -395,6 +399,11 @@ pub fn render_prometheus_at(m: &Metrics, now_ms: u64) -> String {
             "healert_agent_retries_total",
             "Delivery attempts repeated after a failure.",
             &m.retries,
+        ),
+        (
+            "healert_agent_backend_connections_discarded_total",
+            "Kept-alive backend connections closed instead of reused: bytes nobody asked for followed a response.",
+            &m.connections_discarded,
         ),
         (
             "healert_agent_checkpoint_writes_total",

@@ -428,6 +428,47 @@ fn a_404_is_retried_shown_in_readyz_and_metrics_and_loses_nothing() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Finding 3: a connection with unread bytes after a response is not reused.
+
+/// A peer that sends an extra, unrequested `400` right behind its first `200`: no event is
+/// dead-lettered for an answer it never got, every event arrives once, and the discarded
+/// connection is counted.
+#[test]
+fn a_stray_response_after_an_answer_is_never_taken_for_the_next_one() {
+    let dir = TempDir::new("secure", "stray");
+    let log = dir.log();
+    let dl = dir.join("dead-letter.jsonl");
+    let dl_s = dl.display().to_string();
+    let sink = Sink::builder().stray_response_after_first().start();
+    let (mut a, addr) = Agent::start_with_health(
+        &dir,
+        "run",
+        &env(&sink.url(), &log, &[("DEAD_LETTER_PATH", &dl_s)]),
+    );
+    let toks = exec_lines(&log, "stray-", 3);
+    wait_events(&sink, 6, &a);
+    let discarded = metric(
+        addr,
+        "healert_agent_backend_connections_discarded_total",
+        &[],
+    );
+    let err = a.stop();
+    assert_exactly_once(
+        &[&sink],
+        &expected_exec(toks.iter().map(|t| actor(t))),
+        &err,
+    );
+    assert!(!dl.exists(), "dead-lettered:\n{}", support::read_lossy(&dl));
+    assert!(!err.contains("not for you"), "{err}");
+    assert_eq!(discarded, 1.0, "{err}");
+    assert!(
+        sink.statuses().iter().all(|s| *s == 200),
+        "{:?}",
+        sink.statuses()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // Issue 18 item 2: the key is checked at start.
 
 /// A wrong key is reported at start, before any event, with the fix for the mode the agent
