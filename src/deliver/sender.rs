@@ -11,7 +11,6 @@
 //! `/metrics` (state `refusing`): a misconfiguration never costs an event. [`SenderHandle::drain`] is the one
 //! shutdown: deliver what is queued within a grace period, then stop.
 
-use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -616,16 +615,12 @@ impl<P: Copy> Sender<P> {
         let written = match &self.opts.dead_letter_path {
             None => "no (DEAD_LETTER_PATH not set)".to_string(),
             Some(path) => {
-                let r = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .and_then(|mut f| {
-                        let mut line = Vec::with_capacity(body.len() + 1);
-                        line.extend_from_slice(body);
-                        line.push(b'\n');
-                        f.write_all(&line)
-                    });
+                let r = crate::operate::files::append_private(path).and_then(|mut f| {
+                    let mut line = Vec::with_capacity(body.len() + 1);
+                    line.extend_from_slice(body);
+                    line.push(b'\n');
+                    f.write_all(&line)
+                });
                 match r {
                     Ok(()) => path.display().to_string(),
                     Err(e) => {

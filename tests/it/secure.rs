@@ -469,6 +469,68 @@ fn a_stray_response_after_an_answer_is_never_taken_for_the_next_one() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Finding 7: files the agent creates.
+
+/// Under umask 000 the checkpoint and the dead-letter file are 0600; a symlink planted at
+/// `<checkpoint>.tmp` is not followed (its target is untouched, the checkpoint is a regular
+/// file); a symlink planted at DEAD_LETTER_PATH is refused with a message.
+#[test]
+fn files_are_0600_under_umask_000_and_planted_symlinks_are_not_followed() {
+    let dir = TempDir::new("secure", "files");
+    let log = dir.log();
+    let cp = dir.join("checkpoint");
+    let dl = dir.join("dead-letter.jsonl");
+    let victim = dir.join("victim");
+    fs::write(&victim, "precious\n").unwrap();
+    std::os::unix::fs::symlink(&victim, dir.join("checkpoint.tmp")).unwrap();
+    let sink = Sink::builder().reject_containing("rejected-", 422).start();
+    let (cp_s, dl_s) = (cp.display().to_string(), dl.display().to_string());
+    let e = env(
+        &sink.url(),
+        &log,
+        &[("CHECKPOINT_PATH", &cp_s), ("DEAD_LETTER_PATH", &dl_s)],
+    );
+    let mut a = Agent::start_umask(&dir, "run", &e, Some("000"));
+    exec_lines(&log, "rejected-", 1);
+    let toks = exec_lines(&log, "kept-", 1);
+    wait_events(&sink, 2, &a);
+    support::wait_until(GUARD, "a checkpoint", || cp.exists(), || a.stderr());
+    let err = a.stop();
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n", "{err}");
+    for (what, p) in [("checkpoint", &cp), ("dead-letter file", &dl)] {
+        let md = fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{what}: {e}\n{err}"));
+        assert!(md.file_type().is_file(), "{what} is not a regular file");
+        assert_eq!(
+            md.permissions().mode() & 0o777,
+            0o600,
+            "{what} mode {:o}",
+            md.mode()
+        );
+    }
+    assert_eq!(support::read_lossy(&dl).lines().count(), 2, "{err}");
+    assert_exactly_once(
+        &[&sink],
+        &expected_exec(toks.iter().map(|t| actor(t))),
+        &err,
+    );
+    assert!(!dir.join("checkpoint.tmp").exists());
+
+    // A symlink at DEAD_LETTER_PATH: the agent refuses to write through it.
+    let dl2 = dir.join("dead-letter-2.jsonl");
+    let victim2 = dir.join("victim-2");
+    fs::write(&victim2, "precious\n").unwrap();
+    std::os::unix::fs::symlink(&victim2, &dl2).unwrap();
+    let dl2_s = dl2.display().to_string();
+    let log2 = dir.join("audit-2.log");
+    let e = env(&sink.url(), &log2, &[("DEAD_LETTER_PATH", &dl2_s)]);
+    let mut b = Agent::start(&dir, "run2", &e);
+    exec_lines(&log2, "rejected-again-", 1);
+    b.wait_log("cannot append to DEAD_LETTER_PATH");
+    b.stop();
+    assert_eq!(fs::read_to_string(&victim2).unwrap(), "precious\n");
+}
+
+// ---------------------------------------------------------------------------------------------
 // Issue 18 item 2: the key is checked at start.
 
 /// A wrong key is reported at start, before any event, with the fix for the mode the agent
