@@ -3,13 +3,16 @@
 //!
 //! The backend answers 422 — and the event is lost — when a field breaks its limits, so
 //! [`FrictionEvent::new`] is the one place that enforces them: control characters stripped
-//! from every value taken from the log, entity refs mapped onto the backend's alphabet, every
-//! field truncated on a character boundary, timestamps checked for ISO 8601.
+//! from every value taken from the log (and bidirectional controls and line separators shown as
+//! visible `\u{..}` escapes, so an actor cannot read as someone else in the backend's UI),
+//! entity refs mapped onto the backend's alphabet, every field truncated on a character
+//! boundary, timestamps checked for ISO 8601.
 
 use std::borrow::Cow;
 
 use crate::detect::json::write_str;
 use crate::detect::rules::Severity;
+use crate::operate::log::is_spoofing;
 
 /// The backend's limits (characters).
 pub const MAX_ENTITY_REF: usize = 200;
@@ -112,13 +115,24 @@ impl FrictionEvent {
     }
 }
 
-/// `s` without control characters (< 0x20 and DEL), borrowed when it has none.
+/// `s` without control characters (< 0x20 and DEL), and with the characters that make text
+/// display as something else (bidi controls, U+2028/U+2029: [`is_spoofing`]) written as
+/// visible `\u{..}` escapes, as the logs show them; borrowed when it has none of either.
 pub fn strip_controls(s: &str) -> Cow<'_, str> {
-    if s.bytes().any(|b| b < 0x20 || b == 0x7f) {
-        Cow::Owned(s.chars().filter(|&c| c >= ' ' && c != '\u{7f}').collect())
-    } else {
-        Cow::Borrowed(s)
+    let bad = |c: char| c < ' ' || c == '\u{7f}' || is_spoofing(c);
+    if !s.chars().any(bad) {
+        return Cow::Borrowed(s);
     }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if is_spoofing(c) {
+            use std::fmt::Write as _;
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        } else if !bad(c) {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// At most `max` characters of `s` (cut on a character boundary).
@@ -294,5 +308,22 @@ mod tests {
     fn strip_controls_only_touches_c0_and_del() {
         assert_eq!(strip_controls("a\u{0}b\nc\u{7f}d\u{85}"), "abcd\u{85}");
         assert!(matches!(strip_controls("plain"), Cow::Borrowed(_)));
+        assert!(matches!(strip_controls("שלום"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn bidi_controls_and_line_separators_become_visible_escapes_in_the_payload() {
+        assert_eq!(
+            strip_controls("eve\u{202e}gpj.exe\u{2028}\u{2066}x\n"),
+            "eve\\u{202e}gpj.exe\\u{2028}\\u{2066}x"
+        );
+        let now = || "NOW".to_string();
+        let mut p = parts(&now);
+        p.actor = "mallory\u{202e}\u{200f}";
+        p.description = "exec\u{2029}INFO forged";
+        let e = FrictionEvent::new(p);
+        assert_eq!(e.actor, "mallory\\u{202e}\\u{200f}");
+        assert_eq!(e.description, "exec\\u{2029}INFO forged");
+        assert!(!e.to_json().contains('\u{202e}'));
     }
 }

@@ -74,7 +74,8 @@ pub fn enabled(level: Level) -> bool {
 pub const MAX_FIELD_CHARS: usize = 512;
 
 /// Makes an untrusted string safe for one log line or one payload field: control characters
-/// (< 0x20, 0x7F, and the C1 range) become `\u{..}`, and it is cut to `max_chars` characters.
+/// (< 0x20, 0x7F, and the C1 range) and the characters that make text display as something
+/// else ([`is_spoofing`]) become `\u{..}`, and it is cut to `max_chars` characters.
 pub fn sanitize(s: &str, max_chars: usize) -> String {
     let mut out = String::with_capacity(s.len().min(max_chars + 8));
     for (n, c) in s.chars().enumerate() {
@@ -82,13 +83,29 @@ pub fn sanitize(s: &str, max_chars: usize) -> String {
             out.push('…');
             break;
         }
-        if c.is_control() {
+        if c.is_control() || is_spoofing(c) {
             let _ = write!(out, "\\u{{{:x}}}", c as u32);
         } else {
             out.push(c);
         }
     }
     out
+}
+
+/// Characters that are not control characters but change how the text around them reads:
+/// the bidirectional controls (embeddings and overrides U+202A–U+202E, isolates
+/// U+2066–U+2069, the marks U+200E, U+200F and U+061C), which can show `exe.gpj` as `jpg.exe`,
+/// and the line and paragraph separators U+2028/U+2029, which start a new line in many
+/// viewers (a forged log line). Escaped wherever control characters are.
+pub fn is_spoofing(c: char) -> bool {
+    matches!(c,
+        '\u{202a}'..='\u{202e}'
+        | '\u{2066}'..='\u{2069}'
+        | '\u{200e}'
+        | '\u{200f}'
+        | '\u{061c}'
+        | '\u{2028}'
+        | '\u{2029}')
 }
 
 /// Writes one log record. Use the `info!`/`warn!`/`error!`/`debug!` macros.
@@ -270,6 +287,37 @@ mod tests {
         assert_eq!(sanitize("a\nb\x1b[31m", 100), "a\\u{a}b\\u{1b}[31m");
         assert_eq!(sanitize("héllo", 2), "hé…");
         assert_eq!(sanitize("\u{85}x", 10), "\\u{85}x");
+    }
+
+    #[test]
+    fn sanitize_escapes_bidi_controls_and_line_separators() {
+        let spoof = [
+            '\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}', '\u{202e}', '\u{2066}', '\u{2067}',
+            '\u{2068}', '\u{2069}', '\u{200e}', '\u{200f}', '\u{061c}', '\u{2028}', '\u{2029}',
+        ];
+        for c in spoof {
+            assert!(is_spoofing(c));
+            let s = sanitize(&format!("a{c}b"), 100);
+            assert_eq!(s, format!("a\\u{{{:x}}}b", c as u32));
+        }
+        assert_eq!(sanitize("eve\u{202e}gpj.exe", 100), "eve\\u{202e}gpj.exe");
+        // Neighbours and ordinary right-to-left text are left alone.
+        for c in [
+            '\u{2065}', '\u{206a}', '\u{200d}', '\u{2070}', '\u{5d0}', '\u{627}',
+        ] {
+            assert!(!is_spoofing(c), "{:x}", c as u32);
+        }
+        // Through a whole record, text and json.
+        let t = render(
+            Level::Info,
+            0,
+            "T",
+            &"m\u{2028}x",
+            &[("actor", &"a\u{202e}b")],
+        );
+        assert_eq!(t, "T INFO  m\\u{2028}x actor=a\\u{202e}b\n");
+        let j = render(Level::Info, 1, "T", &"m", &[("actor", &"a\u{2066}b")]);
+        assert!(j.contains("\"actor\":\"a\\\\u{2066}b\""), "{j}");
     }
 
     #[test]

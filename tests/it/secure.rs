@@ -531,6 +531,106 @@ fn files_are_0600_under_umask_000_and_planted_symlinks_are_not_followed() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Finding 8: bidirectional controls and line separators.
+
+const SPOOF: &[char] = &[
+    '\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}', '\u{202e}', '\u{2066}', '\u{2067}', '\u{2068}',
+    '\u{2069}', '\u{200e}', '\u{200f}', '\u{061c}', '\u{2028}', '\u{2029}',
+];
+
+/// An actor name carrying every bidi control and line separator: neither the agent's log, nor
+/// the payload the backend receives, nor `replay`'s output contains one of them raw; each shows
+/// as a visible `\u{...}` escape.
+#[test]
+fn bidi_controls_and_line_separators_never_reach_logs_payloads_or_replay_output() {
+    let dir = TempDir::new("secure", "bidi");
+    let log = dir.log();
+    let evil: String = std::iter::once("eve")
+        .chain(
+            SPOOF
+                .iter()
+                .map(|c| c.encode_utf8(&mut [0; 4]).to_string())
+                .collect::<Vec<_>>()
+                .iter()
+                .map(String::as_str),
+        )
+        .chain(std::iter::once("gpj.exe"))
+        .collect();
+    // JSON escapes in the audit line, as kube-apiserver writes non-ASCII.
+    let escaped: String = evil
+        .chars()
+        .map(|c| {
+            if c.is_ascii() {
+                c.to_string()
+            } else {
+                format!("\\u{:04x}", c as u32)
+            }
+        })
+        .collect();
+    support::append(&log, &(support::exec_line(&escaped) + "\n"));
+
+    let sink = Sink::start();
+    let mut a = Agent::start(&dir, "run", &env(&sink.url(), &log, &[]));
+    wait_events(&sink, 2, &a);
+    let err = a.stop();
+    let replay = command(dir.path(), &env(&sink.url(), &log, &[]))
+        .arg("replay")
+        .arg(&log)
+        .output()
+        .unwrap();
+    let out = String::from_utf8(replay.stdout).unwrap();
+    let payloads = sink.events().join("\n");
+    let decoded: Vec<String> = sink
+        .events_json()
+        .iter()
+        .map(|v| v["actor"].as_str().unwrap().to_string())
+        .collect();
+    for (what, text) in [
+        ("agent log", &err),
+        ("payload", &payloads),
+        ("decoded actor", &decoded.join("\n")),
+        ("replay output", &out),
+    ] {
+        for c in SPOOF {
+            assert!(
+                !text.contains(*c),
+                "{what} contains U+{:04X} raw:\n{text}",
+                *c as u32
+            );
+        }
+    }
+    assert!(
+        decoded[0].starts_with("eve\\u{202a}\\u{202b}"),
+        "{decoded:?}"
+    );
+    assert!(decoded[0].ends_with("\\u{2029}gpj.exe"), "{decoded:?}");
+    assert!(err.contains("\\u{202e}"), "{err}");
+
+    // validate: a workflow name from a rules file.
+    let rules = dir.join("rules.yaml");
+    fs::write(
+        &rules,
+        "rules:\n  - name: spoof\n    match:\n      verb: create\n    severity: low\n    workflow: \"de\u{202e}bug\u{2028}\"\n    description: \"x\"\n",
+    )
+    .unwrap();
+    let v = command(dir.path(), &[])
+        .arg("validate")
+        .arg(&rules)
+        .output()
+        .unwrap();
+    let vout =
+        String::from_utf8_lossy(&v.stdout).into_owned() + &String::from_utf8_lossy(&v.stderr);
+    assert!(vout.contains("de\\u{202e}bug\\u{2028}"), "{vout}");
+    for c in SPOOF {
+        assert!(
+            !vout.contains(*c),
+            "validate output contains U+{:04X} raw:\n{vout}",
+            *c as u32
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Issue 18 item 2: the key is checked at start.
 
 /// A wrong key is reported at start, before any event, with the fix for the mode the agent
