@@ -787,6 +787,10 @@ impl Client {
     }
 }
 
+/// Why an `https://` URL is refused (std only: no TLS in the binary).
+pub const HTTPS_REFUSED: &str = "https is not supported by the binary itself: run the TLS sidecar \
+     (see docs/tls.md) and point HEALERT_BACKEND_URL at it, e.g. http://127.0.0.1:8443";
+
 /// `http://host[:port][/base-path]`, trailing `/` trimmed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendUrl {
@@ -812,18 +816,22 @@ impl BackendUrl {
         let rest = if let Some(r) = s.strip_prefix("http://") {
             r
         } else if s.starts_with("https://") {
-            return Err("https is not supported: the agent is one static binary without TLS. \
-                        Use the backend's in-cluster http address (http://SERVICE.NAMESPACE:PORT), \
-                        or run a TLS-terminating proxy or sidecar on loopback and point the agent at \
-                        http://127.0.0.1:PORT"
-                .into());
+            return Err(HTTPS_REFUSED.into());
         } else if let Some((scheme, _)) = s.split_once("://") {
             return Err(format!(
-                "unsupported scheme `{scheme}`: use http://HOST:PORT"
+                "unsupported scheme `{}`: use http://HOST:PORT",
+                sanitize(scheme, 20)
             ));
         } else {
             return Err("missing scheme: write http://HOST:PORT".into());
         };
+        // Userinfo, wherever a sloppy URL puts it (a password may hold `/`): refused before
+        // anything else is looked at, so no error below can quote a part of it.
+        if rest.contains('@') {
+            return Err(
+                "credentials in the URL are not allowed: put the key in HEALERT_API_KEY".into(),
+            );
+        }
         if rest.contains(['?', '#']) {
             return Err("a query or fragment is not allowed in the base URL".into());
         }
@@ -831,11 +839,6 @@ impl BackendUrl {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
         };
-        if authority.contains('@') {
-            return Err(
-                "credentials in the URL are not allowed: put the key in HEALERT_API_KEY".into(),
-            );
-        }
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             let (h, after) = v6
                 .split_once(']')
@@ -927,7 +930,21 @@ mod url_tests {
 
     #[test]
     fn rejects_with_fix() {
-        assert!(BackendUrl::parse("https://x").unwrap_err().contains("TLS"));
+        assert_eq!(BackendUrl::parse("https://x").unwrap_err(), HTTPS_REFUSED);
+        assert!(HTTPS_REFUSED.contains("TLS sidecar (see docs/tls.md)"));
+        // A password is never quoted, wherever it sits.
+        for bad in [
+            "http://u:p4ss@h",
+            "http://u:p4/ss@h:1",
+            "http://h/x@p4ss",
+            "http://u:p4ss@h:99999",
+        ] {
+            let e = BackendUrl::parse(bad).unwrap_err();
+            assert!(
+                e.contains("HEALERT_API_KEY") && !e.contains("p4"),
+                "{bad}: {e}"
+            );
+        }
         assert!(BackendUrl::parse("ftp://x").unwrap_err().contains("ftp"));
         assert!(BackendUrl::parse("localhost:8000")
             .unwrap_err()

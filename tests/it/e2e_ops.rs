@@ -536,8 +536,8 @@ fn https_backend_url_exits_1_with_the_tls_explanation() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("HEALERT_BACKEND_URL"), "{err}");
     assert!(err.contains("https is not supported"), "{err}");
-    assert!(err.contains("TLS"), "{err}");
-    assert!(err.contains("proxy"), "{err}");
+    assert!(err.contains("TLS sidecar"), "{err}");
+    assert!(err.contains("docs/tls.md"), "{err}");
 }
 
 #[test]

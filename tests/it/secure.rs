@@ -631,6 +631,52 @@ fn bidi_controls_and_line_separators_never_reach_logs_payloads_or_replay_output(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Finding 10: no password from a URL in any message.
+
+#[test]
+fn a_url_with_a_password_is_refused_without_showing_the_password() {
+    let dir = TempDir::new("secure", "userinfo");
+    let log = dir.log();
+    for url in [
+        "http://u:Pw5ecr3tXy@backend:8000",
+        "http://u:Pw5ecr3tXy@backend:99999",
+        "http://u:Pw5/ecr3tXy@backend:8000",
+        "ftp://u:Pw5ecr3tXy@backend",
+        "https://u:Pw5ecr3tXy@backend",
+    ] {
+        for format in ["text", "json"] {
+            let (code, err) = run_to_exit(&dir, &env(url, &log, &[("LOG_FORMAT", format)]));
+            assert_eq!(code, Some(1), "{url}: {err}");
+            assert!(err.contains("HEALERT_BACKEND_URL"), "{url}: {err}");
+            for part in ["Pw5ecr3tXy", "Pw5", "ecr3tXy"] {
+                assert!(
+                    !err.contains(part),
+                    "{url} ({format}): `{part}` shown:\n{err}"
+                );
+            }
+            assert!(err.contains("u:***@backend"), "{url}: {err}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// https: the sidecar.
+
+#[test]
+fn an_https_url_is_refused_naming_the_tls_sidecar_and_its_docs() {
+    let dir = TempDir::new("secure", "https");
+    let (code, err) = run_to_exit(&dir, &env("https://healert.example.com", &dir.log(), &[]));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(
+            "https is not supported by the binary itself: run the TLS sidecar (see docs/tls.md) \
+             and point HEALERT_BACKEND_URL at it, e.g. http://127.0.0.1:8443"
+        ),
+        "{err}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // Issue 18 item 2: the key is checked at start.
 
 /// A wrong key is reported at start, before any event, with the fix for the mode the agent
