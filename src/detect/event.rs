@@ -54,7 +54,8 @@ pub struct Parts<'a> {
     pub actor: &'a str,
     pub workflow: &'a str,
     pub description: &'a str,
-    /// The audit event's timestamp; replaced by `now` when empty or not ISO 8601.
+    /// The audit event's timestamp; replaced by `now` when empty, not ISO 8601, or not a real
+    /// date and time (see [`is_iso8601`]).
     pub timestamp: &'a str,
     pub now: &'a dyn Fn() -> String,
     /// Namespace and workload of the entity (already defaulted, suffixes stripped).
@@ -164,8 +165,21 @@ pub fn entity_part(s: &str, dot: bool, max: usize, empty: &str) -> String {
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, at most [`MAX_TIMESTAMP`] characters: what
-/// kube-apiserver writes and the backend accepts.
+/// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, at most [`MAX_TIMESTAMP`] characters, naming a
+/// real instant: what kube-apiserver writes and the backend accepts.
+///
+/// Real means a day that exists in its month (no 30 February, 29 February only in leap
+/// years), year 0001 or later, hours ≤ 23, minutes ≤ 59, seconds ≤ 59, and an offset under a
+/// day (±23:59). A leap second (`:60`) is refused too: the backend's datetime type has none,
+/// and kube-apiserver (Go's `time`) never writes one.
+///
+/// An event whose timestamp fails this is **sent with the time it was processed**, like an
+/// event without one, rather than dead-lettered: kube-apiserver cannot write an impossible
+/// date, so only a corrupted or forged line carries one; what the line records (someone
+/// exec'ed into a pod) still happened and still counts as friction, while the backend would
+/// refuse the whole event (422) for that one field and a dead letter would lose it (the
+/// DaemonSet may have no dead-letter file). For a followed log, the processing time is seconds
+/// from the real one.
 pub fn is_iso8601(s: &str) -> bool {
     let b = s.as_bytes();
     if b.len() < 20 || b.len() > MAX_TIMESTAMP {
@@ -188,11 +202,13 @@ pub fn is_iso8601(s: &str) -> bool {
     }
     let num =
         |r: std::ops::Range<usize>| b[r].iter().fold(0u32, |a, &d| a * 10 + (d - b'0') as u32);
-    let ranges = (1..=12).contains(&num(5..7))
-        && (1..=31).contains(&num(8..10))
+    let (year, month) = (num(0..4), num(5..7));
+    let ranges = year >= 1
+        && (1..=12).contains(&month)
+        && (1..=crate::operate::clock::days_in_month(i64::from(year), month)).contains(&num(8..10))
         && num(11..13) <= 23
         && num(14..16) <= 59
-        && num(17..19) <= 60;
+        && num(17..19) <= 59;
     if !ranges {
         return false;
     }
@@ -209,7 +225,12 @@ pub fn is_iso8601(s: &str) -> bool {
     }
     match &b[i..] {
         [b'Z' | b'z'] => true,
-        [b'+' | b'-', h1, h2, b':', m1, m2] => [h1, h2, m1, m2].iter().all(|d| d.is_ascii_digit()),
+        [b'+' | b'-', h1, h2, b':', m1, m2] => {
+            let d = [h1, h2, m1, m2];
+            d.iter().all(|d| d.is_ascii_digit())
+                && (*h1 - b'0') * 10 + (*h2 - b'0') <= 23
+                && (*m1 - b'0') * 10 + (*m2 - b'0') <= 59
+        }
         _ => false,
     }
 }
@@ -285,8 +306,11 @@ mod tests {
         for good in [
             "2025-01-01T00:00:00Z",
             "2019-02-03T14:06:41.145374Z",
-            "2020-12-31T23:59:60.1+05:30",
+            "2020-12-31T23:59:59.1+05:30",
             "2020-12-31t23:59:59-00:00",
+            "2024-02-29T00:00:00Z",
+            "2000-02-29T23:59:59+23:59",
+            "0001-01-01T00:00:00Z",
         ] {
             assert!(is_iso8601(good), "{good}");
         }
@@ -299,6 +323,17 @@ mod tests {
             "2025-01-01T00:00:00.Z",
             "2025-01-01T00:00:00+0100",
             "2025-01-01T00:00:00.0000000000000000000000Z",
+            // Issue 17 finding 11: the right shape, but no such instant.
+            "2025-02-30T23:59:60Z",
+            "2025-02-29T00:00:00Z",
+            "1900-02-29T00:00:00Z",
+            "2025-04-31T00:00:00Z",
+            "2025-01-00T00:00:00Z",
+            "2016-12-31T23:59:60Z",
+            "0000-01-01T00:00:00Z",
+            "2025-01-01T24:00:00Z",
+            "2025-01-01T00:00:00+24:00",
+            "2025-01-01T00:00:00-05:60",
         ] {
             assert!(!is_iso8601(bad), "{bad}");
         }

@@ -4,8 +4,6 @@
 //! the agent did: probes answered, events delivered exactly once, files it created, what its
 //! messages show.
 
-#![allow(dead_code, unused_imports)]
-
 use std::fs::{self, File};
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -655,6 +653,63 @@ fn a_url_with_a_password_is_refused_without_showing_the_password() {
                 );
             }
             assert!(err.contains("u:***@backend"), "{url}: {err}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Finding 11: impossible dates.
+
+/// An audit line stamped with an impossible date (30 February, second 60) or an offset out
+/// of range: the event keeps its place and is sent with the time it was processed, as when
+/// the timestamp is missing.
+#[test]
+fn impossible_timestamps_are_replaced_by_the_processing_time() {
+    let dir = TempDir::new("secure", "dates");
+    let log = dir.log();
+    let mut text = String::new();
+    let bad = [
+        "2025-02-30T23:59:59Z",
+        "2025-01-01T23:59:60Z",
+        "2025-02-30T23:59:60Z",
+        "2023-02-29T10:00:00Z",
+        "0000-01-01T00:00:00Z",
+        "2025-01-01T00:00:00+24:00",
+        "2025-01-01T00:00:00+05:60",
+    ];
+    for ts in bad {
+        let line = support::exec_line(&actor("date")).replace("2026-11-25T10:00:00.000000Z", ts);
+        assert!(line.contains(ts));
+        text.push_str(&line);
+        text.push('\n');
+    }
+    let good = support::exec_line(&actor("leap"))
+        .replace("2026-11-25T10:00:00.000000Z", "2024-02-29T23:59:59.5+05:30");
+    text.push_str(&good);
+    text.push('\n');
+    support::append(&log, &text);
+    let out = command(dir.path(), &env("http://127.0.0.1:9", &log, &[]))
+        .arg("replay")
+        .arg(&log)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(events.len(), 2 * (bad.len() + 1), "{stdout}");
+    let this_year = healert_agent::operate::clock::now_rfc3339()[..4].to_string();
+    for (i, ev) in events.iter().enumerate() {
+        let ts = ev["timestamp"].as_str().unwrap();
+        if i / 2 < bad.len() {
+            assert!(
+                ts.starts_with(&this_year) && ts.ends_with('Z'),
+                "{}: sent as {ts}",
+                bad[i / 2]
+            );
+        } else {
+            assert_eq!(ts, "2024-02-29T23:59:59.5+05:30");
         }
     }
 }
