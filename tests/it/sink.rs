@@ -167,7 +167,8 @@ impl SinkBuilder {
         self
     }
     /// After the first accepted event, send one extra, unrequested `400` response right behind
-    /// the `200` on the same connection (a confused proxy or a hostile peer).
+    /// the `200`, in the same write, on the same connection (a confused proxy or a hostile
+    /// peer).
     pub fn stray_response_after_first(mut self) -> Self {
         self.stray_after_first = true;
         self
@@ -689,13 +690,24 @@ fn post_event<R: BufRead>(
         Action::Status(s) if (200..300).contains(&s) => {
             let stray =
                 cfg.stray_after_first && !std::mem::replace(&mut st.lock().stray_sent, true);
-            let mut ok = respond(w, cfg.chunked, s, &[], br#"{"status":"ok"}"#, close).is_ok();
-            if stray {
-                // In the same segment, so it waits in the client's buffer.
-                ok &= w
-                    .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 24\r\n\r\n{\"detail\":\"not for you\"}")
-                    .is_ok();
-            }
+            // The stray answer goes out in the same write as the real one, so it is already
+            // there when the client has read its answer (it never waits to see whether one
+            // comes: that would be a race no client can win).
+            let trailer: &[u8] = if stray {
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 24\r\n\r\n{\"detail\":\"not for you\"}"
+            } else {
+                b""
+            };
+            let ok = respond_with(
+                w,
+                cfg.chunked,
+                s,
+                &[],
+                br#"{"status":"ok"}"#,
+                close,
+                trailer,
+            )
+            .is_ok();
             let mut g = st.lock();
             g.statuses.push(s);
             g.events.push(body.to_string());
@@ -799,6 +811,19 @@ fn respond(
     body: &[u8],
     close: bool,
 ) -> io::Result<()> {
+    respond_with(w, chunked, status, extra, body, close, b"")
+}
+
+/// [`respond`], with `trailer` (e.g. an unrequested second response) in the same write.
+fn respond_with(
+    w: &mut TcpStream,
+    chunked: bool,
+    status: u16,
+    extra: &[(&str, &str)],
+    body: &[u8],
+    close: bool,
+    trailer: &[u8],
+) -> io::Result<()> {
     let reason = match status {
         200 => "OK",
         201 => "Created",
@@ -832,6 +857,7 @@ fn respond(
         bytes = out.into_bytes();
         bytes.extend_from_slice(body);
     }
+    bytes.extend_from_slice(trailer);
     w.write_all(&bytes)?;
     w.flush()
 }
