@@ -550,7 +550,7 @@ impl<P: Copy> Sender<P> {
                 // The first event's 401 would only repeat this.
                 let _ = self.auth_throttle.hit("auth");
                 error!(format!(
-                    "the API key was checked at start and refused ({status}): {}; events are kept and retried",
+                    "backend answered {status} to the API key check at start: {}; events are kept and retried",
                     key_fix(self.opts.mode, has_key)
                 ));
             }

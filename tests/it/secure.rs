@@ -754,10 +754,10 @@ fn a_wrong_key_is_reported_at_start_with_the_fix_for_local_and_daemonset_mode() 
             &[("HEALERT_API_KEY", WRONG), ("HEALERT_MODE", mode)],
         );
         let (mut a, addr) = Agent::start_with_health(&dir, mode, &e);
-        let err = a.wait_log("the API key was checked at start and refused (401)");
+        let err = a.wait_log("backend answered 401 to the API key check at start: ");
         let line = err
             .lines()
-            .find(|l| l.contains("checked at start and refused"))
+            .find(|l| l.contains("to the API key check at start"))
             .unwrap();
         assert!(line.contains(fix), "{mode}: {line}");
         if mode == "local" {
