@@ -46,6 +46,7 @@ AGENT_VARS=(
   HEALTH_ADDR
   LOG_FORMAT
   LOG_LEVEL
+  HEALERT_MODE
 )
 # Variables only this script reads (documented in `help`, docs/local-mode.md and docs/tls.md).
 SCRIPT_VARS=(HEALERT_HOST HEALERT_PORT HEALERT_AGENT_BIN KUBECTL HEALERT_RULES_SOURCE HEALERT_TLS_CA HEALERT_TLS_CERT HEALERT_TLS_KEY HEALERT_TLS_LOCAL_PORT HEALERT_STUNNEL)
@@ -219,6 +220,8 @@ _load_agent_config() {
   export K8S_NAMESPACE=${K8S_NAMESPACE:-healert-system}
   # Local mode keeps a checkpoint so a restart neither loses nor repeats events.
   export CHECKPOINT_PATH=${CHECKPOINT_PATH:-$RUN_DIR/checkpoint}
+  # A refused key is then reported with the local fix (.env, ./healert.sh restart agent).
+  export HEALERT_MODE=${HEALERT_MODE:-local}
 }
 
 # =============================================================================

@@ -4,8 +4,9 @@
 //! - **follow** (`pipeline::Stage` over `source::follow::Follower`, then `pipeline::Feeder`):
 //!   reads complete lines, turns each into friction events and queues them in log order,
 //!   waiting while the queue is full (the log on disk is the buffer);
-//! - **deliver** (`deliver::spawn_sender`): POSTs the queue's front event until the backend
-//!   acknowledges it, then pops it;
+//! - **deliver** (`deliver::spawn_sender`): checks the backend once (`GET /health`, off the
+//!   follower's path), then POSTs the queue's front event until the backend acknowledges it,
+//!   then pops it;
 //! - **main** (this function): signals, the once-a-second checkpoint (`Queue::ack_position` →
 //!   `checkpoint::save`), SIGHUP rule reloads, and the shutdown (`SenderHandle::drain`);
 //! - **health server** (`operate::health`, optional): reads the shared `Metrics` only.
@@ -93,11 +94,10 @@ pub fn run() -> ExitCode {
     };
     metrics.mark_started(now_unix_ms());
 
-    let mut client = cfg.client();
-    let backend_line = match deliver::log_backend_check(&mut client) {
-        Some(h) => format!("OK -- {h}"),
-        None => "UNREACHABLE at start: events are kept and retried".to_string(),
-    };
+    // The backend is checked by the sender thread before its first event (its result is
+    // logged there): a slow or blackholed backend must not hold up the follower.
+    let client = cfg.client();
+    let backend_line = "checking the backend in the background; events are queued meanwhile";
 
     let resume = load_checkpoint(cfg.checkpoint_path.as_deref());
     let (resume, suppressor) = load_suppression(&cfg, resume);
@@ -112,7 +112,7 @@ pub fn run() -> ExitCode {
         &cfg,
         &rules_path,
         &rules,
-        &backend_line,
+        backend_line,
         &follower.start_description(),
     );
 

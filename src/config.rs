@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::deliver::http_client::{ApiKey, BackendUrl, Client};
-use crate::deliver::DeliveryOptions;
+use crate::deliver::{DeliveryOptions, RunMode};
 use crate::detect::DetectOptions;
 use crate::operate::log;
 use crate::source::follow::{FollowOptions, StartAt};
@@ -79,7 +79,7 @@ pub const VARS: &[(&str, &str, &str)] = &[
     (
         "DEAD_LETTER_PATH",
         "(none)",
-        "append events the backend refuses (4xx) here, one JSON line each",
+        "append events the backend refuses for their content (400, 422) here, one JSON line each",
     ),
     (
         "MAX_EVENTS_PER_MINUTE",
@@ -103,6 +103,11 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ),
     ("LOG_FORMAT", "text", "text | json"),
     ("LOG_LEVEL", "info", "debug | info | warn | error"),
+    (
+        "HEALERT_MODE",
+        "(none)",
+        "local | daemonset: which fix a refused API key's message gives (healert.sh and daemonset.yaml set it)",
+    ),
 ];
 
 #[derive(Debug, Clone)]
@@ -127,6 +132,7 @@ pub struct Config {
     pub health_addr: Option<String>,
     pub log_format: log::Format,
     pub log_level: log::Level,
+    pub mode: RunMode,
 }
 
 /// One bad variable.
@@ -386,6 +392,19 @@ impl Config {
             }),
         };
 
+        let mode = match get("HEALERT_MODE") {
+            None => RunMode::Unspecified,
+            Some(v) => RunMode::parse(&v).unwrap_or_else(|| {
+                err(
+                    "HEALERT_MODE",
+                    &v,
+                    "must be `local` or `daemonset`".into(),
+                    "daemonset",
+                );
+                RunMode::Unspecified
+            }),
+        };
+
         let cfg = Config {
             backend_url,
             api_key,
@@ -406,6 +425,7 @@ impl Config {
             health_addr,
             log_format,
             log_level,
+            mode,
         };
         (cfg, errs.into_inner())
     }
@@ -436,11 +456,13 @@ impl Config {
     }
 
     /// The production delivery policy with the operator's knobs (MAX_EVENTS_PER_MINUTE,
-    /// DEAD_LETTER_PATH).
+    /// DEAD_LETTER_PATH, HEALERT_MODE), checking the backend and the key before the first event.
     pub fn delivery_options(&self) -> DeliveryOptions {
         DeliveryOptions {
             max_events_per_minute: self.max_events_per_minute,
             dead_letter_path: self.dead_letter_path.clone(),
+            startup_check: true,
+            mode: self.mode,
             ..DeliveryOptions::default()
         }
     }
@@ -489,6 +511,7 @@ pub fn replay_vars(send: bool) -> &'static [&'static str] {
         "SHUTDOWN_GRACE",
         "LOG_FORMAT",
         "LOG_LEVEL",
+        "HEALERT_MODE",
     ];
     if send {
         SEND

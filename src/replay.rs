@@ -796,8 +796,8 @@ impl Backfill {
             return Err(ExitCode::from(1));
         }
         let metrics = Arc::new(Metrics::new());
-        let mut client = cfg.client();
-        deliver::log_backend_check(&mut client);
+        // The sender checks the backend before its first event (`startup_check`).
+        let client = cfg.client();
         let queue = Queue::new(cfg.queue_capacity, Arc::clone(&metrics));
         // The same decisions as replay's own output; every window is summarised at the end.
         if suppress {

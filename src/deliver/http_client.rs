@@ -6,6 +6,12 @@
 //! kept body are bounded ([`Limits`]), every read has the request's deadline, and anything that
 //! is not HTTP/1.x becomes an [`HttpError`] whose `Display` says what happened and what to do —
 //! never a panic or a hang. The API key goes only into the request bytes, never into an error.
+//!
+//! A kept-alive connection carries the next request only if nothing is waiting on it: bytes
+//! left after a complete response (in the buffer, or arrived since) would be read as the next
+//! request's answer — a stray `400` would dead-letter an event it was never about, a stray
+//! `201` acknowledge one the backend never saw. Such a connection is closed and counted
+//! ([`Client::discarded_connections`]), and the request goes out on a fresh one.
 
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -563,6 +569,7 @@ pub struct Client {
     conn: Option<BufReader<DeadlineStream>>,
     deadline_cap: Option<Instant>,
     connections_opened: u64,
+    connections_discarded: u64,
 }
 
 impl fmt::Debug for Client {
@@ -586,6 +593,7 @@ impl Client {
             conn: None,
             deadline_cap: None,
             connections_opened: 0,
+            connections_discarded: 0,
         }
     }
 
@@ -597,6 +605,11 @@ impl Client {
         self.api_key.is_some()
     }
 
+    /// The deadline of one whole request (HTTP_TIMEOUT).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// No request runs past `cap` (shutdown deadline), even if HTTP_TIMEOUT would allow it.
     pub fn set_deadline_cap(&mut self, cap: Option<Instant>) {
         self.deadline_cap = cap;
@@ -605,6 +618,12 @@ impl Client {
     /// TCP connections opened so far (connection reuse shows as 1).
     pub fn connections_opened(&self) -> u64 {
         self.connections_opened
+    }
+
+    /// Kept-alive connections closed instead of reused because bytes nobody asked for followed
+    /// a response.
+    pub fn discarded_connections(&self) -> u64 {
+        self.connections_discarded
     }
 
     /// `POST {base}{path}` with a JSON body.
@@ -665,15 +684,46 @@ impl Client {
     fn send_once(&mut self, bytes: &[u8], deadline: Instant) -> Result<Response, HttpError> {
         let result = self.exchange(bytes, deadline);
         match &result {
-            Ok((_, true)) => {}
+            Ok((_, true)) => {
+                // More bytes than the response: never take them for the next answer.
+                if self.conn.as_ref().is_some_and(|c| !c.buffer().is_empty()) {
+                    self.conn = None;
+                    self.connections_discarded += 1;
+                }
+            }
             // Unknown state of the stream: never reuse it.
             _ => self.conn = None,
         }
         result.map(|(r, _)| r)
     }
 
+    /// The kept-alive connection, if it is still clean: nothing arrived on it since the last
+    /// response (stray bytes: closed and counted) and the server did not close it (closed
+    /// quietly; a new connection is not a retry).
+    fn reusable_conn(&mut self) -> Option<BufReader<DeadlineStream>> {
+        let conn = self.conn.take()?;
+        let stream = &conn.get_ref().stream;
+        if stream.set_nonblocking(true).is_err() {
+            return None;
+        }
+        let mut probe = [0u8; 1];
+        let state = stream.peek(&mut probe);
+        if stream.set_nonblocking(false).is_err() {
+            return None;
+        }
+        match state {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Some(conn),
+            Ok(n) if n > 0 => {
+                self.connections_discarded += 1;
+                None
+            }
+            // End of stream (closed while idle) or an error: not usable.
+            _ => None,
+        }
+    }
+
     fn exchange(&mut self, bytes: &[u8], deadline: Instant) -> Result<(Response, bool), HttpError> {
-        let conn = match self.conn.take() {
+        let conn = match self.reusable_conn() {
             Some(c) => self.conn.insert(c),
             None => {
                 let c = self.connect(deadline)?;
@@ -737,6 +787,10 @@ impl Client {
     }
 }
 
+/// Why an `https://` URL is refused (std only: no TLS in the binary).
+pub const HTTPS_REFUSED: &str = "https is not supported by the binary itself: run the TLS sidecar \
+     (see docs/tls.md) and point HEALERT_BACKEND_URL at it, e.g. http://127.0.0.1:8443";
+
 /// `http://host[:port][/base-path]`, trailing `/` trimmed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendUrl {
@@ -762,18 +816,22 @@ impl BackendUrl {
         let rest = if let Some(r) = s.strip_prefix("http://") {
             r
         } else if s.starts_with("https://") {
-            return Err("https is not supported: the agent is one static binary without TLS. \
-                        Use the backend's in-cluster http address (http://SERVICE.NAMESPACE:PORT), \
-                        or run a TLS-terminating proxy or sidecar on loopback and point the agent at \
-                        http://127.0.0.1:PORT"
-                .into());
+            return Err(HTTPS_REFUSED.into());
         } else if let Some((scheme, _)) = s.split_once("://") {
             return Err(format!(
-                "unsupported scheme `{scheme}`: use http://HOST:PORT"
+                "unsupported scheme `{}`: use http://HOST:PORT",
+                sanitize(scheme, 20)
             ));
         } else {
             return Err("missing scheme: write http://HOST:PORT".into());
         };
+        // Userinfo, wherever a sloppy URL puts it (a password may hold `/`): refused before
+        // anything else is looked at, so no error below can quote a part of it.
+        if rest.contains('@') {
+            return Err(
+                "credentials in the URL are not allowed: put the key in HEALERT_API_KEY".into(),
+            );
+        }
         if rest.contains(['?', '#']) {
             return Err("a query or fragment is not allowed in the base URL".into());
         }
@@ -781,11 +839,6 @@ impl BackendUrl {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
         };
-        if authority.contains('@') {
-            return Err(
-                "credentials in the URL are not allowed: put the key in HEALERT_API_KEY".into(),
-            );
-        }
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             let (h, after) = v6
                 .split_once(']')
@@ -877,7 +930,21 @@ mod url_tests {
 
     #[test]
     fn rejects_with_fix() {
-        assert!(BackendUrl::parse("https://x").unwrap_err().contains("TLS"));
+        assert_eq!(BackendUrl::parse("https://x").unwrap_err(), HTTPS_REFUSED);
+        assert!(HTTPS_REFUSED.contains("TLS sidecar (see docs/tls.md)"));
+        // A password is never quoted, wherever it sits.
+        for bad in [
+            "http://u:p4ss@h",
+            "http://u:p4/ss@h:1",
+            "http://h/x@p4ss",
+            "http://u:p4ss@h:99999",
+        ] {
+            let e = BackendUrl::parse(bad).unwrap_err();
+            assert!(
+                e.contains("HEALERT_API_KEY") && !e.contains("p4"),
+                "{bad}: {e}"
+            );
+        }
         assert!(BackendUrl::parse("ftp://x").unwrap_err().contains("ftp"));
         assert!(BackendUrl::parse("localhost:8000")
             .unwrap_err()
@@ -1090,6 +1157,93 @@ mod response_tests {
             let mut framed = b"HTTP/1.1 200 OK\r\n".to_vec();
             framed.extend_from_slice(&bytes);
             let _ = parse(&framed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod reuse_tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+
+    /// Reads one request (head and Content-Length body) from `r`; false at end of stream.
+    fn read_request(r: &mut BufReader<TcpStream>) -> bool {
+        let mut len = 0usize;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                return false;
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some(v) = l.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0u8; len];
+        r.read_exact(&mut body).is_ok()
+    }
+
+    /// A server whose first connection answers 200 and then, unasked, a second response
+    /// (`late`: after the client has the first one); any request sent on that connection
+    /// afterwards gets 500. The next connection answers 201. Signals when the stray is sent.
+    fn two_answer_server(late: bool) -> (BackendUrl, mpsc::Receiver<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = BackendUrl::parse(&format!("http://{}", l.local_addr().unwrap())).unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for (i, s) in l.incoming().take(2).enumerate() {
+                let s = s.unwrap();
+                let mut w = s.try_clone().unwrap();
+                let mut r = BufReader::new(s);
+                std::thread::spawn({
+                    let tx = tx.clone();
+                    move || {
+                        while read_request(&mut r) {
+                            let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+                            let stray = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 2\r\n\r\n{}";
+                            let other = b"HTTP/1.1 500 Oops\r\nContent-Length: 2\r\n\r\n{}";
+                            let created = b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n{}";
+                            if i > 0 {
+                                w.write_all(created).unwrap();
+                            } else if late {
+                                w.write_all(ok).unwrap();
+                                std::thread::sleep(Duration::from_millis(20));
+                                w.write_all(stray).unwrap();
+                                let _ = tx.send(());
+                                w.write_all(other).unwrap();
+                            } else {
+                                w.write_all(&[&ok[..], &stray[..]].concat()).unwrap();
+                                let _ = tx.send(());
+                                w.write_all(other).unwrap();
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (url, rx)
+    }
+
+    #[test]
+    fn a_connection_with_bytes_after_the_response_is_closed_not_reused() {
+        for late in [false, true] {
+            let (url, sent) = two_answer_server(late);
+            let mut c = Client::new(url, None, Duration::from_secs(10));
+            assert_eq!(c.post_json("/events", b"{\"n\":1}").unwrap().status, 200);
+            // The stray answer is on its way (on loopback it is queued once written).
+            sent.recv_timeout(Duration::from_secs(10)).unwrap();
+            let r = c.post_json("/events", b"{\"n\":2}").unwrap();
+            assert_eq!(r.status, 201, "late={late}: took a stray answer");
+            assert_eq!(
+                (c.connections_opened(), c.discarded_connections()),
+                (2, 1),
+                "late={late}"
+            );
         }
     }
 }

@@ -18,6 +18,6 @@ pub mod suppress;
 
 pub use queue::{Queue, Room};
 pub use sender::{
-    check_backend, log_backend_check, spawn_sender, DeliveryOptions, DeliveryStats, Drained,
-    SenderHandle,
+    check_backend, check_key, key_fix, log_backend_check, spawn_sender, DeliveryOptions,
+    DeliveryStats, Drained, KeyCheck, RunMode, SenderHandle,
 };

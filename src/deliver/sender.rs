@@ -2,12 +2,15 @@
 //! still accept.
 //!
 //! The sender takes the event at the front of the [`Queue`], POSTs it, and pops it only once
-//! the backend answered 2xx (or refused it for good with a 4xx, which dead-letters it), so the
-//! queue's front is always the oldest unacknowledged event. 429/503/5xx/network errors back off
-//! and retry forever; 401/403 wait for a fixed key. [`SenderHandle::drain`] is the one
+//! the backend answered 2xx, or refused the event's *content* with 400 or 422 (which
+//! dead-letters it), so the queue's front is always the oldest unacknowledged event.
+//! 429/503/5xx/network errors back off and retry forever; 401/403 wait for a fixed key; every
+//! other 4xx (404, 405, 413...) says something about the address or a proxy in between, not
+//! about the event — a wrong base path, a proxy being reconfigured, anyone on the path — so it
+//! is retried with backoff like a 5xx, logged with what to check and shown in `/readyz` and
+//! `/metrics` (state `refusing`): a misconfiguration never costs an event. [`SenderHandle::drain`] is the one
 //! shutdown: deliver what is queued within a grace period, then stop.
 
-use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,15 +24,50 @@ use crate::deliver::suppress::SummaryKey;
 use crate::detect::json::{Peek, Scanner};
 use crate::detect::FrictionEvent;
 use crate::operate::log::{sanitize, Throttle};
-use crate::operate::metrics::{BackendState, Metrics};
+use crate::operate::metrics::{now_unix_ms, BackendState, Metrics};
 use crate::{error, info, warn};
+
+/// How the agent is run (`HEALERT_MODE`), so that a message gives the fix that applies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RunMode {
+    /// Not said: messages name both fixes.
+    #[default]
+    Unspecified,
+    /// `./healert.sh start agent`: the key is in the agent's `.env`.
+    Local,
+    /// `daemonset.yaml`: the key comes from the Secret `healert-api-key`.
+    DaemonSet,
+}
+
+impl RunMode {
+    /// `local` | `daemonset` (any case).
+    pub fn parse(s: &str) -> Option<RunMode> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "local" => Some(RunMode::Local),
+            "daemonset" => Some(RunMode::DaemonSet),
+            _ => None,
+        }
+    }
+}
+
+/// What to do about a key the backend refuses (401/403), in the words of `mode`.
+pub fn key_fix(mode: RunMode, has_key: bool) -> &'static str {
+    match (mode, has_key) {
+        (RunMode::Local, true) => "HEALERT_API_KEY in the agent's .env is not accepted by the backend: put the backend's current key there and run ./healert.sh restart agent",
+        (RunMode::Local, false) => "the backend requires an API key and HEALERT_API_KEY is not set: add HEALERT_API_KEY=<the backend's key> to the agent's .env and run ./healert.sh restart agent",
+        (RunMode::DaemonSet, true) => "HEALERT_API_KEY from the Secret healert-api-key is not accepted by the backend: put the backend's current key in that Secret (./healert.sh setup does it) and restart the pods (kubectl -n healert-system rollout restart daemonset/healert-agent)",
+        (RunMode::DaemonSet, false) => "the backend requires an API key and the Secret healert-api-key gives none: create it with the backend's key (./healert.sh setup does it) and restart the pods (kubectl -n healert-system rollout restart daemonset/healert-agent)",
+        (RunMode::Unspecified, true) => "HEALERT_API_KEY is not accepted by the backend: set it to the backend's current key (local mode: in the agent's .env, then ./healert.sh restart agent; DaemonSet: in the Secret healert-api-key, then restart the pods)",
+        (RunMode::Unspecified, false) => "the backend requires an API key and HEALERT_API_KEY is not set: set it to the backend's key (local mode: in the agent's .env, then ./healert.sh restart agent; DaemonSet: in the Secret healert-api-key, then restart the pods)",
+    }
+}
 
 /// How the sender behaves; `Default` is the production policy of the issue.
 #[derive(Debug, Clone)]
 pub struct DeliveryOptions {
     /// Client-side pacing of POST /events (0 = off).
     pub max_events_per_minute: u32,
-    /// Where refused (4xx) payloads are appended, one JSON line each.
+    /// Where refused (400, 422) payloads are appended, one JSON line each.
     pub dead_letter_path: Option<PathBuf>,
     /// First backoff step after a failure (doubles up to `backoff_max`).
     pub backoff_base: Duration,
@@ -42,6 +80,12 @@ pub struct DeliveryOptions {
     pub auth_log_every: Duration,
     /// Log one line per delivered event (`[200] type=... severity=...`).
     pub log_each_event: bool,
+    /// Check the backend (`GET /health`) and the key ([`check_key`]) on the sender thread
+    /// before the first event, so that a slow or blackholed backend never holds up the
+    /// follower.
+    pub startup_check: bool,
+    /// How the agent is run: which fix a refused key's message gives.
+    pub mode: RunMode,
 }
 
 impl Default for DeliveryOptions {
@@ -55,6 +99,8 @@ impl Default for DeliveryOptions {
             retry_after_max: Duration::from_secs(600),
             auth_log_every: Duration::from_secs(60),
             log_each_event: true,
+            startup_check: false,
+            mode: RunMode::Unspecified,
         }
     }
 }
@@ -64,7 +110,7 @@ impl Default for DeliveryOptions {
 pub struct DeliveryStats {
     /// Accepted with 2xx.
     pub sent: u64,
-    /// Refused with a 4xx, acknowledged (and written to DEAD_LETTER_PATH when set).
+    /// Refused with 400 or 422, acknowledged (and written to DEAD_LETTER_PATH when set).
     pub dead_lettered: u64,
     /// Events still in the queue when the sender stopped.
     pub pending: usize,
@@ -261,8 +307,11 @@ pub fn spawn_sender<P: Copy + Send + 'static>(
 #[derive(Debug, PartialEq, Eq)]
 enum Outcome {
     Accepted(u16),
-    /// 4xx: never acceptable; dead-letter and move on.
+    /// 400/422: the backend rejects the event's content; dead-letter and move on.
     Refused(u16, String),
+    /// Another 4xx (404, 405, 413...): the address or a proxy is wrong, not the event; retry
+    /// with backoff until it is fixed.
+    Misrouted(u16, String),
     /// 401/403: the key is wrong or missing.
     Unauthorized(u16),
     /// Try again after the given wait (None: the next backoff step).
@@ -285,7 +334,8 @@ fn classify(result: &Result<Response, HttpError>, retry_after_max: Duration) -> 
         ),
         // 408 Request Timeout is transient by definition.
         408 => Outcome::Retry("HTTP 408".into(), None),
-        400..=499 => Outcome::Refused(r.status, detail(&r.body)),
+        400 | 422 => Outcome::Refused(r.status, detail(&r.body)),
+        400..=499 => Outcome::Misrouted(r.status, detail(&r.body)),
         // 5xx, and 1xx/3xx (a redirect means a wrong base URL: keep the events until fixed).
         s => Outcome::Retry(format!("HTTP {s}: {}", detail(&r.body)), None),
     }
@@ -318,6 +368,10 @@ struct Sender<P> {
 
 impl<P: Copy> Sender<P> {
     fn run(&mut self) -> DeliveryStats {
+        if self.opts.startup_check && !self.control.stopped() {
+            self.startup_check();
+            self.metrics.sender.beat();
+        }
         while let Some(job) = self.next_job() {
             let delivered = match job {
                 Job::Event(ev) => self.deliver(&ev, None),
@@ -406,7 +460,12 @@ impl<P: Copy> Sender<P> {
                 return false;
             }
             self.client.set_deadline_cap(self.control.deadline());
+            self.in_flight();
             let result = self.client.post_json("/events", body);
+            self.metrics.sender.beat();
+            self.metrics
+                .connections_discarded
+                .store(self.client.discarded_connections(), Ordering::Relaxed);
             // The status sharpens the /readyz reason ("rejected the API key (401)", "failing
             // (last status 503)"); 0 for a transport error ("unreachable").
             self.metrics
@@ -436,16 +495,24 @@ impl<P: Copy> Sender<P> {
                     self.metrics.retries.fetch_add(1, Ordering::Relaxed);
                     self.note_failure();
                     if let Some(suppressed) = self.auth_throttle.hit("auth") {
-                        let fix = if self.client.has_api_key() {
-                            "HEALERT_API_KEY is not accepted by the backend: put the backend's current key in the agent's Secret and restart the agent"
-                        } else {
-                            "the backend requires an API key and HEALERT_API_KEY is not set: create the Secret with the backend's key and restart the agent"
-                        };
+                        let fix = key_fix(self.opts.mode, self.client.has_api_key());
                         error!(format!("backend answered {status}: {fix}; events are kept and retried"),
                                "retry_every" => human(self.opts.auth_retry),
                                "pending" => self.queue.len(), "suppressed" => suppressed);
                     }
                     if !self.sleep(self.opts.auth_retry) {
+                        return false;
+                    }
+                }
+                Outcome::Misrouted(status, detail) => {
+                    self.metrics.set_backend_state(BackendState::Refusing);
+                    self.metrics.retries.fetch_add(1, Ordering::Relaxed);
+                    let attempt = self.note_failure();
+                    let wait = self.backoff.next();
+                    warn!(format!("backend answered {status} to POST /events: {}; the event is kept and retried (nothing is dropped)", misrouted_hint(status)),
+                          "detail" => detail, "attempt" => attempt,
+                          "wait" => human(wait), "pending" => self.queue.len());
+                    if !self.sleep(wait) {
                         return false;
                     }
                 }
@@ -467,6 +534,58 @@ impl<P: Copy> Sender<P> {
                 }
             }
         }
+    }
+
+    /// The start-up check, before the first event: `GET /health` (logged as
+    /// [`log_backend_check`] does), then, unless the backend is unreachable, the key
+    /// ([`check_key`]). A refused key sets the backend state (so `/readyz` says not ready) and
+    /// is logged with the fix for the mode the agent runs in. Nothing here is fatal.
+    fn startup_check(&mut self) {
+        self.in_flight();
+        if health_check(&mut self.client) == HealthCheck::Unreachable {
+            info!(
+                "API key check skipped: the backend is unreachable; the first event sent will tell"
+            );
+            return;
+        }
+        self.in_flight();
+        let has_key = self.client.has_api_key();
+        match check_key(&mut self.client) {
+            KeyCheck::Accepted if has_key => {
+                self.metrics.set_backend_state(BackendState::Ok);
+                info!("API key accepted by the backend (checked at start with an empty event, which it refuses with 422: nothing stored)");
+            }
+            KeyCheck::Accepted => {
+                self.metrics.set_backend_state(BackendState::Ok);
+                info!("the backend requires no API key (checked at start with an empty event: nothing stored)");
+            }
+            KeyCheck::Refused(status) => {
+                self.metrics.set_backend_status(status);
+                self.metrics.set_backend_state(BackendState::Unauthorized);
+                // The first event's 401 would only repeat this.
+                let _ = self.auth_throttle.hit("auth");
+                error!(format!(
+                    "backend answered {status} to the API key check at start: {}; events are kept and retried",
+                    key_fix(self.opts.mode, has_key)
+                ));
+            }
+            KeyCheck::Unexpected(status, detail) => {
+                warn!(format!("the API key check at start got HTTP {status} to an empty event (the backend answers 401, 403 or 422): {}", unexpected_hint(status)),
+                      "detail" => detail);
+            }
+            KeyCheck::Unreachable(why) => {
+                info!("API key check skipped: the backend did not answer; the first event sent will tell", "why" => why);
+            }
+        }
+    }
+
+    /// Declares a request about to block this thread: it is bounded by HTTP_TIMEOUT, so liveness
+    /// must not call the sender stalled before that deadline (HTTP_TIMEOUT may exceed
+    /// `STALL_AFTER_MS`).
+    fn in_flight(&self) {
+        self.metrics
+            .sender
+            .busy_until(now_unix_ms().saturating_add(self.client.timeout().as_millis() as u64));
     }
 
     /// Waits for the client-side pacing slot; false if stopped meanwhile.
@@ -511,16 +630,12 @@ impl<P: Copy> Sender<P> {
         let written = match &self.opts.dead_letter_path {
             None => "no (DEAD_LETTER_PATH not set)".to_string(),
             Some(path) => {
-                let r = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .and_then(|mut f| {
-                        let mut line = Vec::with_capacity(body.len() + 1);
-                        line.extend_from_slice(body);
-                        line.push(b'\n');
-                        f.write_all(&line)
-                    });
+                let r = crate::operate::files::append_private(path).and_then(|mut f| {
+                    let mut line = Vec::with_capacity(body.len() + 1);
+                    line.extend_from_slice(body);
+                    line.push(b'\n');
+                    f.write_all(&line)
+                });
                 match r {
                     Ok(()) => path.display().to_string(),
                     Err(e) => {
@@ -646,9 +761,13 @@ impl std::fmt::Display for BackendHealth {
 
 /// Startup probe: GET {base}/health → Ok(BackendHealth{version, auth_enabled}) or Err(reason).
 pub fn check_backend(client: &mut Client) -> Result<BackendHealth, String> {
-    let r = client
-        .get("/health")
-        .map_err(|e| format!("GET {}/health failed: {e}", client.url()))?;
+    let r = client.get("/health");
+    health_from(client, r)
+}
+
+/// The outcome of a `GET /health` as [`check_backend`] reports it.
+fn health_from(client: &Client, r: Result<Response, HttpError>) -> Result<BackendHealth, String> {
+    let r = r.map_err(|e| format!("GET {}/health failed: {e}", client.url()))?;
     if !(200..300).contains(&r.status) {
         return Err(format!(
             "GET {}/health answered HTTP {} ({}): check that HEALERT_BACKEND_URL is the backend's base URL",
@@ -670,15 +789,32 @@ pub fn check_backend(client: &mut Client) -> Result<BackendHealth, String> {
     })
 }
 
-/// Runs [`check_backend`] and logs the outcome: `Backend OK -- version=... auth=...`, a warning
-/// when the backend wants a key and none is set, or a warning (never fatal) when unreachable.
-pub fn log_backend_check(client: &mut Client) -> Option<BackendHealth> {
-    match check_backend(client) {
+/// What the start-up `GET /health` found.
+#[derive(Debug, PartialEq, Eq)]
+enum HealthCheck {
+    Ok,
+    /// The backend answered, but not 2xx.
+    Answered,
+    /// No answer at all (resolve, connect, timeout...).
+    Unreachable,
+}
+
+/// `GET /health`, logged: `Backend OK -- version=... auth=...`, or a warning (never fatal).
+fn health_check(client: &mut Client) -> HealthCheck {
+    let r = client.get("/health");
+    let outcome = match &r {
+        Err(_) => HealthCheck::Unreachable,
+        Ok(r) if (200..300).contains(&r.status) => HealthCheck::Ok,
+        Ok(_) => HealthCheck::Answered,
+    };
+    log_health(client, health_from(client, r));
+    outcome
+}
+
+fn log_health(client: &Client, h: Result<BackendHealth, String>) -> Option<BackendHealth> {
+    match h {
         Ok(h) => {
             info!(format!("Backend OK -- {h}"), "url" => client.url());
-            if h.auth_enabled && !client.has_api_key() {
-                warn!("the backend has authentication enabled but HEALERT_API_KEY is not set: every event will be answered 401 and kept until the key is configured");
-            }
             Some(h)
         }
         Err(reason) => {
@@ -686,6 +822,58 @@ pub fn log_backend_check(client: &mut Client) -> Option<BackendHealth> {
                   "why" => reason);
             None
         }
+    }
+}
+
+/// Runs [`check_backend`] and logs the outcome as the start-up check does.
+pub fn log_backend_check(client: &mut Client) -> Option<BackendHealth> {
+    let h = check_backend(client);
+    log_health(client, h)
+}
+
+/// What the key check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyCheck {
+    /// 422: the backend took the key and refused the empty event.
+    Accepted,
+    /// 401 or 403: the key is wrong or missing.
+    Refused(u16),
+    /// Any other answer, with the backend's detail.
+    Unexpected(u16, String),
+    /// No answer.
+    Unreachable(String),
+}
+
+/// Checks the key without storing anything: `POST /events` with the body `{}`. The backend
+/// checks the key before the body, so it answers 401 for a wrong or missing key and 422 (an
+/// invalid event, nothing stored) for the right one. Costs one request of the backend's rate
+/// limit.
+pub fn check_key(client: &mut Client) -> KeyCheck {
+    match client.post_json("/events", b"{}") {
+        Err(e) => KeyCheck::Unreachable(e.to_string()),
+        Ok(r) => match r.status {
+            401 | 403 => KeyCheck::Refused(r.status),
+            422 => KeyCheck::Accepted,
+            s => KeyCheck::Unexpected(s, detail(&r.body)),
+        },
+    }
+}
+
+/// What a 4xx other than 400/401/403/408/422/429 suggests to check.
+pub fn misrouted_hint(status: u16) -> &'static str {
+    match status {
+        413 => "the event is larger than the backend or a proxy in between accepts: check HEALERT_BACKEND_URL's base path and raise the proxy's body size limit",
+        _ => "check HEALERT_BACKEND_URL's base path (events go to {url}/events) and any proxy in between",
+    }
+}
+
+/// What an unexpected answer to the key check suggests.
+fn unexpected_hint(status: u16) -> &'static str {
+    match status {
+        200..=299 => "is HEALERT_BACKEND_URL the Healert backend? it accepted an empty event",
+        429 | 503 => "the backend is busy; the first event sent will tell",
+        400..=499 => misrouted_hint(status),
+        _ => "the first event sent will tell",
     }
 }
 
@@ -787,6 +975,17 @@ mod tests {
             classify(&resp(422, &[], r#"{"detail":"bad \"type\"\n"}"#), max),
             Outcome::Refused(422, "bad \"type\"\\u{a}".into())
         );
+        assert_eq!(
+            classify(&resp(400, &[], "nope"), max),
+            Outcome::Refused(400, "nope".into())
+        );
+        // Only 400 and 422 reject the content; every other 4xx is about the address.
+        for s in [404, 405, 409, 410, 411, 413, 414, 415, 418, 451, 499] {
+            assert!(
+                matches!(classify(&resp(s, &[], ""), max), Outcome::Misrouted(st, _) if st == s),
+                "{s}"
+            );
+        }
         assert!(matches!(
             classify(&resp(500, &[], ""), max),
             Outcome::Retry(_, None)
@@ -797,6 +996,24 @@ mod tests {
         ));
         let err = Err(HttpError::Timeout { during: "x" });
         assert!(matches!(classify(&err, max), Outcome::Retry(_, None)));
+    }
+
+    #[test]
+    fn a_refused_key_is_explained_in_the_words_of_the_mode() {
+        for has_key in [true, false] {
+            let local = key_fix(RunMode::Local, has_key);
+            assert!(local.contains(".env") && local.contains("./healert.sh restart agent"));
+            assert!(!local.contains("Secret") && !local.contains("kubectl"));
+            let ds = key_fix(RunMode::DaemonSet, has_key);
+            assert!(ds.contains("Secret healert-api-key") && ds.contains("rollout restart"));
+            assert!(!ds.contains(".env"));
+            let either = key_fix(RunMode::Unspecified, has_key);
+            assert!(either.contains(".env") && either.contains("Secret"));
+        }
+        assert!(key_fix(RunMode::Local, false).contains("not set"));
+        assert_eq!(RunMode::parse(" DaemonSet "), Some(RunMode::DaemonSet));
+        assert_eq!(RunMode::parse("local"), Some(RunMode::Local));
+        assert_eq!(RunMode::parse("k8s"), None);
     }
 
     #[test]

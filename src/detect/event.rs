@@ -3,14 +3,17 @@
 //!
 //! The backend answers 422 — and the event is lost — when a field breaks its limits, so
 //! [`FrictionEvent::new`] is the one place that enforces them: control characters stripped
-//! from every value taken from the log, entity refs mapped onto the backend's alphabet, every
-//! field truncated on a character boundary, timestamps checked for ISO 8601.
+//! from every value taken from the log (and bidirectional controls and line separators shown as
+//! visible `\u{..}` escapes, so an actor cannot read as someone else in the backend's UI),
+//! entity refs mapped onto the backend's alphabet, every field truncated on a character
+//! boundary, timestamps checked for ISO 8601.
 
 use std::borrow::Cow;
 use std::time::Duration;
 
 use crate::detect::json::write_str;
 use crate::detect::rules::Severity;
+use crate::operate::log::is_spoofing;
 
 /// The backend's limits (characters).
 pub const MAX_ENTITY_REF: usize = 200;
@@ -66,7 +69,8 @@ pub struct Parts<'a> {
     pub actor: &'a str,
     pub workflow: &'a str,
     pub description: &'a str,
-    /// The audit event's timestamp; replaced by `now` when empty or not ISO 8601.
+    /// The audit event's timestamp; replaced by `now` when empty, not ISO 8601, or not a real
+    /// date and time (see [`is_iso8601`]).
     pub timestamp: &'a str,
     pub now: &'a dyn Fn() -> String,
     /// Namespace and workload of the entity (already defaulted, suffixes stripped).
@@ -128,13 +132,24 @@ impl FrictionEvent {
     }
 }
 
-/// `s` without control characters (< 0x20 and DEL), borrowed when it has none.
+/// `s` without control characters (< 0x20 and DEL), and with the characters that make text
+/// display as something else (bidi controls, U+2028/U+2029: [`is_spoofing`]) written as
+/// visible `\u{..}` escapes, as the logs show them; borrowed when it has none of either.
 pub fn strip_controls(s: &str) -> Cow<'_, str> {
-    if s.bytes().any(|b| b < 0x20 || b == 0x7f) {
-        Cow::Owned(s.chars().filter(|&c| c >= ' ' && c != '\u{7f}').collect())
-    } else {
-        Cow::Borrowed(s)
+    let bad = |c: char| c < ' ' || c == '\u{7f}' || is_spoofing(c);
+    if !s.chars().any(bad) {
+        return Cow::Borrowed(s);
     }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if is_spoofing(c) {
+            use std::fmt::Write as _;
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        } else if !bad(c) {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// At most `max` characters of `s` (cut on a character boundary).
@@ -166,8 +181,21 @@ pub fn entity_part(s: &str, dot: bool, max: usize, empty: &str) -> String {
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, at most [`MAX_TIMESTAMP`] characters: what
-/// kube-apiserver writes and the backend accepts.
+/// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, at most [`MAX_TIMESTAMP`] characters, naming a
+/// real instant: what kube-apiserver writes and the backend accepts.
+///
+/// Real means a day that exists in its month (no 30 February, 29 February only in leap
+/// years), year 0001 or later, hours ≤ 23, minutes ≤ 59, seconds ≤ 59, and an offset under a
+/// day (±23:59). A leap second (`:60`) is refused too: the backend's datetime type has none,
+/// and kube-apiserver (Go's `time`) never writes one.
+///
+/// An event whose timestamp fails this is **sent with the time it was processed**, like an
+/// event without one, rather than dead-lettered: kube-apiserver cannot write an impossible
+/// date, so only a corrupted or forged line carries one; what the line records (someone
+/// exec'ed into a pod) still happened and still counts as friction, while the backend would
+/// refuse the whole event (422) for that one field and a dead letter would lose it (the
+/// DaemonSet may have no dead-letter file). For a followed log, the processing time is seconds
+/// from the real one.
 pub fn is_iso8601(s: &str) -> bool {
     let b = s.as_bytes();
     if b.len() < 20 || b.len() > MAX_TIMESTAMP {
@@ -190,11 +218,13 @@ pub fn is_iso8601(s: &str) -> bool {
     }
     let num =
         |r: std::ops::Range<usize>| b[r].iter().fold(0u32, |a, &d| a * 10 + (d - b'0') as u32);
-    let ranges = (1..=12).contains(&num(5..7))
-        && (1..=31).contains(&num(8..10))
+    let (year, month) = (num(0..4), num(5..7));
+    let ranges = year >= 1
+        && (1..=12).contains(&month)
+        && (1..=crate::operate::clock::days_in_month(i64::from(year), month)).contains(&num(8..10))
         && num(11..13) <= 23
         && num(14..16) <= 59
-        && num(17..19) <= 60;
+        && num(17..19) <= 59;
     if !ranges {
         return false;
     }
@@ -211,7 +241,12 @@ pub fn is_iso8601(s: &str) -> bool {
     }
     match &b[i..] {
         [b'Z' | b'z'] => true,
-        [b'+' | b'-', h1, h2, b':', m1, m2] => [h1, h2, m1, m2].iter().all(|d| d.is_ascii_digit()),
+        [b'+' | b'-', h1, h2, b':', m1, m2] => {
+            let d = [h1, h2, m1, m2];
+            d.iter().all(|d| d.is_ascii_digit())
+                && (*h1 - b'0') * 10 + (*h2 - b'0') <= 23
+                && (*m1 - b'0') * 10 + (*m2 - b'0') <= 59
+        }
         _ => false,
     }
 }
@@ -287,8 +322,11 @@ mod tests {
         for good in [
             "2025-01-01T00:00:00Z",
             "2019-02-03T14:06:41.145374Z",
-            "2020-12-31T23:59:60.1+05:30",
+            "2020-12-31T23:59:59.1+05:30",
             "2020-12-31t23:59:59-00:00",
+            "2024-02-29T00:00:00Z",
+            "2000-02-29T23:59:59+23:59",
+            "0001-01-01T00:00:00Z",
         ] {
             assert!(is_iso8601(good), "{good}");
         }
@@ -301,6 +339,17 @@ mod tests {
             "2025-01-01T00:00:00.Z",
             "2025-01-01T00:00:00+0100",
             "2025-01-01T00:00:00.0000000000000000000000Z",
+            // Issue 17 finding 11: the right shape, but no such instant.
+            "2025-02-30T23:59:60Z",
+            "2025-02-29T00:00:00Z",
+            "1900-02-29T00:00:00Z",
+            "2025-04-31T00:00:00Z",
+            "2025-01-00T00:00:00Z",
+            "2016-12-31T23:59:60Z",
+            "0000-01-01T00:00:00Z",
+            "2025-01-01T24:00:00Z",
+            "2025-01-01T00:00:00+24:00",
+            "2025-01-01T00:00:00-05:60",
         ] {
             assert!(!is_iso8601(bad), "{bad}");
         }
@@ -310,5 +359,22 @@ mod tests {
     fn strip_controls_only_touches_c0_and_del() {
         assert_eq!(strip_controls("a\u{0}b\nc\u{7f}d\u{85}"), "abcd\u{85}");
         assert!(matches!(strip_controls("plain"), Cow::Borrowed(_)));
+        assert!(matches!(strip_controls("שלום"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn bidi_controls_and_line_separators_become_visible_escapes_in_the_payload() {
+        assert_eq!(
+            strip_controls("eve\u{202e}gpj.exe\u{2028}\u{2066}x\n"),
+            "eve\\u{202e}gpj.exe\\u{2028}\\u{2066}x"
+        );
+        let now = || "NOW".to_string();
+        let mut p = parts(&now);
+        p.actor = "mallory\u{202e}\u{200f}";
+        p.description = "exec\u{2029}INFO forged";
+        let e = FrictionEvent::new(p);
+        assert_eq!(e.actor, "mallory\\u{202e}\\u{200f}");
+        assert_eq!(e.description, "exec\\u{2029}INFO forged");
+        assert!(!e.to_json().contains('\u{202e}'));
     }
 }

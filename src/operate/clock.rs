@@ -169,6 +169,18 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// Days in `month` (1–12) of `year` (proleptic Gregorian); 0 for a month out of range.
+pub fn days_in_month(year: i64, month: u32) -> u32 {
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => 0,
+    }
+}
+
 /// Civil date → days since 1970-01-01 (inverse of [`civil_from_days`]).
 pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
@@ -220,6 +232,25 @@ mod tests {
         assert_eq!(human_duration(Duration::from_secs(600)), "10m");
         assert_eq!(human_duration(Duration::from_secs(7200)), "2h");
         assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+    }
+
+    #[test]
+    fn month_lengths_follow_the_gregorian_leap_rule() {
+        assert_eq!(days_in_month(2024, 2), 29);
+        assert_eq!(days_in_month(2023, 2), 28);
+        assert_eq!(days_in_month(1900, 2), 28);
+        assert_eq!(days_in_month(2000, 2), 29);
+        assert_eq!(days_in_month(2025, 4), 30);
+        assert_eq!(days_in_month(2025, 12), 31);
+        assert_eq!(days_in_month(2025, 13), 0);
+        // Agrees with the day count.
+        for y in [1999, 2000, 2024, 2100] {
+            for m in 1..=12u32 {
+                let next = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+                let n = days_from_civil(next.0, next.1, 1) - days_from_civil(y, m, 1);
+                assert_eq!(n, i64::from(days_in_month(y, m)), "{y}-{m}");
+            }
+        }
     }
 
     #[test]

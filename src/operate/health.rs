@@ -1,16 +1,38 @@
 //! The health and metrics HTTP server (`HEALTH_ADDR`): `GET /healthz`, `GET /readyz` and
 //! `GET /metrics`, read from the [`Metrics`] it is handed.
 //!
-//! It faces whatever can reach the pod's port, so it is small and bounded: a request head of at
-//! most [`Limits::max_head`] bytes (else 431), a deadline for the whole head (a slow-loris
-//! client cannot pin a connection), at most [`Limits::max_connections`] requests served at once
-//! (extra connections get 503 straight from the accept thread), `Connection: close` after every
-//! response, and no request body is ever read. It only reads atomics, so it never slows the
-//! pipeline; it runs on its own threads and stops on [`HealthServer::stop`] or drop.
+//! It faces whatever can reach the pod's port, so it is small and bounded, and a probe can
+//! never be starved by other clients (issue 17): the kubelet restarts a pod whose `/healthz`
+//! goes unanswered, so a handful of slow clients must not be able to cause a restart loop.
+//!
+//! **Design.** One thread serves every connection from a table of at most
+//! [`Limits::max_connections`] entries, each a non-blocking socket in one of three states:
+//! *reading* its request head (at most [`Limits::max_head`] bytes, else 431, within
+//! [`Limits::head_timeout`] for the whole head, else 408), *writing* the answer, or
+//! *lingering* (half-closed, swallowing what the client still sends for at most 500 ms, so
+//! closing does not turn into a reset that destroys the answer). Nothing ever blocks on one
+//! client:
+//! - **Answered on the accept path.** A new connection is read at once, in the same turn that
+//!   accepted it: a probe's request (one small segment, sent right after the handshake) is
+//!   answered before the server looks at anyone else. Answers only read atomics.
+//! - **The newest connection always gets in.** When the table is full, the *oldest* entry that
+//!   has not been answered yet is evicted (told 503 and closed) to make room — lingering
+//!   entries first. A probe completes in a fraction of a millisecond, so it is never the oldest
+//!   unanswered entry; a client that trickles its head holds its place only until enough newer
+//!   connections arrive. Refusing the newcomer instead (what a fixed pool of slots does) is what
+//!   let 32 trickling clients make 19 of 20 probes fail.
+//! - **Per-peer share.** One peer address holds at most [`Limits::max_per_peer`] entries; past
+//!   that its own oldest unanswered entry makes room, so one noisy client cannot push out the
+//!   slow-but-honest requests of others.
+//! - **Idle costs nothing.** With no connection open the thread blocks in `accept`; while some
+//!   are open it polls them every [`POLL`] (5 ms), which bounds a probe's extra latency.
+//!
+//! `Connection: close` after every response, and no request body is ever read. It only reads
+//! atomics, so it never slows the pipeline; it stops on [`HealthServer::stop`] or drop.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -18,15 +40,26 @@ use std::time::{Duration, Instant};
 use crate::operate::log::{sanitize, Throttle};
 use crate::operate::metrics::{self, Metrics};
 
+/// How often open connections are looked at while some are open.
+pub const POLL: Duration = Duration::from_millis(5);
+/// How long an answered connection may keep sending before it is closed.
+const LINGER: Duration = Duration::from_millis(500);
+/// Most bytes swallowed from an answered connection.
+const MAX_DRAIN: usize = 2 * 1024 * 1024;
+/// Most connections accepted in one turn (the others wait in the listen queue).
+const ACCEPT_BATCH: usize = 64;
+
 /// Bounds on what one client may cost.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Largest request head (request line + headers) accepted, in bytes.
     pub max_head: usize,
-    /// Time allowed to receive the whole request head.
+    /// Time allowed to receive the whole request head (and, separately, to send the answer).
     pub head_timeout: Duration,
-    /// Requests served concurrently; further connections are answered 503 and closed.
+    /// Connections held at once; a new one makes room by evicting the oldest unanswered one.
     pub max_connections: usize,
+    /// Connections held at once from one peer address (same eviction rule, within the peer).
+    pub max_per_peer: usize,
 }
 
 impl Default for Limits {
@@ -34,7 +67,8 @@ impl Default for Limits {
         Limits {
             max_head: 8 * 1024,
             head_timeout: Duration::from_secs(2),
-            max_connections: 4,
+            max_connections: 64,
+            max_per_peer: 16,
         }
     }
 }
@@ -105,8 +139,8 @@ pub fn spawn_with(addr: &str, m: Arc<Metrics>, limits: Limits) -> Result<HealthS
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = Arc::clone(&stop);
     let thread = std::thread::Builder::new()
-        .name("health-accept".into())
-        .spawn(move || accept_loop(listener, m, limits, stop2))
+        .name("health".into())
+        .spawn(move || serve_loop(listener, &m, limits, &stop2))
         .map_err(bind_err)?;
     Ok(HealthServer {
         addr: local,
@@ -129,8 +163,7 @@ impl HealthServer {
         self.addr
     }
 
-    /// Stops accepting and joins the accept thread. Requests in flight finish on their own
-    /// threads (each bounded by the head timeout).
+    /// Stops accepting and joins the server thread; connections still open are closed.
     pub fn stop(mut self) {
         self.shutdown();
     }
@@ -163,82 +196,233 @@ impl Drop for HealthServer {
     }
 }
 
-fn accept_loop(listener: TcpListener, m: Arc<Metrics>, limits: Limits, stop: Arc<AtomicBool>) {
-    let active = Arc::new(AtomicUsize::new(0));
-    let refusing = Arc::new(AtomicUsize::new(0));
+/// The server thread: accept, then drive every open connection, until `stop`.
+fn serve_loop(listener: TcpListener, m: &Metrics, limits: Limits, stop: &AtomicBool) {
+    let mut conns: Vec<Conn> = Vec::new();
+    let mut blocking = true;
     let mut errors = Throttle::new(Duration::from_secs(60));
-    for conn in listener.incoming() {
-        if stop.load(Ordering::SeqCst) {
-            break;
+    while !stop.load(Ordering::SeqCst) {
+        // Block in accept while nothing is open; poll while something is.
+        let want_blocking = conns.is_empty();
+        if want_blocking != blocking && listener.set_nonblocking(!want_blocking).is_ok() {
+            blocking = want_blocking;
         }
-        let stream = match conn {
-            Ok(s) => s,
-            Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                if let Some(n) = errors.hit(&e.kind().to_string()) {
-                    crate::warn!("health server: accept failed", "error" => e, "suppressed" => n);
-                }
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
-            }
-        };
-        if active.load(Ordering::SeqCst) >= limits.max_connections {
-            // Refuse on a thread of its own so the 503 survives a client whose request is
-            // still arriving (see `linger`); those threads are bounded too. Past both bounds
-            // the accept thread answers inline, best effort, never blocking.
-            if refusing.load(Ordering::SeqCst) >= limits.max_connections {
-                refuse_inline(stream);
-                continue;
-            }
-            refusing.fetch_add(1, Ordering::SeqCst);
-            let guard = Slot(Arc::clone(&refusing));
-            let _ = std::thread::Builder::new()
-                .name("health-busy".into())
-                .spawn(move || {
-                    let _guard = guard;
-                    let _ = stream.set_write_timeout(Some(limits.head_timeout));
-                    let mut s = &stream;
-                    if s.write_all(&busy()).is_ok() {
-                        linger(&stream, limits);
+        let mut progress = false;
+        for _ in 0..ACCEPT_BATCH {
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
                     }
-                });
-            continue;
-        }
-        active.fetch_add(1, Ordering::SeqCst);
-        let guard = Slot(Arc::clone(&active));
-        let m = Arc::clone(&m);
-        let spawned = std::thread::Builder::new()
-            .name("health-conn".into())
-            .spawn(move || {
-                let _guard = guard;
-                serve(stream, &m, limits);
-            });
-        if let Err(e) = spawned {
-            // The closure (and its slot guard and stream) was dropped: the slot is free again
-            // and the client sees a closed connection.
-            if let Some(n) = errors.hit("spawn") {
-                crate::warn!("health server: cannot start a thread", "error" => e, "suppressed" => n);
+                    progress = true;
+                    admit(&mut conns, stream, peer.ip(), limits);
+                    // Serve the newcomer now: a probe is answered before anything else.
+                    if let Some(c) = conns.last_mut() {
+                        c.step(m, limits, Instant::now());
+                    }
+                    if blocking {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => break,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    if let Some(n) = errors.hit(&e.kind().to_string()) {
+                        crate::warn!("health server: accept failed", "error" => e, "suppressed" => n);
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                    break;
+                }
             }
+        }
+        let now = Instant::now();
+        for c in conns.iter_mut() {
+            progress |= c.step(m, limits, now);
+        }
+        conns.retain(|c| !matches!(c.state, State::Done));
+        if !progress && !conns.is_empty() {
+            std::thread::sleep(POLL);
         }
     }
 }
 
-/// Frees one connection slot when the serving thread ends, however it ends.
-struct Slot(Arc<AtomicUsize>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+/// Adds a new connection to the table, evicting to stay within the limits (see the module
+/// docs): first within its peer's share, then overall.
+fn admit(conns: &mut Vec<Conn>, stream: TcpStream, peer: IpAddr, limits: Limits) {
+    if stream.set_nonblocking(true).is_err() {
+        return;
     }
+    let now = Instant::now();
+    conns.push(Conn {
+        stream,
+        peer,
+        state: State::Reading {
+            buf: Vec::new(),
+            deadline: now + limits.head_timeout,
+        },
+    });
+    let newest = conns.len() - 1;
+    let same_peer = conns.iter().filter(|c| c.peer == peer).count();
+    if same_peer > limits.max_per_peer.max(1) {
+        evict(conns, newest, Some(peer));
+    }
+    if conns.len() > limits.max_connections.max(1) {
+        evict(conns, newest, None);
+    }
+}
+
+/// Evicts the oldest lingering entry (of `peer`, when given), else the oldest one still being
+/// read, else — nothing else left — the newcomer itself. Entries being written finish.
+fn evict(conns: &mut Vec<Conn>, newest: usize, peer: Option<IpAddr>) {
+    let candidates = || {
+        conns[..newest]
+            .iter()
+            .enumerate()
+            .filter(move |(_, c)| peer.map_or(true, |p| c.peer == p))
+    };
+    let victim = candidates()
+        .find(|(_, c)| matches!(c.state, State::Lingering { .. }))
+        .or_else(|| candidates().find(|(_, c)| matches!(c.state, State::Reading { .. })))
+        .map_or(newest, |(i, _)| i);
+    let c = conns.remove(victim);
+    if matches!(c.state, State::Reading { .. }) {
+        refuse_inline(c.stream);
+    }
+}
+
+/// One open connection and where it is.
+struct Conn {
+    stream: TcpStream,
+    peer: IpAddr,
+    state: State,
+}
+
+enum State {
+    /// Reading the request head until `deadline`.
+    Reading {
+        buf: Vec<u8>,
+        deadline: Instant,
+    },
+    /// Sending `out[sent..]` until `deadline`.
+    Writing {
+        out: Vec<u8>,
+        sent: usize,
+        deadline: Instant,
+    },
+    /// Answered and half-closed: swallowing what the client still sends.
+    Lingering {
+        deadline: Instant,
+        drained: usize,
+    },
+    Done,
+}
+
+impl Conn {
+    /// Moves the connection as far as it can go without blocking; true if anything happened.
+    fn step(&mut self, m: &Metrics, limits: Limits, now: Instant) -> bool {
+        let mut progress = false;
+        let mut chunk = [0u8; 4096];
+        loop {
+            let mut s = &self.stream;
+            let next = match &mut self.state {
+                State::Done => return progress,
+                State::Reading { buf, deadline } => match s.read(&mut chunk) {
+                    Ok(0) => State::Done,
+                    Ok(n) => {
+                        progress = true;
+                        // Look for the end only in the part that could contain it (new + 3).
+                        let from = buf.len().saturating_sub(3);
+                        buf.extend_from_slice(&chunk[..n]);
+                        match find_head_end(&buf[from..]).map(|e| from + e) {
+                            Some(end) if end <= limits.max_head => {
+                                answer(route(&buf[..end], m), limits, now)
+                            }
+                            Some(_) => answer(too_large(limits), limits, now),
+                            None if buf.len() > limits.max_head => {
+                                answer(too_large(limits), limits, now)
+                            }
+                            None => continue,
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if now < *deadline {
+                            return progress;
+                        }
+                        progress = true;
+                        answer(
+                            Reply::text(408, "request head not received in time\n"),
+                            limits,
+                            now,
+                        )
+                    }
+                    Err(_) => State::Done,
+                },
+                State::Writing {
+                    out,
+                    sent,
+                    deadline,
+                } => match s.write(&out[*sent..]) {
+                    Ok(n) if n > 0 => {
+                        progress = true;
+                        *sent += n;
+                        if *sent < out.len() {
+                            continue;
+                        }
+                        let _ = self.stream.shutdown(Shutdown::Write);
+                        State::Lingering {
+                            deadline: now + limits.head_timeout.min(LINGER),
+                            drained: 0,
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock && now < *deadline => {
+                        return progress;
+                    }
+                    _ => State::Done,
+                },
+                State::Lingering { deadline, drained } => match s.read(&mut chunk) {
+                    Ok(n) if n > 0 && *drained + n <= MAX_DRAIN => {
+                        progress = true;
+                        *drained += n;
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock && now < *deadline => {
+                        return progress;
+                    }
+                    _ => State::Done,
+                },
+            };
+            self.state = next;
+        }
+    }
+}
+
+/// The state that sends `reply`.
+fn answer(reply: Reply, limits: Limits, now: Instant) -> State {
+    State::Writing {
+        out: reply.to_bytes(),
+        sent: 0,
+        deadline: now + limits.head_timeout,
+    }
+}
+
+fn too_large(limits: Limits) -> Reply {
+    Reply::text(
+        431,
+        format!("request head larger than {} bytes\n", limits.max_head),
+    )
 }
 
 fn busy() -> Vec<u8> {
     Reply::text(503, "too many connections\n").to_bytes()
 }
 
-/// Answers 503 on the accept thread without ever blocking it: a fresh socket's send buffer
-/// takes the few bytes at once, and non-blocking mode guarantees it. Whatever request bytes
-/// already arrived are swallowed so that closing does not turn into a reset.
+/// Answers 503 to an evicted connection without ever blocking: a socket's send buffer takes
+/// the few bytes at once, and non-blocking mode guarantees it. Whatever request bytes already
+/// arrived are swallowed so that closing does not turn into a reset.
 fn refuse_inline(stream: TcpStream) {
     let _ = stream.set_nonblocking(true);
     let mut s = &stream;
@@ -251,14 +435,6 @@ fn refuse_inline(stream: TcpStream) {
             _ => break,
         }
     }
-}
-
-/// What a request head turned out to be.
-enum Head {
-    Complete(Vec<u8>),
-    TooLarge,
-    TimedOut,
-    Closed,
 }
 
 /// One answer of the server.
@@ -285,66 +461,6 @@ impl Reply {
 
     fn to_bytes(&self) -> Vec<u8> {
         response(self.status, self.content_type, &self.body, self.send_body)
-    }
-}
-
-fn serve(stream: TcpStream, m: &Metrics, limits: Limits) {
-    let head = read_head(&stream, limits);
-    let reply = match head {
-        Head::Closed => return,
-        Head::TimedOut => Reply::text(408, "request head not received in time\n"),
-        Head::TooLarge => Reply::text(
-            431,
-            format!("request head larger than {} bytes\n", limits.max_head),
-        ),
-        Head::Complete(h) => route(&h, m),
-    };
-    let _ = stream.set_write_timeout(Some(limits.head_timeout));
-    let mut s = &stream;
-    if s.write_all(&reply.to_bytes()).is_err() {
-        return;
-    }
-    let _ = s.flush();
-    linger(&stream, limits);
-}
-
-/// Reads until the blank line that ends the head, within the size and time bounds.
-fn read_head(stream: &TcpStream, limits: Limits) -> Head {
-    let deadline = Instant::now() + limits.head_timeout;
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
-            return Head::TimedOut;
-        }
-        let mut s = stream;
-        match s.read(&mut chunk) {
-            Ok(0) => return Head::Closed,
-            Ok(n) => {
-                // Look for the end only in the part that could contain it (new bytes + 3).
-                let from = buf.len().saturating_sub(3);
-                buf.extend_from_slice(&chunk[..n]);
-                if let Some(end) = find_head_end(&buf[from..]) {
-                    let end = from + end;
-                    if end > limits.max_head {
-                        return Head::TooLarge;
-                    }
-                    buf.truncate(end);
-                    return Head::Complete(buf);
-                }
-                if buf.len() > limits.max_head {
-                    return Head::TooLarge;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e)
-                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut =>
-            {
-                return Head::TimedOut
-            }
-            Err(_) => return Head::Closed,
-        }
     }
 }
 
@@ -438,28 +554,6 @@ fn response(status: u16, ctype: &str, body: &[u8], with_body: bool) -> Vec<u8> {
         out.extend_from_slice(body);
     }
     out
-}
-
-/// After answering, half-close and swallow a bounded amount of what the client still sends:
-/// closing a socket with unread input makes the kernel send RST, which can destroy our
-/// response (e.g. the 431 for an oversized request) before the client reads it.
-fn linger(stream: &TcpStream, limits: Limits) {
-    const MAX_DRAIN: usize = 2 * 1024 * 1024;
-    let _ = stream.shutdown(Shutdown::Write);
-    let deadline = Instant::now() + limits.head_timeout.min(Duration::from_millis(500));
-    let mut drained = 0usize;
-    let mut chunk = [0u8; 8192];
-    while drained < MAX_DRAIN {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
-            break;
-        }
-        let mut s = stream;
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => drained += n,
-        }
-    }
 }
 
 #[cfg(test)]

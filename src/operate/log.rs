@@ -73,22 +73,79 @@ pub fn enabled(level: Level) -> bool {
 /// Longest field value written to a log line; the rest is cut with `…`.
 pub const MAX_FIELD_CHARS: usize = 512;
 
-/// Makes an untrusted string safe for one log line or one payload field: control characters
-/// (< 0x20, 0x7F, and the C1 range) become `\u{..}`, and it is cut to `max_chars` characters.
+/// Makes an untrusted string safe for one log line or one payload field: a URL's password is
+/// masked ([`mask_userinfo`]), control characters (< 0x20, 0x7F, and the C1 range) and the
+/// characters that make text display as something else ([`is_spoofing`]) become `\u{..}`,
+/// and it is cut to `max_chars` characters.
 pub fn sanitize(s: &str, max_chars: usize) -> String {
+    let s = mask_userinfo(s);
     let mut out = String::with_capacity(s.len().min(max_chars + 8));
     for (n, c) in s.chars().enumerate() {
         if n >= max_chars {
             out.push('…');
             break;
         }
-        if c.is_control() {
+        if c.is_control() || is_spoofing(c) {
             let _ = write!(out, "\\u{{{:x}}}", c as u32);
         } else {
             out.push(c);
         }
     }
     out
+}
+
+/// `scheme://user:secret@host...` → `scheme://user:***@host...` for every URL in `s` (a URL
+/// ends at whitespace or a quote; its userinfo ends at its last `@`, so a password holding `/`
+/// or `@` is masked whole); userinfo without `:` (a token) becomes `***`. Borrowed when there
+/// is nothing to mask. Every message goes through [`sanitize`], which applies this first, so
+/// no message shows a password from a URL, whole or cut.
+pub fn mask_userinfo(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains("://") || !s.contains('@') {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '<' | '>'))
+            .unwrap_or(tail.len());
+        let token = &tail[..end];
+        match token.rfind('@') {
+            Some(at) => {
+                let info = &token[..at];
+                match info.split_once(':') {
+                    Some((user, _)) if !user.contains('/') => {
+                        out.push_str(user);
+                        out.push_str(":***");
+                    }
+                    _ => out.push_str("***"),
+                }
+                out.push_str(&token[at..]);
+            }
+            None => out.push_str(token),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    std::borrow::Cow::Owned(out)
+}
+
+/// Characters that are not control characters but change how the text around them reads:
+/// the bidirectional controls (embeddings and overrides U+202A–U+202E, isolates
+/// U+2066–U+2069, the marks U+200E, U+200F and U+061C), which can show `exe.gpj` as `jpg.exe`,
+/// and the line and paragraph separators U+2028/U+2029, which start a new line in many
+/// viewers (a forged log line). Escaped wherever control characters are.
+pub fn is_spoofing(c: char) -> bool {
+    matches!(c,
+        '\u{202a}'..='\u{202e}'
+        | '\u{2066}'..='\u{2069}'
+        | '\u{200e}'
+        | '\u{200f}'
+        | '\u{061c}'
+        | '\u{2028}'
+        | '\u{2029}')
 }
 
 /// Writes one log record. Use the `info!`/`warn!`/`error!`/`debug!` macros.
@@ -270,6 +327,66 @@ mod tests {
         assert_eq!(sanitize("a\nb\x1b[31m", 100), "a\\u{a}b\\u{1b}[31m");
         assert_eq!(sanitize("héllo", 2), "hé…");
         assert_eq!(sanitize("\u{85}x", 10), "\\u{85}x");
+    }
+
+    #[test]
+    fn a_url_password_is_masked_before_anything_is_cut() {
+        for (given, shown) in [
+            ("http://u:PW@h:8000/api", "http://u:***@h:8000/api"),
+            ("http://u:P/W@h", "http://u:***@h"),
+            ("http://u:P@W@h", "http://u:***@h"),
+            ("http://tok3n@h", "http://***@h"),
+            (
+                "x=\"http://u:PW@h\" and https://a:B@c d",
+                "x=\"http://u:***@h\" and https://a:***@c d",
+            ),
+            ("http://h/path no at", "http://h/path no at"),
+            ("mail a@b, see http://h", "mail a@b, see http://h"),
+        ] {
+            assert_eq!(mask_userinfo(given), shown, "{given}");
+            assert_eq!(mask_userinfo(shown), shown, "idempotent: {shown}");
+        }
+        // Masked before the cut: no prefix of the password survives.
+        assert_eq!(sanitize("http://u:Pw5ecr3tXy@backend", 12), "http://u:***…");
+        let t = render(
+            Level::Error,
+            1,
+            "T",
+            &"bad http://u:PW@h",
+            &[("v", &"ftp://a:PW@b")],
+        );
+        assert!(!t.contains("PW"), "{t}");
+    }
+
+    #[test]
+    fn sanitize_escapes_bidi_controls_and_line_separators() {
+        let spoof = [
+            '\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}', '\u{202e}', '\u{2066}', '\u{2067}',
+            '\u{2068}', '\u{2069}', '\u{200e}', '\u{200f}', '\u{061c}', '\u{2028}', '\u{2029}',
+        ];
+        for c in spoof {
+            assert!(is_spoofing(c));
+            let s = sanitize(&format!("a{c}b"), 100);
+            assert_eq!(s, format!("a\\u{{{:x}}}b", c as u32));
+        }
+        assert_eq!(sanitize("eve\u{202e}gpj.exe", 100), "eve\\u{202e}gpj.exe");
+        // Neighbours and ordinary right-to-left text are left alone.
+        for c in [
+            '\u{2065}', '\u{206a}', '\u{200d}', '\u{2070}', '\u{5d0}', '\u{627}',
+        ] {
+            assert!(!is_spoofing(c), "{:x}", c as u32);
+        }
+        // Through a whole record, text and json.
+        let t = render(
+            Level::Info,
+            0,
+            "T",
+            &"m\u{2028}x",
+            &[("actor", &"a\u{202e}b")],
+        );
+        assert_eq!(t, "T INFO  m\\u{2028}x actor=a\\u{202e}b\n");
+        let j = render(Level::Info, 1, "T", &"m", &[("actor", &"a\u{2066}b")]);
+        assert!(j.contains("\"actor\":\"a\\\\u{2066}b\""), "{j}");
     }
 
     #[test]

@@ -26,12 +26,14 @@ pub const STALL_AFTER_MS: u64 = 30_000;
 pub enum BackendState {
     /// Nothing was sent yet.
     Unknown = 0,
-    /// The last request was accepted (2xx, or a 4xx that is dead-lettered: the backend answered).
+    /// The last request was accepted (2xx, or 400/422, dead-lettered: the backend answered).
     Ok = 1,
     /// The backend is unreachable, timing out, or answering 5xx/429.
     Failing = 2,
     /// 401/403: the API key is wrong or missing.
     Unauthorized = 3,
+    /// Another 4xx (404, 405, 413...): the base path or a proxy in between is wrong.
+    Refusing = 4,
 }
 
 impl BackendState {
@@ -40,6 +42,7 @@ impl BackendState {
             1 => BackendState::Ok,
             2 => BackendState::Failing,
             3 => BackendState::Unauthorized,
+            4 => BackendState::Refusing,
             _ => BackendState::Unknown,
         }
     }
@@ -89,6 +92,9 @@ pub struct Metrics {
     pub events_rejected: Mutex<BTreeMap<u16, u64>>,
     pub dead_lettered: AtomicU64,
     pub retries: AtomicU64,
+    /// Kept-alive backend connections closed because bytes nobody asked for followed a
+    /// response (the client's count, copied by the sender).
+    pub connections_discarded: AtomicU64,
     pub queue_depth: AtomicI64,
     pub backend_state: AtomicU8,
     /// Unix ms at which `backend_state` last changed (set by [`Metrics::set_backend_state`]).
@@ -126,12 +132,20 @@ impl Heartbeat {
         self.0.store(now_unix_ms(), Ordering::Relaxed);
     }
 
+    /// Declares that the thread is about to block on an operation bounded by a deadline at
+    /// `unix_ms` (a backend request and its HTTP_TIMEOUT): it counts as alive until then, and
+    /// stalled only [`STALL_AFTER_MS`] past it.
+    pub fn busy_until(&self, unix_ms: u64) {
+        self.0.store(unix_ms, Ordering::Relaxed);
+    }
+
     /// Records a loop turn at `unix_ms` (tests).
     pub fn beat_at(&self, unix_ms: u64) {
         self.0.store(unix_ms, Ordering::Relaxed);
     }
 
-    /// Unix ms of the last beat, 0 if none.
+    /// Unix ms of the last beat (or of the end of a declared [`Heartbeat::busy_until`], which
+    /// may lie ahead), 0 if none.
     pub fn last_unix_ms(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -166,6 +180,7 @@ impl Metrics {
             events_rejected: Mutex::new(BTreeMap::new()),
             dead_lettered: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            connections_discarded: AtomicU64::new(0),
             queue_depth: AtomicI64::new(0),
             backend_state: AtomicU8::new(0),
             backend_since_unix_ms: AtomicU64::new(0),
@@ -521,6 +536,11 @@ pub fn render_prometheus_at(m: &Metrics, now_ms: u64) -> String {
             &m.retries,
         ),
         (
+            "healert_agent_backend_connections_discarded_total",
+            "Kept-alive backend connections closed instead of reused: bytes nobody asked for followed a response.",
+            &m.connections_discarded,
+        ),
+        (
             "healert_agent_checkpoint_writes_total",
             "Checkpoint files written.",
             &m.checkpoint_writes,
@@ -587,6 +607,7 @@ pub fn render_prometheus_at(m: &Metrics, now_ms: u64) -> String {
         BackendState::Ok,
         BackendState::Failing,
         BackendState::Unauthorized,
+        BackendState::Refusing,
     ] {
         w.sample(
             "healert_agent_backend_state",
@@ -605,6 +626,7 @@ impl BackendState {
             BackendState::Ok => "ok",
             BackendState::Failing => "failing",
             BackendState::Unauthorized => "unauthorized",
+            BackendState::Refusing => "refusing",
         }
     }
 }
@@ -679,6 +701,16 @@ pub fn readiness(m: &Metrics) -> (bool, String) {
             };
             problems.push(format!(
                 "backend rejected the API key ({code}){since}; check HEALERT_API_KEY"
+            ));
+        }
+        BackendState::Refusing => {
+            let code = if status == 0 {
+                "4xx".to_string()
+            } else {
+                status.to_string()
+            };
+            problems.push(format!(
+                "backend refuses POST /events ({code}){since}; check HEALERT_BACKEND_URL's base path and any proxy in between"
             ));
         }
         BackendState::Failing => {
@@ -845,6 +877,17 @@ mod tests {
         );
         // Clock stepped back: not a stall.
         assert!(health(&m, 900_000).0);
+        // A request bounded by a 60 s HTTP_TIMEOUT: alive until its deadline, stalled only
+        // STALL_AFTER_MS past it.
+        m.follower.beat_at(1_100_000);
+        m.sender.beat_at(1_040_000);
+        m.sender.busy_until(1_100_000);
+        assert!(health(&m, 1_095_000).0);
+        assert!(health(&m, 1_100_000 + STALL_AFTER_MS).0);
+        m.follower.beat_at(1_200_000);
+        let (ok, why) = health(&m, 1_200_000);
+        assert!(!ok);
+        assert_eq!(why, "sender stalled: last progress 100 s ago");
     }
 
     #[test]
@@ -869,6 +912,15 @@ mod tests {
         let (ok, why) = readiness(&m);
         assert!(!ok);
         assert!(why.starts_with("backend unreachable since "), "{why}");
+        m.set_backend_status(404);
+        m.set_backend_state(BackendState::Refusing);
+        let (ok, why) = readiness(&m);
+        assert!(!ok);
+        assert!(
+            why.starts_with("backend refuses POST /events (404) since ")
+                && why.ends_with("check HEALERT_BACKEND_URL's base path and any proxy in between"),
+            "{why}"
+        );
         m.set_backend_state(BackendState::Ok);
         assert!(readiness(&m).0);
     }

@@ -2,10 +2,11 @@
 //!
 //! [`log`] (records on stderr, sanitising, throttling), [`metrics`] (the counters each stage is
 //! handed, Prometheus text, liveness and readiness), [`health`] (the `/healthz`, `/readyz` and
-//! `/metrics` server), [`signal`] (the crate's only `unsafe`) and [`clock`] (RFC 3339 without a
-//! time crate). Nothing here imports from `source`, `detect` or `deliver`.
+//! `/metrics` server), [`signal`] (the crate's only `unsafe`), [`clock`] (RFC 3339 without a
+//! time crate) and [`files`] (private files never opened through a symlink). Nothing here imports from `source`, `detect` or `deliver`.
 
 pub mod clock;
+pub mod files;
 pub mod health;
 pub mod log;
 pub mod metrics;

@@ -436,7 +436,11 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     tmp_name.push(".tmp");
     let tmp = PathBuf::from(tmp_name);
     {
-        let mut f = File::create(&tmp)?;
+        // A temporary file left by a crash between create and rename must not block saving;
+        // whatever is there (a planted symlink included) is removed, never followed, and the
+        // new one is created exclusively, 0600.
+        crate::operate::files::remove_stale(&tmp)?;
+        let mut f = crate::operate::files::create_new_private(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }
@@ -694,6 +698,31 @@ mod tests {
         let e = load(&path).unwrap_err();
         assert_eq!(e.path.as_deref(), Some(path.as_path()));
         assert!(matches!(e.kind, CheckpointErrorKind::TooLarge { .. }));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Issue 17 finding 7: a stale `<checkpoint>.tmp` (a crash) does not block saving, a
+    /// symlink planted there is not followed, and the checkpoint is 0600.
+    #[test]
+    fn a_leftover_or_planted_temp_file_neither_blocks_nor_redirects_the_save() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::env::temp_dir().join(format!("healert-cp-tmp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("checkpoint");
+        let tmp = dir.join("checkpoint.tmp");
+        std::fs::write(&tmp, "half-written by a crashed run").unwrap();
+        save(&path, &sample()).unwrap();
+        assert_eq!(load(&path).unwrap(), Some(sample()));
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        save(&path, &sample()).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        let md = std::fs::symlink_metadata(&path).unwrap();
+        assert!(md.file_type().is_file());
+        assert_eq!(md.mode() & 0o777, 0o600);
+        assert!(std::fs::symlink_metadata(&tmp).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -549,3 +549,53 @@ fn sink_serves_stored_events_by_entity_ref() {
     // seq % 3 == 1 and seq % 7 == 1: 1 and 1 + 21 (out of range).
     assert_eq!(got, ["seq-1 exec into pod"]);
 }
+
+/// Issue 17 finding 2: a backend (or a proxy in front of it) answering 404 for a while — a
+/// wrong base path, a reconfiguration — then 200 loses no event and acknowledges nothing
+/// early: 404 is retried with backoff like a 5xx, never dead-lettered, and the acknowledged
+/// position stays at the first event for as long as the 404s last.
+#[test]
+fn a_backend_answering_404_for_a_while_then_200_loses_nothing_and_acknowledges_nothing_early() {
+    quiet_logs();
+    let sink = Sink::builder()
+        .status_for(404, Duration::from_secs(3))
+        .start();
+    let dir = TempDir::new("deliver", "404-window");
+    let dl = dir.join("dead-letter.jsonl");
+    let opts = DeliveryOptions {
+        dead_letter_path: Some(dl.clone()),
+        ..fast_opts()
+    };
+    let m = Arc::new(Metrics::new());
+    let q = Queue::new(1000, Arc::clone(&m));
+    push_all(&q, 20);
+    let h = deliver::spawn_sender(
+        q.clone(),
+        client(&sink, None, Duration::from_secs(5)),
+        opts,
+        Arc::clone(&m),
+    );
+    // While the 404s last, the front stays the first event (seq 0, after an event-less line).
+    // The sender counts a 2xx before it pops the event: a position read while nothing was
+    // counted yet was read before anything could be acknowledged.
+    let sent = || m.events_sent.lock().unwrap().values().sum::<u64>();
+    let until = Instant::now() + GUARD;
+    let mut seen_404 = 0;
+    while sent() == 0 {
+        assert!(Instant::now() < until, "the 404 window never ended");
+        let acked = q.ack_position();
+        if sent() == 0 {
+            assert_eq!(acked, Some((pos(50), 0)), "acknowledged during the 404s");
+        }
+        seen_404 = sink.statuses().iter().filter(|s| **s == 404).count();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(seen_404 >= 2, "the sink answered 404 only {seen_404} times");
+    assert!(sink.wait_for_events(20, GUARD));
+    let stats = h.finish(Instant::now() + Duration::from_secs(5));
+    assert_eq!((stats.sent, stats.dead_lettered, stats.pending), (20, 0, 0));
+    assert!(stats.retries >= 2, "{stats:?}");
+    assert_in_order_exactly_once(&sink, 20);
+    assert!(!dl.exists(), "something was dead-lettered");
+    assert_eq!(q.ack_position(), Some((pos(end_offset(20)), 0)));
+}

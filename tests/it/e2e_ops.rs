@@ -436,8 +436,8 @@ fn backend_unreachable_at_start_is_a_warning_and_delivery_starts_when_it_comes_u
     let down = RefusedPort::new();
     let env = base_env(&down.url(), &log, &repo_rules(), &[]);
     let (mut a, addr) = start_with_health(&dir, "run", &env);
+    a.wait_log("checking the backend in the background; events are queued meanwhile");
     a.wait_log("backend not reachable at startup");
-    a.wait_log("UNREACHABLE at start: events are kept and retried");
     let toks = tokens("late-", 3 * 2 / support::EXEC_TYPES.len());
     append(&log, &toks.iter().map(|t| exec_line(t)).collect::<Vec<_>>());
     a.wait_log("backend not accepting events; retrying");
@@ -564,8 +564,8 @@ fn https_backend_url_exits_1_with_the_tls_explanation() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("HEALERT_BACKEND_URL"), "{err}");
     assert!(err.contains("https is not supported"), "{err}");
-    assert!(err.contains("TLS"), "{err}");
-    assert!(err.contains("proxy"), "{err}");
+    assert!(err.contains("TLS sidecar"), "{err}");
+    assert!(err.contains("docs/tls.md"), "{err}");
 }
 
 #[test]
@@ -719,7 +719,8 @@ fn banner_shows_version_backend_log_rules_namespaces_auth_and_start() {
     for want in [
         format!("healert-agent {version}"),
         format!("backend     {}", sink.url()),
-        "(OK -- ".to_string(),
+        "(checking the backend in the background".to_string(),
+        "Backend OK -- version=test auth=disabled".to_string(),
         format!("auth        <redacted, {} bytes>", key.len()),
         format!("audit log   {}", log.display()),
         format!("rules       5 from {}", repo_rules().display()),

@@ -16,6 +16,7 @@ mod perf_replay;
 mod rules;
 mod rules_testing;
 mod script;
+mod secure;
 mod sink;
 mod soak;
 mod support;

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use healert_agent::operate::health::{self, Limits};
 use healert_agent::operate::metrics::{self, BackendState, Metrics};
@@ -628,8 +628,11 @@ fn a_slow_loris_neither_blocks_others_nor_keeps_its_connection() {
     assert_eq!(r.status, 408, "{}", r.head);
 }
 
+/// Issue 17: a full table never refuses the newcomer (a probe): the oldest connection that
+/// has not been answered makes room (it is told 503 and closed), first within the newcomer's
+/// own peer address, then overall.
 #[test]
-fn connections_beyond_the_limit_get_503_and_slots_are_freed() {
+fn a_full_server_evicts_its_oldest_unanswered_connection_for_a_new_probe() {
     let limits = Limits {
         max_connections: 2,
         head_timeout: Duration::from_secs(20),
@@ -637,24 +640,37 @@ fn connections_beyond_the_limit_get_503_and_slots_are_freed() {
     };
     let srv = start(&ready_metrics(), limits);
     let a = srv.local_addr();
+    let read_all = |mut s: TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        parse_reply(&buf).unwrap()
+    };
     let idle1 = TcpStream::connect(a).unwrap();
     let idle2 = TcpStream::connect(a).unwrap();
-    // Accepted in order: the third finds both slots taken.
-    let r = get(a, "/healthz");
-    assert_eq!(r.status, 503);
-    assert_eq!(r.body, "too many connections\n");
-    drop(idle1);
+    // Both idle connections hold the two places; the probe still gets its answer...
+    assert_eq!(get(a, "/healthz").status, 200);
+    // ... because the oldest idle connection was told why it was closed.
+    let r = read_all(idle1);
+    assert_eq!((r.status, r.body.as_str()), (503, "too many connections\n"));
+    // And the next probe too (the server makes room again: an answered connection still
+    // lingering, or the next oldest idle one).
+    assert_eq!(get(a, "/readyz").status, 200);
     drop(idle2);
-    // The slots free as soon as the server sees the closes; poll (bounded) until it has.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = get(a, "/healthz");
-        if r.status == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "slots never freed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+
+    // Per peer: one address holds at most max_per_peer places, its own oldest making room.
+    let limits = Limits {
+        max_connections: 64,
+        max_per_peer: 3,
+        head_timeout: Duration::from_secs(20),
+        ..Limits::default()
+    };
+    let srv = start(&ready_metrics(), limits);
+    let a = srv.local_addr();
+    let idle: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(a).unwrap()).collect();
+    assert_eq!(get(a, "/healthz").status, 200);
+    let mut idle = idle.into_iter();
+    assert_eq!(read_all(idle.next().unwrap()).status, 503);
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! A std-only, loopback, multi-connection HTTP/1.1 stand-in for the Healert backend, shared by
 //! the integration tests (delivery, follower end-to-end, signals/metrics, healert.sh).
 //!
-//! `Sink::start()` accepts every `POST /events` (200) and answers `GET /health`; a
+//! `Sink::start()` accepts every `POST /events` (200) and answers `GET /health`; like the real
+//! backend, it answers the agent's start-up key check (`POST /events` with body `{}`) with 401
+//! for a wrong or missing key (when a key is required) and 422 otherwise, storing nothing; a
 //! [`SinkBuilder`] injects the faults the agent must survive: scripted statuses, 429 with
 //! `Retry-After` every Nth request, refused connections for a while (the listener is closed and
 //! kept-alive connections dropped), 503 windows, `Connection: close` after every response,
@@ -91,6 +93,8 @@ pub struct SinkBuilder {
     idle_close: Option<Duration>,
     port: u16,
     retention_days: Option<u32>,
+    stray_after_first: bool,
+    status_for: Option<(u16, Duration)>,
 }
 
 impl SinkBuilder {
@@ -164,6 +168,19 @@ impl SinkBuilder {
         self.retention_days = Some(days);
         self
     }
+    /// Answer `status` to every `POST /events` for `for_`, counted from the first one (after
+    /// the scripted answers; e.g. a proxy answering 404 during a reconfiguration).
+    pub fn status_for(mut self, status: u16, for_: Duration) -> Self {
+        self.status_for = Some((status, for_));
+        self
+    }
+    /// After the first accepted event, send one extra, unrequested `400` response right behind
+    /// the `200`, in the same write, on the same connection (a confused proxy or a hostile
+    /// peer).
+    pub fn stray_response_after_first(mut self) -> Self {
+        self.stray_after_first = true;
+        self
+    }
     /// Listen on [::1] instead of 127.0.0.1.
     pub fn ipv6(mut self) -> Self {
         self.ipv6 = true;
@@ -207,6 +224,10 @@ impl SinkBuilder {
 struct Data {
     events: Vec<String>,
     requests: Vec<Request>,
+    /// `POST /events` with body `{}` (the agent's key check), with the status answered.
+    key_checks: Vec<(Request, u16)>,
+    stray_sent: bool,
+    status_until: Option<Instant>,
     /// Status answered to each `POST /events` (0: no answer / malformed).
     statuses: Vec<u16>,
     script: VecDeque<Action>,
@@ -315,6 +336,12 @@ impl Sink {
     /// The status answered to each `POST /events` so far (0: none or malformed).
     pub fn statuses(&self) -> Vec<u16> {
         self.state.lock().statuses.clone()
+    }
+
+    /// The key checks received (`POST /events` with body `{}`) and the status each got; they
+    /// are not in [`Sink::requests`], not scripted and never stored.
+    pub fn key_checks(&self) -> Vec<(Request, u16)> {
+        self.state.lock().key_checks.clone()
     }
 
     /// Changes the required key at run time (None: no auth).
@@ -545,6 +572,9 @@ fn handle<R: BufRead>(st: &State, w: &mut TcpStream, r: &mut R, req: Request) ->
     let (method, path) = (req.method.clone(), req.path.clone());
     let auth = req.header("authorization").map(str::to_string);
     let body = String::from_utf8_lossy(&req.body).into_owned();
+    if method == "POST" && path == "/events" && body.trim() == "{}" {
+        return key_check(st, w, req, auth.as_deref());
+    }
     st.lock().requests.push(req);
     st.changed.notify_all();
 
@@ -585,6 +615,37 @@ fn handle<R: BufRead>(st: &State, w: &mut TcpStream, r: &mut R, req: Request) ->
     }
 }
 
+/// The real backend checks the key before the body: `{}` gets 401 with a wrong or missing key
+/// (when one is required), else 422 (an empty event is invalid); nothing is stored.
+fn key_check(st: &State, w: &mut TcpStream, req: Request, auth: Option<&str>) -> bool {
+    let close = st.cfg.close_after_each;
+    let status = {
+        let mut g = st.lock();
+        let s = if g.unavailable_until.is_some_and(|t| Instant::now() < t) {
+            503
+        } else if g
+            .api_key
+            .as_ref()
+            .is_some_and(|k| auth != Some(format!("Bearer {k}").as_str()))
+        {
+            401
+        } else {
+            422
+        };
+        g.key_checks.push((req, s));
+        s
+    };
+    st.changed.notify_all();
+    let body: &[u8] = match status {
+        401 => br#"{"detail":"Invalid or missing API key"}"#,
+        422 => {
+            br#"{"detail":[{"type":"missing","loc":["body","entity_ref"],"msg":"Field required"}]}"#
+        }
+        _ => br#"{"detail":"Service Unavailable"}"#,
+    };
+    respond(w, st.cfg.chunked, status, &[], body, close).is_ok() && !close
+}
+
 fn post_event<R: BufRead>(
     st: &State,
     w: &mut TcpStream,
@@ -602,8 +663,19 @@ fn post_event<R: BufRead>(
         g.posts += 1;
         let n = g.posts;
         let now = Instant::now();
+        if let Some((_, d)) = cfg.status_for {
+            if g.status_until.is_none() {
+                g.status_until = Some(now + d);
+            }
+        }
         if let Some(a) = g.script.pop_front() {
             a
+        } else if let Some(s) = cfg
+            .status_for
+            .filter(|_| g.status_until.is_some_and(|t| now < t))
+            .map(|(s, _)| s)
+        {
+            Action::Status(s)
         } else if g.unavailable_until.is_some_and(|t| now < t) {
             Action::Status(503)
         } else if cfg
@@ -633,7 +705,26 @@ fn post_event<R: BufRead>(
     let record = |status: u16| st.lock().statuses.push(status);
     match action {
         Action::Status(s) if (200..300).contains(&s) => {
-            let ok = respond(w, cfg.chunked, s, &[], br#"{"status":"ok"}"#, close).is_ok();
+            let stray =
+                cfg.stray_after_first && !std::mem::replace(&mut st.lock().stray_sent, true);
+            // The stray answer goes out in the same write as the real one, so it is already
+            // there when the client has read its answer (it never waits to see whether one
+            // comes: that would be a race no client can win).
+            let trailer: &[u8] = if stray {
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 24\r\n\r\n{\"detail\":\"not for you\"}"
+            } else {
+                b""
+            };
+            let ok = respond_with(
+                w,
+                cfg.chunked,
+                s,
+                &[],
+                br#"{"status":"ok"}"#,
+                close,
+                trailer,
+            )
+            .is_ok();
             let mut g = st.lock();
             g.statuses.push(s);
             g.events.push(body.to_string());
@@ -737,6 +828,19 @@ fn respond(
     body: &[u8],
     close: bool,
 ) -> io::Result<()> {
+    respond_with(w, chunked, status, extra, body, close, b"")
+}
+
+/// [`respond`], with `trailer` (e.g. an unrequested second response) in the same write.
+fn respond_with(
+    w: &mut TcpStream,
+    chunked: bool,
+    status: u16,
+    extra: &[(&str, &str)],
+    body: &[u8],
+    close: bool,
+    trailer: &[u8],
+) -> io::Result<()> {
     let reason = match status {
         200 => "OK",
         201 => "Created",
@@ -771,6 +875,7 @@ fn respond(
         bytes = out.into_bytes();
         bytes.extend_from_slice(body);
     }
+    bytes.extend_from_slice(trailer);
     w.write_all(&bytes)?;
     w.flush()
 }
