@@ -447,11 +447,50 @@ fn readme_leads_and_stays_short() {
     assert!(block.contains(
         "cargo run --release -- replay --rules rules.yaml tests/data/sample/audit.ndjson"
     ));
-    assert!(block.contains("cargo test --release "));
+    assert!(block.contains("cargo test --release --locked "));
     assert!(
         readme.find("<!-- walkthrough").unwrap() > first,
         "the walkthrough follows the two commands"
     );
+}
+
+/// Every row of the README's guarantee table names at least one test, and every test it names
+/// exists (`module::name` → `fn name` in `tests/it/module.rs`), so a renamed or deleted test
+/// cannot leave a guarantee pinned by nothing.
+#[test]
+fn every_guarantee_names_a_test_that_exists() {
+    let readme = read(&repo().join("README.md"));
+    let start = readme
+        .find("| event | what happens | loss | duplicates | pinned by")
+        .expect("the guarantee table with its 'pinned by' column");
+    let rows: Vec<&str> = readme[start..]
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .collect();
+    assert!(rows.len() >= 10, "{} guarantee rows", rows.len());
+    for row in rows {
+        let last = row
+            .trim_end_matches('|')
+            .rsplit('|')
+            .next()
+            .unwrap_or_default();
+        let named: Vec<&str> = last
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|t| t.contains("::"))
+            .collect();
+        assert!(!named.is_empty(), "a guarantee pinned by no test: {row}");
+        for t in named {
+            let (module, name) = t.split_once("::").unwrap_or_default();
+            let src = read(&repo().join("tests/it").join(format!("{module}.rs")));
+            assert!(
+                src.contains(&format!("fn {name}()")),
+                "README names {t}, but tests/it/{module}.rs has no fn {name}"
+            );
+        }
+    }
 }
 
 #[test]
