@@ -45,14 +45,16 @@ pub static ITEM_SPEC: &Spec = &[
 /// The container kind whose `items` are events.
 pub const EVENT_LIST: &str = "EventList";
 
-static USER: &Spec = &[("username", Keep::Value)];
-static OBJECT_REF: &Spec = &[
+/// `user`, `objectRef` and request/response bodies as the specs above keep them (the cloud
+/// inputs' spec, `crate::detect::cloud`, keeps them the same way).
+pub static USER: &Spec = &[("username", Keep::Value)];
+pub static OBJECT_REF: &Spec = &[
     ("resource", Keep::Value),
     ("subresource", Keep::Value),
     ("namespace", Keep::Value),
     ("name", Keep::Value),
 ];
-static BODY: &Spec = &[("metadata", Keep::Search(METADATA))];
+pub static BODY: &Spec = &[("metadata", Keep::Search(METADATA))];
 static METADATA: &Spec = &[("annotations", Keep::Value)];
 
 /// The fields of one audit event that detection uses. Strings borrow from the line unless
@@ -383,7 +385,9 @@ mod surrogate_tests {
     fn lone_surrogates_in_every_string_position() {
         let base = r#"{"kind":"Event","auditID":"A","stage":"ResponseComplete","verb":"patch","user":{"username":"U","groups":["G"]},"objectRef":{"resource":"R","subresource":"S","namespace":"N","name":"M"},"requestReceivedTimestamp":"T","annotations":{"K":"V"},"requestObject":{"metadata":{"annotations":{"B":"X"}},"spec":"Q"},"responseObject":{"metadata":{"annotations":{"C":"Y"}}},"sourceIPs":["I"]}"#;
         for lone in [r"\udc00", r"\ud800", r"\ud83d\u0041", r"\udfff\udfff"] {
-            for slot in ["A", "U", "G", "R", "S", "N", "M", "T", "K", "V", "B", "X", "Q", "C", "Y", "I"] {
+            for slot in [
+                "A", "U", "G", "R", "S", "N", "M", "T", "K", "V", "B", "X", "Q", "C", "Y", "I",
+            ] {
                 let line = base.replacen(&format!("\"{slot}\""), &format!("\"{slot}{lone}\""), 1);
                 let f = extract(line.as_bytes()).unwrap_or_else(|e| panic!("{slot} {lone}: {e}"));
                 let want = |s: &str| {
