@@ -20,8 +20,8 @@
 //!
 //! UTF-8 byte-order marks are dropped where a line starts. A complete line goes the fast way:
 //! an audit event is handed out as it is (its span in the stream, no copy), an envelope is
-//! unwrapped with the JSON scanner. A document over several lines (a line holding only `{` or
-//! `[`, or an unfinished object naming a list) is streamed through a [`Pruner`] with
+//! unwrapped with the JSON scanner. A document over several lines (a line holding only `{`, an
+//! array of objects, or an unfinished object naming a list) is streamed through a [`Pruner`] with
 //! [`INPUT_SPEC`], item by item, in bounded memory; so is a line over `MAX_LINE_BYTES`.
 //!
 //! What it hands out is always an audit event (or what cannot be one, for the detector to
@@ -871,8 +871,15 @@ impl State {
         }
         match first {
             b'[' => {
-                self.begin_document(body, body_at, end, true);
-                Route::Done
+                // An array of records (gcloud's output) holds objects; any other array is
+                // not a record at all, and the detector says so.
+                let next = body[1..].trim_ascii_start().first();
+                if next.map_or(true, |&c| c == b'{') {
+                    self.begin_document(body, body_at, end, true);
+                    Route::Done
+                } else {
+                    Route::Fast
+                }
             }
             b'{' => match shape(body) {
                 Shape::Audit | Shape::Invalid => Route::Fast,
@@ -1406,6 +1413,8 @@ mod tests {
             collect(input.as_bytes(), Format::Auto),
             ["!unknown_format", "", "not json", EV]
         );
+        // An array of something else than records is a line like any other (malformed).
+        assert_eq!(collect(b"[1,2,3]\n", Format::Auto), ["[1,2,3]"]);
         // A GKE entry where only AKS is asked for.
         assert_eq!(
             collect(
