@@ -3,6 +3,7 @@
 //! process control) live in `support`.
 
 mod cli;
+mod cloud;
 mod deliver;
 mod detect;
 mod e2e_follow;
@@ -20,3 +21,4 @@ mod soak;
 mod support;
 mod unseen;
 mod walkthrough;
+mod webhook;
