@@ -837,6 +837,135 @@ mod tests {
         assert!(!format!("{t:?}").contains("s3cret"));
     }
 
+    /// A server on loopback with small limits (one rule: exec), its spool in a fresh directory.
+    fn server(name: &str, limits: Limits) -> (WebhookServer, Arc<Spool>, std::path::PathBuf) {
+        let dir =
+            std::env::temp_dir().join(format!("healert-webhook-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let m = Arc::new(Metrics::new());
+        let rule = crate::detect::rules::Rule {
+            name: "kubectl-exec".into(),
+            description_source: String::new(),
+            description: crate::detect::rules::Template::default(),
+            severity: crate::detect::rules::Severity::High,
+            workflow: "deploy".into(),
+            ignore_system: true,
+            matcher: crate::detect::rules::Match {
+                subresource: Some("exec".into()),
+                ..crate::detect::rules::Match::default()
+            },
+            line: 1,
+        };
+        let d = Detector::new(
+            crate::detect::rules::RuleSet {
+                rules: vec![rule],
+                ignore_namespaces: vec![],
+            },
+            crate::detect::DetectOptions::default(),
+        );
+        let spool = Arc::new(
+            Spool::open(&dir, &dir.join("checkpoint"), 1 << 20, &d, Arc::clone(&m)).unwrap(),
+        );
+        let s = spawn(
+            Options {
+                addr: "127.0.0.1:0".into(),
+                token: Some(Token::new("t".into())),
+                max_body: 1 << 20,
+                limits,
+            },
+            Arc::clone(&spool),
+            Arc::new(SharedDetector::new(d)),
+            m,
+        )
+        .unwrap();
+        (s, spool, dir)
+    }
+
+    fn answer(s: &mut TcpStream) -> String {
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    }
+
+    #[test]
+    fn slow_clients_huge_heads_and_too_many_connections_are_answered_and_cut_off() {
+        let limits = Limits {
+            max_head: 1024,
+            head_timeout: Duration::from_millis(300),
+            idle_timeout: Duration::from_millis(300),
+            body_timeout: Duration::from_millis(300),
+            max_connections: 2,
+        };
+        let connect = |addr| {
+            let s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s
+        };
+        // Two connections held: the third is told to come back, at once.
+        let (srv, spool, dir) = server("busy", limits);
+        {
+            let _a = connect(srv.local_addr());
+            let _b = connect(srv.local_addr());
+            let mut c = connect(srv.local_addr());
+            let a = answer(&mut c);
+            assert!(a.starts_with("HTTP/1.1 429 "), "{a}");
+            assert!(
+                a.contains("Retry-After: 5") && a.contains("too many connections"),
+                "{a}"
+            );
+        }
+        srv.stop(Duration::from_secs(1));
+        drop(spool);
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let (srv, spool, dir) = server("limits", limits);
+        let addr = srv.local_addr();
+        // A head that never ends.
+        {
+            let mut s = connect(addr);
+            s.write_all(b"POST / HTTP/1.1\r\nAuthorization: Bearer t\r\n")
+                .unwrap();
+            let a = answer(&mut s);
+            assert!(a.starts_with("HTTP/1.1 408 "), "{a}");
+            assert!(a.contains("request head not received in time"), "{a}");
+        }
+        // A head over the cap.
+        {
+            let mut s = connect(addr);
+            let _ = s.write_all(
+                format!("POST / HTTP/1.1\r\nX: {}\r\n\r\n", "y".repeat(2000)).as_bytes(),
+            );
+            let a = answer(&mut s);
+            assert!(a.starts_with("HTTP/1.1 431 "), "{a}");
+        }
+        // A body that stops coming.
+        {
+            let mut s = connect(addr);
+            s.write_all(b"POST / HTTP/1.1\r\nAuthorization: Bearer t\r\nContent-Length: 100\r\n\r\n{\"kind\":").unwrap();
+            let a = answer(&mut s);
+            assert!(a.starts_with("HTTP/1.1 408 "), "{a}");
+            assert!(a.contains("body not received in time"), "{a}");
+        }
+        // A spool that cannot be written: 500, and kube-apiserver retries.
+        {
+            spool.break_writes();
+            let body = br#"{"kind":"EventList","items":[{"auditID":"a","stage":"ResponseComplete","verb":"create","user":{"username":"u"},"objectRef":{"resource":"pods","name":"p","subresource":"exec"}}]}"#;
+            let mut s = connect(addr);
+            write!(
+                s,
+                "POST / HTTP/1.1\r\nAuthorization: Bearer t\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .unwrap();
+            s.write_all(body).unwrap();
+            let a = answer(&mut s);
+            assert!(a.starts_with("HTTP/1.1 500 "), "{a}");
+            assert!(a.contains("cannot write the spool; retry"), "{a}");
+        }
+        srv.stop(Duration::from_secs(1));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn a_body_that_is_not_an_event_list_is_refused_whole() {
         let d = Detector::new(

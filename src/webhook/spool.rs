@@ -246,6 +246,15 @@ impl Spool {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Replaces the open spool file with a read-only handle, so every append fails (tests of
+    /// the error path).
+    #[cfg(test)]
+    pub(crate) fn break_writes(&self) {
+        if let Ok(f) = File::open(&self.path) {
+            self.lock().file = f;
+        }
+    }
+
     /// The duplicate keys of the events still in the spool files, oldest first.
     fn rebuild(&mut self, detector: &Detector) -> io::Result<()> {
         let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
@@ -410,6 +419,16 @@ impl Spool {
 }
 
 fn open_spool_file(path: &Path) -> io::Result<File> {
+    // Never through a link, never a device: the agent may run as root.
+    match fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_file() => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a regular file", path.display()),
+            ))
+        }
+        _ => {}
+    }
     let f = OpenOptions::new()
         .create(true)
         .append(true)
@@ -418,6 +437,12 @@ fn open_spool_file(path: &Path) -> io::Result<File> {
         .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display())))?;
     // An existing file keeps its mode unless it is looser than ours.
     if let Ok(m) = f.metadata() {
+        if !m.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a regular file", path.display()),
+            ));
+        }
         if m.permissions().mode() & 0o077 != 0 {
             let _ = f.set_permissions(fs::Permissions::from_mode(0o600));
         }
@@ -505,6 +530,40 @@ mod tests {
         let anon = Candidate::new(br#"{"stage":"x"}"#, ["kubectl-exec"]);
         assert!(anon.keys.is_empty());
         assert_eq!(s.append(&[anon.clone(), anon]).unwrap().spooled, 2);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_write_that_fails_keeps_nothing_and_a_planted_link_is_refused() {
+        let d = dir("fails");
+        let s = Spool::open(
+            &d,
+            &d.join("checkpoint"),
+            1 << 20,
+            &detector(),
+            Arc::new(Metrics::new()),
+        )
+        .unwrap();
+        s.lock().file = File::open(s.path()).unwrap();
+        assert!(matches!(s.append(&[exec("x")]), Err(AppendError::Io(_))));
+        // Not remembered as spooled: the retry is not taken for a duplicate.
+        s.lock().file = open_spool_file(s.path()).unwrap();
+        assert_eq!(s.append(&[exec("x")]).unwrap().spooled, 1);
+        assert_eq!(fs::read_to_string(s.path()).unwrap().lines().count(), 1);
+        drop(s);
+        // The spool file is never a link or a device.
+        fs::remove_file(d.join(SPOOL_FILE)).unwrap();
+        std::os::unix::fs::symlink("/dev/null", d.join(SPOOL_FILE)).unwrap();
+        let e = Spool::open(
+            &d,
+            &d.join("checkpoint"),
+            1 << 20,
+            &detector(),
+            Arc::new(Metrics::new()),
+        )
+        .err()
+        .unwrap();
+        assert!(e.to_string().contains("is not a regular file"), "{e}");
         let _ = fs::remove_dir_all(&d);
     }
 

@@ -1016,3 +1016,47 @@ fn audit_log_path_dash_means_stdin_and_the_banner_says_so() {
     );
     assert!(!dir.join("cp").exists());
 }
+
+#[test]
+fn events_read_from_stdin_but_not_delivered_make_the_exit_status_say_so() {
+    let dir = TempDir::new("cloud", "undelivered");
+    let rules = write_rules(&dir);
+    let log = dir.join("agent.stderr");
+    let port = support::free_port();
+    let mut child = Command::new(support::bin())
+        .arg("run")
+        .env_clear()
+        .env("HEALERT_BACKEND_URL", format!("http://127.0.0.1:{port}"))
+        .env("RULES_PATH", &rules)
+        .env("AUDIT_SOURCE", "stdin")
+        .env("POLL_INTERVAL", "20ms")
+        .env("SHUTDOWN_GRACE", "0s")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all((support::exec_line("lost@example.com") + "\n").as_bytes())
+        .unwrap();
+    drop(stdin);
+    let mut proc = Proc::new(child);
+    // The backend is down: at the end of the input the agent keeps trying, until told to stop.
+    wait_until(
+        HANG_GUARD,
+        "the end of the input",
+        || support::read_lossy(&log).contains("the input ended; delivering what is queued"),
+        || support::read_lossy(&log),
+    );
+    assert!(proc.try_wait().is_none(), "{}", support::read_lossy(&log));
+    proc.signal("TERM");
+    let st = proc.wait_exit(HANG_GUARD, || support::read_lossy(&log));
+    let text = support::read_lossy(&log);
+    assert_eq!(st.code(), Some(1), "{text}");
+    assert!(
+        text.contains("events read from the input were not delivered (there is no log to read them again from)")
+            && text.contains("pending=1"),
+        "{text}"
+    );
+}

@@ -823,3 +823,30 @@ fn an_unwritable_spool_stops_the_agent_at_start_with_the_reason() {
     assert!(err.contains("not started: cannot open the spool"), "{err}");
     assert!(err.contains("SPOOL_PATH="), "{err}");
 }
+
+#[test]
+fn a_taken_webhook_port_stops_the_agent_at_start_with_a_hint() {
+    let dir = TempDir::new("webhook", "taken");
+    let rules = write_rules(&dir);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(support::bin())
+        .arg("run")
+        .env_clear()
+        .env("RULES_PATH", &rules)
+        .env("AUDIT_SOURCE", "webhook")
+        .env("AUDIT_WEBHOOK_TOKEN", TOKEN)
+        .env("AUDIT_WEBHOOK_ADDR", &addr)
+        .env("SPOOL_PATH", dir.join("spool"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not started: cannot serve the audit webhook")
+            && err.contains(&format!("AUDIT_WEBHOOK_ADDR=\\\"{addr}\\\": cannot listen"))
+            && err.contains("another process listens there; pick a free port"),
+        "{err}"
+    );
+    assert!(!err.contains(TOKEN));
+}
