@@ -991,15 +991,19 @@ _k8s_ensure_namespace() {
 }
 
 # _manifest_sync [--check]: copy rules.yaml into the ConfigMap block of daemonset.yaml and of
-# its TLS variant docs/examples/daemonset-tls.yaml (between the BEGIN/END markers), and its
+# docs/examples/daemonset-tls.yaml and webhook.yaml (between the BEGIN/END markers), and its
 # SHA-256 into each pod template's annotation, so a rules change rolls the pods. With --check
 # only report whether they are current.
 _manifest_sync() {
   _manifest_sync_file "${1:-}" "$DAEMONSET_YAML"
-  # The TLS variant ships in the repository, not necessarily beside an installed script.
-  if [[ -f "$SCRIPT_DIR/docs/examples/daemonset-tls.yaml" ]]; then
-    _manifest_sync_file "${1:-}" "$SCRIPT_DIR/docs/examples/daemonset-tls.yaml"
-  fi
+  # The TLS and webhook variants ship in the repository, not necessarily beside an installed
+  # script.
+  local variant
+  for variant in daemonset-tls.yaml webhook.yaml; do
+    if [[ -f "$SCRIPT_DIR/docs/examples/$variant" ]]; then
+      _manifest_sync_file "${1:-}" "$SCRIPT_DIR/docs/examples/$variant"
+    fi
+  done
 }
 
 _manifest_sync_file() {
