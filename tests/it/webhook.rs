@@ -850,3 +850,178 @@ fn a_taken_webhook_port_stops_the_agent_at_start_with_a_hint() {
     );
     assert!(!err.contains(TOKEN));
 }
+
+#[test]
+fn healert_sh_starts_the_agent_in_webhook_mode() {
+    use crate::script::{run_bounded, text, Scratch};
+    let s = Scratch::new("webhook");
+    let sink = Sink::start();
+    let rules = s.root().join("rules.yaml");
+    fs::write(&rules, RULES).unwrap();
+    let port = support::free_port();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("healert.sh");
+    let run = |args: &[&str], extra: &[(&str, &str)]| {
+        let mut c = s.command(&script, args);
+        c.env("HEALERT_BACKEND_URL", sink.url())
+            .env("RULES_PATH", &rules)
+            .env("AUDIT_SOURCE", "webhook")
+            .env("AUDIT_WEBHOOK_ADDR", format!("127.0.0.1:{port}"))
+            .env("POLL_INTERVAL", "20ms");
+        for (k, v) in extra {
+            c.env(k, v);
+        }
+        run_bounded(c)
+    };
+    // Without a token: not started, and the fix is named.
+    let o = run(&["start", "agent"], &[]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("AUDIT_SOURCE=webhook needs AUDIT_WEBHOOK_TOKEN"),
+        "{}",
+        text(&o)
+    );
+    // stdin makes no sense for a background agent.
+    let o = run(&["start", "agent"], &[("AUDIT_SOURCE", "stdin")]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("AUDIT_SOURCE=stdin reads a pipe"),
+        "{}",
+        text(&o)
+    );
+    let o = run(&["start", "agent"], &[("AUDIT_WEBHOOK_TOKEN", TOKEN)]);
+    assert!(o.status.success(), "{}", text(&o));
+    let spool = s.run_dir().join("spool");
+    assert!(
+        text(&o).contains(&format!(
+            "webhook:    http://127.0.0.1:{port} (spool: {})",
+            spool.display()
+        )),
+        "{}",
+        text(&o)
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let a = post(addr, Some(TOKEN), &event_list(&[exec("local@example.com")]));
+    assert_eq!(a.status, 200, "{a:?}");
+    wait_until(
+        HANG_GUARD,
+        "the event at the sink",
+        || sink.events().len() == 1,
+        || support::read_lossy(&s.run_dir().join("agent.log")),
+    );
+    assert!(spool.join("spool.ndjson").is_file());
+    let o = run(&["stop", "agent"], &[("AUDIT_WEBHOOK_TOKEN", TOKEN)]);
+    assert!(o.status.success(), "{}", text(&o));
+    // The checkpoint is the spool's, beside it.
+    wait_until(
+        HANG_GUARD,
+        "the spool's checkpoint",
+        || spool.join("checkpoint").is_file(),
+        || support::read_lossy(&s.run_dir().join("agent.log")),
+    );
+    assert!(!s.run_dir().join("checkpoint").exists());
+    assert_eq!(kinds(&sink), execs(&["local@example.com".into()]));
+}
+
+/// docs/examples/webhook.yaml: what the agent reads is what it sets, and nothing of the node.
+#[test]
+fn the_webhook_manifest_is_consistent_with_the_agent_and_needs_no_node_access() {
+    use yaml_rust2::YamlLoader;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = support::read_lossy(&root.join("docs/examples/webhook.yaml"));
+    let code: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect();
+    for node_access in [
+        "hostPath",
+        "hostNetwork",
+        "privileged",
+        "nodeSelector",
+        "tolerations",
+    ] {
+        assert!(
+            !code.contains(node_access),
+            "{node_access} in the webhook variant"
+        );
+    }
+    let docs = YamlLoader::load_from_str(&text).unwrap();
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "Namespace",
+            "ServiceAccount",
+            "ConfigMap",
+            "PersistentVolumeClaim",
+            "NetworkPolicy",
+            "Deployment",
+            "Service"
+        ]
+    );
+    let find = |k: &str| docs.iter().find(|d| d["kind"].as_str() == Some(k)).unwrap();
+    let cm = find("ConfigMap");
+    assert_eq!(
+        cm["data"]["rules.yaml"].as_str(),
+        Some(support::read_lossy(&support::repo_rules()).as_str()),
+        "the rules ConfigMap is rules.yaml (./healert.sh update manifest)"
+    );
+    let dep = find("Deployment");
+    let pod = &dep["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let env: Vec<(String, Option<String>)> = c["env"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_string(),
+                e["value"].as_str().map(str::to_string),
+            )
+        })
+        .collect();
+    let vars: Vec<&str> = healert_agent::config::VARS.iter().map(|v| v.0).collect();
+    for (name, _) in &env {
+        assert!(
+            vars.contains(&name.as_str()),
+            "{name} is not a variable the agent reads"
+        );
+    }
+    let get = |n: &str| env.iter().find(|e| e.0 == n).and_then(|e| e.1.clone());
+    assert_eq!(get("AUDIT_SOURCE").as_deref(), Some("webhook"));
+    assert!(env.iter().any(|e| e.0 == "AUDIT_WEBHOOK_TOKEN"));
+    let port: i64 = get("AUDIT_WEBHOOK_ADDR")
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let ports = c["ports"].as_vec().unwrap();
+    assert!(ports.iter().any(
+        |p| p["name"].as_str() == Some("webhook") && p["containerPort"].as_i64() == Some(port)
+    ));
+    let svc = find("Service");
+    assert_eq!(svc["spec"]["ports"][0]["port"].as_i64(), Some(port));
+    assert_eq!(
+        svc["spec"]["ports"][0]["targetPort"].as_str(),
+        Some("webhook")
+    );
+    // The spool is on the claim, under the mount; the pod is as locked down as "restricted".
+    let spool = get("SPOOL_PATH").unwrap();
+    let mounts = c["volumeMounts"].as_vec().unwrap();
+    assert!(mounts
+        .iter()
+        .any(|m| spool.starts_with(m["mountPath"].as_str().unwrap())
+            && m["name"].as_str() == Some("state")));
+    assert!(pod["volumes"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .any(|v| v["persistentVolumeClaim"]["claimName"].as_str() == Some("healert-agent-spool")));
+    let sc = &c["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"].as_bool(), Some(true));
+    assert_eq!(sc["allowPrivilegeEscalation"].as_bool(), Some(false));
+    assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+    assert_eq!(dep["spec"]["replicas"].as_i64(), Some(1));
+    assert_eq!(dep["spec"]["strategy"]["type"].as_str(), Some("Recreate"));
+}
