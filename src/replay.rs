@@ -71,6 +71,8 @@ pub struct Stats {
     pub recovered: u64,
     /// Records pruned out of lines over MAX_LINE_BYTES (one per event, one per list item).
     pub streamed: u64,
+    /// Audit events read out of cloud envelopes (CloudWatch messages, AKS records, GKE entries).
+    pub unwrapped: u64,
     /// Lines (or list items) not evaluated, per reason.
     pub dropped: BTreeMap<&'static str, u64>,
     /// Lines (or records of a streamed line) that could not be read at all.
@@ -123,6 +125,13 @@ impl Stats {
             }
             Step::Record { how: How::Item, .. } => {
                 self.list_items += 1;
+                return;
+            }
+            Step::Record {
+                how: How::Unwrapped,
+                ..
+            } => {
+                self.unwrapped += 1;
                 return;
             }
             Step::Record {
@@ -349,6 +358,13 @@ pub fn summary(st: &Stats, elapsed_s: f64, cpu_s: Option<f64>, rss_kb: Option<u6
             s,
             "  EventList documents: {} ({} items)",
             st.event_lists, st.list_items
+        );
+    }
+    if st.unwrapped > 0 {
+        let _ = writeln!(
+            s,
+            "  audit events read out of cloud envelopes (CloudWatch, GKE, AKS): {}",
+            st.unwrapped
         );
     }
     if st.recovered > 0 {

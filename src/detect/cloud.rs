@@ -766,6 +766,8 @@ struct State {
     lines: u64,
     documents: u64,
     lists: u64,
+    /// The document being read held cloud envelopes (not an `EventList`'s events).
+    doc_envelopes: bool,
 }
 
 /// What a line came to.
@@ -799,6 +801,7 @@ impl<R: Read> CloudSource<R> {
                 lines: 0,
                 documents: 0,
                 lists: 0,
+                doc_envelopes: false,
             },
         }
     }
@@ -818,7 +821,8 @@ impl<R: Read> CloudSource<R> {
         self.lines.position()
     }
 
-    /// Multi-line documents read, and how many of them were lists of records.
+    /// Multi-line documents read, and how many of them were lists of audit events
+    /// (`EventList`s, arrays of events).
     pub fn documents(&self) -> (u64, u64) {
         (self.st.documents, self.st.lists)
     }
@@ -986,7 +990,7 @@ impl State {
         if done {
             self.doc = None;
             self.documents += 1;
-            self.lists += u64::from(list);
+            self.lists += u64::from(list && !std::mem::take(&mut self.doc_envelopes));
         }
     }
 
@@ -1013,6 +1017,7 @@ impl State {
                 self.skip(start, end, why)
             }
             s => {
+                self.doc_envelopes |= self.doc.is_some();
                 let mut got = Vec::new();
                 unwrap_object(&bytes, s, &mut got);
                 let n = got.len();
