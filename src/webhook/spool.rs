@@ -35,6 +35,7 @@ use crate::detect::audit::extract;
 use crate::detect::Detector;
 use crate::operate::metrics::Metrics;
 use crate::source::checkpoint;
+use crate::source::position::{self, Position};
 
 /// The followed spool file's name in `SPOOL_PATH`.
 pub const SPOOL_FILE: &str = "spool.ndjson";
@@ -230,7 +231,30 @@ impl Spool {
             }),
         };
         spool.rebuild(detector)?;
+        spool.checkpoint_the_oldest()?;
         Ok(spool)
+    }
+
+    /// Without a checkpoint the follower starts at the beginning of `spool.ndjson`: when
+    /// rotated files are still there (never delivered: the agent stopped before its first
+    /// checkpoint), a checkpoint at the start of the oldest makes it read them first.
+    fn checkpoint_the_oldest(&mut self) -> io::Result<()> {
+        if !matches!(checkpoint::load(&self.checkpoint), Ok(None)) {
+            return Ok(());
+        }
+        let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        let Some(oldest) = st.rotated.first() else {
+            return Ok(());
+        };
+        let file = position::file_id(&File::open(&oldest.path)?)?;
+        checkpoint::save(
+            &self.checkpoint,
+            &checkpoint::Checkpoint {
+                path: self.path.clone(),
+                position: Position { file, offset: 0 },
+                skip_events: 0,
+            },
+        )
     }
 
     /// The file the follower follows.
@@ -590,6 +614,23 @@ mod tests {
         // Rotated at a quarter of the cap (the 64 KiB floor): the path still names a file.
         assert_ne!(fs::metadata(s.path()).unwrap().ino(), ino);
         assert!(d.join("spool.ndjson.1").is_file());
+        // Reopened without a checkpoint: one now names the oldest rotated file, at 0.
+        drop(s);
+        let _ = Spool::open(
+            &d,
+            &d.join("checkpoint"),
+            64 << 10,
+            &detector(),
+            Arc::new(Metrics::new()),
+        )
+        .unwrap();
+        let cp = checkpoint::load(&d.join("checkpoint")).unwrap().unwrap();
+        let oldest = fs::metadata(d.join("spool.ndjson.1")).unwrap();
+        assert_eq!(
+            (cp.position.file.ino, cp.position.offset),
+            (oldest.ino(), 0)
+        );
+        assert_eq!(cp.path, d.join(SPOOL_FILE));
         let lines: usize = fs::read_dir(&d)
             .unwrap()
             .filter_map(|e| e.ok())

@@ -1025,3 +1025,54 @@ fn the_webhook_manifest_is_consistent_with_the_agent_and_needs_no_node_access() 
     assert_eq!(dep["spec"]["replicas"].as_i64(), Some(1));
     assert_eq!(dep["spec"]["strategy"]["type"].as_str(), Some("Recreate"));
 }
+
+#[test]
+fn rotated_spool_files_are_delivered_first_even_without_a_checkpoint() {
+    let dir = TempDir::new("webhook", "rotated");
+    let port = support::free_port();
+    let agent = Agent::start(
+        &dir,
+        &format!("http://127.0.0.1:{port}"),
+        &[("SPOOL_MAX_BYTES", "256KiB")],
+    );
+    // Past 64 KiB the spool file is rotated: write until it was, twice.
+    let mut actors = Vec::new();
+    let mut b = 0;
+    while !dir.join("spool/spool.ndjson.2").exists() {
+        let batch: Vec<String> = (0..50)
+            .map(|i| format!("rot-{b}-{i}@example.com"))
+            .collect();
+        let a = post(
+            agent.addr,
+            Some(TOKEN),
+            &event_list(&batch.iter().map(|a| exec(a)).collect::<Vec<_>>()),
+        );
+        assert_eq!(a.status, 200, "{a:?}");
+        actors.extend(batch);
+        b += 1;
+        assert!(b < 100, "never rotated\n{}", agent.log_text());
+    }
+    agent.kill9();
+    // As if the agent had died before its first checkpoint.
+    let _ = fs::remove_file(dir.join("spool/checkpoint"));
+    let sink = Sink::builder().port(port).start();
+    let agent = Agent::start(&dir, &sink.url(), &[("SPOOL_MAX_BYTES", "256KiB")]);
+    wait_events(&sink, actors.len(), &agent);
+    wait_checkpoint_at_end(&dir, &agent);
+    // Delivered and passed by the checkpoint: the rotated files are deleted.
+    wait_until(
+        HANG_GUARD,
+        "the delivered spool files deleted",
+        || {
+            let a = post(
+                agent.addr,
+                Some(TOKEN),
+                &event_list(&[quiet("tick@example.com")]),
+            );
+            a.status == 200 && !dir.join("spool/spool.ndjson.1").exists()
+        },
+        || agent.log_text(),
+    );
+    let log = agent.stop();
+    assert_eq!(kinds(&sink), execs(&actors), "{log}");
+}
