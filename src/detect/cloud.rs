@@ -981,11 +981,12 @@ impl State {
         }
         if let Some(e) = broken {
             let from = (e.offset as i64 + self.doc.as_ref().map_or(0, |d| d.shift)).max(0) as u64;
-            self.skip(
-                from.max(start).min(line_end),
-                line_end,
-                Unreadable::Pruner(e),
-            );
+            // Never before a record already handed out of it.
+            let after = self.pending.back().map_or(start, |o| match o {
+                Out::Record { start, .. } | Out::Skipped { start, .. } => *start,
+            });
+            let from = from.max(start).max(after).max(self.position).min(line_end);
+            self.skip(from, line_end, Unreadable::Pruner(e));
         }
         if done {
             self.doc = None;
@@ -1164,15 +1165,16 @@ impl<R: Read> Source for CloudSource<R> {
 impl<R: Read> CloudSource<R> {
     /// A line of a document longer than `MAX_LINE_BYTES`: the document cannot be read on.
     fn break_document(&mut self, line_start: u64, line_end: u64) {
-        let Some(doc) = self.st.doc.take() else {
+        if self.st.doc.take().is_none() {
             return;
-        };
+        }
         self.st.documents += 1;
         if line_end == line_start {
             self.st.discard_from = Some(line_start);
         }
+        // Unreadable from this line on; what came before it was handed out.
         self.st
-            .skip(doc.start, line_end.max(line_start), Unreadable::OverCap);
+            .skip(line_start, line_end.max(line_start), Unreadable::OverCap);
     }
 }
 
@@ -1428,6 +1430,36 @@ mod tests {
             ),
             ["!unknown_format"]
         );
+    }
+
+    /// Fuzz finding: a line over the cap inside a document ends it, after the records before.
+    #[test]
+    fn a_document_line_over_the_cap_ends_the_document_in_order() {
+        let mut msg = String::new();
+        write_str(&mut msg, EV);
+        let doc = format!(
+            "{{\n  \"events\": [\n    {{\"message\": {msg}}},\n    {{\"message\": \"{}\"}}\n  ]\n}}\n{EV}\n",
+            "x".repeat(3000)
+        );
+        let mut src = CloudSource::new(doc.as_bytes(), 1024, Format::Auto);
+        let mut got = Vec::new();
+        loop {
+            match src.next() {
+                Next::Record(r) => {
+                    got.push((r.start, String::from_utf8_lossy(r.bytes).into_owned()))
+                }
+                Next::Skipped { start, why, .. } => {
+                    got.push((start, format!("!{}", crate::pipeline::drop_reason(&why))))
+                }
+                Next::Idle => panic!("a slice is never idle"),
+                Next::End => break,
+            }
+        }
+        let texts: Vec<&str> = got.iter().map(|g| g.1.as_str()).collect();
+        assert_eq!(texts[0], EV);
+        assert_eq!(texts[1], "!over_max_line");
+        assert_eq!(texts.last(), Some(&EV));
+        assert!(got.windows(2).all(|w| w[0].0 <= w[1].0), "{got:?}");
     }
 
     #[test]
