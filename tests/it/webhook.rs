@@ -1076,3 +1076,91 @@ fn rotated_spool_files_are_delivered_first_even_without_a_checkpoint() {
     let log = agent.stop();
     assert_eq!(kinds(&sink), execs(&actors), "{log}");
 }
+
+/// A webhook flood cannot starve the probes: they have their own server; and /readyz and
+/// /metrics name the source.
+#[test]
+fn probes_answer_while_every_webhook_connection_is_taken_and_name_the_source() {
+    let dir = TempDir::new("webhook", "probes");
+    let sink = Sink::start();
+    let health = format!("127.0.0.1:{}", support::free_port());
+    let agent = Agent::start(&dir, &sink.url(), &[("HEALTH_ADDR", &health)]);
+    let health: SocketAddr = health.parse().unwrap();
+    // Every webhook connection held by a client sending a body slowly (a slow-loris).
+    let mut held = Vec::new();
+    for _ in 0..32 {
+        let mut s = TcpStream::connect(agent.addr).unwrap();
+        write!(
+            s,
+            "POST /audit HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 1000\r\n\r\n{{\"kind\":"
+        )
+        .unwrap();
+        held.push(s);
+    }
+    // One more is told to come back, at once.
+    let a = post(
+        agent.addr,
+        Some(TOKEN),
+        &event_list(&[exec("late@example.com")]),
+    );
+    assert_eq!(a.status, 429, "{a:?}");
+    for path in ["/healthz", "/readyz"] {
+        let r = support::http_get(health, path).unwrap();
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+    }
+    assert_eq!(
+        support::http_get(health, "/readyz").unwrap().body,
+        "ready (source: webhook)\n"
+    );
+    // The slow clients give up: each of their requests is answered (400, the body cut short)
+    // and its connection slot freed.
+    drop(held);
+    wait_until(
+        HANG_GUARD,
+        "the 32 cut-short bodies answered",
+        || {
+            support::http_get(health, "/metrics").is_ok_and(|r| {
+                r.body
+                    .contains("healert_agent_webhook_requests_total{code=\"400\"} 32\n")
+            })
+        },
+        || agent.log_text(),
+    );
+    // (A slot is freed a moment after its answer: a 429 meanwhile is retried, as the
+    // apiserver does.)
+    let last = std::cell::Cell::new(0);
+    wait_until(
+        HANG_GUARD,
+        "a batch accepted",
+        || {
+            let a = post(
+                agent.addr,
+                Some(TOKEN),
+                &event_list(&[exec("after@example.com")]),
+            );
+            last.set(a.status);
+            a.status == 200
+        },
+        || format!("last status {}\n{}", last.get(), agent.log_text()),
+    );
+    wait_events(&sink, 1, &agent);
+    let m = support::http_get(health, "/metrics").unwrap().body;
+    let refused: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("healert_agent_webhook_requests_total{code=\"429\"} "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(refused >= 1, "{m}");
+    for want in [
+        "healert_agent_audit_source{source=\"webhook\"} 1\n",
+        "healert_agent_audit_source{source=\"file\"} 0\n",
+        "healert_agent_webhook_requests_total{code=\"200\"} 1\n",
+        "healert_agent_webhook_events_received_total 1\n",
+        "healert_agent_webhook_events_spooled_total 1\n",
+        "healert_agent_webhook_duplicates_total 0\n",
+        "healert_agent_events_sent_total{rule=\"kubectl-exec\"} 1\n",
+    ] {
+        assert!(m.contains(want), "missing {want:?} in\n{m}");
+    }
+    agent.stop();
+}
