@@ -47,6 +47,14 @@ AGENT_VARS=(
   LOG_FORMAT
   LOG_LEVEL
   HEALERT_MODE
+  AUDIT_SOURCE
+  AUDIT_FORMAT
+  AUDIT_WEBHOOK_ADDR
+  AUDIT_WEBHOOK_TOKEN
+  AUDIT_WEBHOOK_INSECURE_NO_TOKEN
+  AUDIT_WEBHOOK_MAX_BODY
+  SPOOL_PATH
+  SPOOL_MAX_BYTES
 )
 # Variables only this script reads (documented in `help`, docs/local-mode.md and docs/tls.md).
 SCRIPT_VARS=(HEALERT_HOST HEALERT_PORT HEALERT_AGENT_BIN KUBECTL HEALERT_RULES_SOURCE HEALERT_TLS_CA HEALERT_TLS_CERT HEALERT_TLS_KEY HEALERT_TLS_LOCAL_PORT HEALERT_STUNNEL)
@@ -222,6 +230,13 @@ _load_agent_config() {
   export CHECKPOINT_PATH=${CHECKPOINT_PATH:-$RUN_DIR/checkpoint}
   # A refused key is then reported with the local fix (.env, ./healert.sh restart agent).
   export HEALERT_MODE=${HEALERT_MODE:-local}
+  # The webhook source (AUDIT_SOURCE=webhook) keeps accepted batches in run/spool, and its
+  # checkpoint beside them (a file log's checkpoint cannot be reused for the spool).
+  if [[ "${AUDIT_SOURCE:-file}" == webhook ]]; then
+    export SPOOL_PATH=${SPOOL_PATH:-$RUN_DIR/spool}
+    [[ "$SPOOL_PATH" == /* ]] || SPOOL_PATH="$PWD/$SPOOL_PATH"
+    [[ "$CHECKPOINT_PATH" != "$RUN_DIR/checkpoint" ]] || CHECKPOINT_PATH="$SPOOL_PATH/checkpoint"
+  fi
 }
 
 # =============================================================================
@@ -713,7 +728,14 @@ _start_agent() {
     printf '%s\n' "$out" >&2
     _die "rules are invalid (above); the agent was not started"
   fi
-  _check_audit_log
+  case "${AUDIT_SOURCE:-file}" in
+    file) _check_audit_log ;;
+    webhook)
+      [[ -n "${AUDIT_WEBHOOK_TOKEN:-}" || "${AUDIT_WEBHOOK_INSECURE_NO_TOKEN:-}" == true ]] ||
+        _die "AUDIT_SOURCE=webhook needs AUDIT_WEBHOOK_TOKEN (the token of the apiserver's webhook kubeconfig; docs/webhook.md). Fix: echo \"AUDIT_WEBHOOK_TOKEN=\$(head -c 24 /dev/urandom | base64)\" >> $AGENT_ENV"
+      ;;
+    stdin) _die "AUDIT_SOURCE=stdin reads a pipe, which a background agent has not: run it in the pipe instead, e.g. aws logs tail ... | AUDIT_SOURCE=stdin healert-agent run (docs/cloud.md)" ;;
+  esac
   if [[ -z "${HEALERT_API_KEY:-}" ]]; then
     _warn "HEALERT_API_KEY is not set: a backend with auth enabled answers 401. Fix: ./$SCRIPT_NAME setup"
   fi
@@ -746,7 +768,11 @@ _start_agent() {
   _record_process agent "$pid"
   _ok "agent started (PID $pid)"
   _dim "log:        $AGENT_LOG"
-  _dim "audit log:  $AUDIT_LOG_PATH"
+  if [[ "${AUDIT_SOURCE:-file}" == webhook ]]; then
+    _dim "webhook:    http://${AUDIT_WEBHOOK_ADDR:-0.0.0.0:8765} (spool: $SPOOL_PATH)"
+  else
+    _dim "audit log:  $AUDIT_LOG_PATH"
+  fi
   _dim "rules:      $RULES_PATH"
   if [[ "$agent_url" != "$HEALERT_BACKEND_URL" ]]; then
     _dim "backend:    $HEALERT_BACKEND_URL (TLS by stunnel; the agent sends to $agent_url)"
@@ -969,15 +995,19 @@ _k8s_ensure_namespace() {
 }
 
 # _manifest_sync [--check]: copy rules.yaml into the ConfigMap block of daemonset.yaml and of
-# its TLS variant docs/examples/daemonset-tls.yaml (between the BEGIN/END markers), and its
+# docs/examples/daemonset-tls.yaml and webhook.yaml (between the BEGIN/END markers), and its
 # SHA-256 into each pod template's annotation, so a rules change rolls the pods. With --check
 # only report whether they are current.
 _manifest_sync() {
   _manifest_sync_file "${1:-}" "$DAEMONSET_YAML"
-  # The TLS variant ships in the repository, not necessarily beside an installed script.
-  if [[ -f "$SCRIPT_DIR/docs/examples/daemonset-tls.yaml" ]]; then
-    _manifest_sync_file "${1:-}" "$SCRIPT_DIR/docs/examples/daemonset-tls.yaml"
-  fi
+  # The TLS and webhook variants ship in the repository, not necessarily beside an installed
+  # script.
+  local variant
+  for variant in daemonset-tls.yaml webhook.yaml; do
+    if [[ -f "$SCRIPT_DIR/docs/examples/$variant" ]]; then
+      _manifest_sync_file "${1:-}" "$SCRIPT_DIR/docs/examples/$variant"
+    fi
+  done
 }
 
 _manifest_sync_file() {

@@ -49,13 +49,14 @@ fn main() {
     }
     let mut t = Table::default();
     header(&bin, &s);
-    let parts: [(&str, Part); 8] = [
+    let parts: [(&str, Part); 9] = [
         ("scan", scan_plain),
         ("bodies", scan_bodies),
         ("longline", long_lines),
         ("deliver", delivery_library),
         ("send", delivery),
         ("latency", latency_and_idle),
+        ("webhook", webhook),
         ("startup", startup),
         ("size", binary_size),
     ];
@@ -92,7 +93,10 @@ struct Settings {
     idle_secs: u64,
     /// BENCH_HUGE_MB: the largest matching line measured (MiB; default 1024).
     huge_mb: usize,
-    /// BENCH_SKIP: comma-separated parts to skip (scan,bodies,longline,send,latency,startup,size).
+    /// BENCH_WEBHOOK_BATCHES: 400-event batches posted to the webhook (default 300).
+    webhook_batches: usize,
+    /// BENCH_SKIP: comma-separated parts to skip (scan,bodies,longline,deliver,send,latency,
+    /// webhook,startup,size).
     skip: Vec<String>,
     /// BENCH_DIR: where logs are written (default $TMPDIR/healert-bench-<pid>), removed unless
     /// BENCH_KEEP=1.
@@ -116,6 +120,7 @@ impl Settings {
             send_events: num("BENCH_SEND_EVENTS", 20_000),
             latency_lines: num("BENCH_LATENCY_LINES", 40).max(1),
             idle_secs: num("BENCH_IDLE_SECS", 10) as u64,
+            webhook_batches: num("BENCH_WEBHOOK_BATCHES", 300).max(1),
             skip: std::env::var("BENCH_SKIP")
                 .unwrap_or_default()
                 .split(',')
@@ -1275,6 +1280,200 @@ fn latency_and_idle(bin: &Path, s: &Settings, t: &mut Table) {
     }
     stop_agent(child);
     let _ = fs::remove_file(&log);
+}
+
+/// The filesystem type of the mount holding `path` (from /proc/mounts), for the fsync figures.
+fn fs_type(path: &Path) -> String {
+    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2).then(|| (f[1].to_string(), f[2].to_string()))
+        })
+        .filter(|(m, _)| path.starts_with(m))
+        .max_by_key(|(m, _)| m.len())
+        .map_or_else(|| "unknown".into(), |(m, t)| format!("{t} on {m}"))
+}
+
+/// The webhook (AUDIT_SOURCE=webhook): 400-event batches of Metadata-level events, 0.1 % of them
+/// matching, posted one after the other on one kept-alive connection as kube-apiserver does.
+/// Throughput per CPU-second of the agent (every thread: the batch's judging, the spool, the
+/// follower reading it back, the sender), and POST→200 latency, also for the batches whose
+/// events were synced to disk.
+fn webhook(bin: &Path, s: &Settings, t: &mut Table) {
+    const TOKEN: &str = "bench-webhook-token";
+    let na = |t: &mut Table, why: String| {
+        t.row(
+            "webhook intake, 400-event batches",
+            &format!("n/a: {why}"),
+            "≥ 50 000 events/CPU-s",
+            "",
+        )
+    };
+    let port = match TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+        Ok(a) => a.port(),
+        Err(e) => return na(t, e.to_string()),
+    };
+    let spool = s.dir.join("spool");
+    let mut child = match Command::new(bin)
+        .arg("run")
+        .env("HEALERT_BACKEND_URL", "http://127.0.0.1:9")
+        .env("RULES_PATH", RULES)
+        .env("AUDIT_SOURCE", "webhook")
+        .env("AUDIT_WEBHOOK_ADDR", format!("127.0.0.1:{port}"))
+        .env("AUDIT_WEBHOOK_TOKEN", TOKEN)
+        .env("SPOOL_PATH", &spool)
+        .env("LOG_LEVEL", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => return na(t, e.to_string()),
+    };
+    let pid = child.id();
+    let mut conn = None;
+    for _ in 0..250 {
+        if let Ok(c) = TcpStream::connect(("127.0.0.1", port)) {
+            conn = Some(c);
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let Some(mut conn) = conn else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return na(t, "the webhook did not come up".into());
+    };
+    let _ = conn.set_nodelay(true);
+    let mut g = Generator::new(GenOptions {
+        seed: 303,
+        match_fraction: 0.0012,
+        human_noise_fraction: 0.002,
+        body_fraction: 0.0,
+        keep_expected: false,
+        ..GenOptions::default()
+    });
+    let mut line = Vec::new();
+    let mut all = Vec::new();
+    let mut synced = Vec::new();
+    let mut events = 0u64;
+    let mut bytes = 0u64;
+    let mut post_secs = 0.0;
+    let cpu0 = process_cpu_secs(pid).unwrap_or(0.0);
+    for _ in 0..s.webhook_batches {
+        let mut body = Vec::with_capacity(512 << 10);
+        body.extend_from_slice(
+            br#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{},"items":["#,
+        );
+        for i in 0..400 {
+            line.clear();
+            g.next_line(&mut line);
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(line.trim_ascii_end());
+        }
+        body.extend_from_slice(b"]}");
+        let head = format!(
+            "POST /audit?timeout=30s HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let t0 = Instant::now();
+        if conn
+            .write_all(head.as_bytes())
+            .and_then(|()| conn.write_all(&body))
+            .is_err()
+        {
+            break;
+        }
+        let Some((status, answer)) = read_answer(&mut conn) else {
+            break;
+        };
+        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        if status != 200 {
+            eprintln!("bench: webhook answered {status}: {answer}");
+            break;
+        }
+        post_secs += ms / 1000.0;
+        all.push(ms);
+        if !answer.contains("\"spooled\":0,") {
+            synced.push(ms);
+        }
+        events += 400;
+        bytes += body.len() as u64;
+    }
+    // Let the follower read back what was spooled before taking the CPU time.
+    thread::sleep(Duration::from_millis(500));
+    let cpu = process_cpu_secs(pid).unwrap_or(0.0) - cpu0;
+    let rss = vm_hwm_kb(pid);
+    drop(conn);
+    stop_agent(child);
+    if all.is_empty() {
+        return na(t, "no batch was accepted".into());
+    }
+    all.sort_by(|a, b| a.total_cmp(b));
+    synced.sort_by(|a, b| a.total_cmp(b));
+    let per_cpu = if cpu > 0.0 {
+        events as f64 / cpu
+    } else {
+        f64::NAN
+    };
+    t.row(
+        "webhook intake, 400-event batches, 0.1 % matching",
+        &format!(
+            "{:.0} events per CPU-second ({:.0} events/s wall, {:.0} MB/s)",
+            per_cpu,
+            events as f64 / post_secs,
+            bytes as f64 / 1e6 / post_secs
+        ),
+        "≥ 50 000 events/s on one core",
+        &format!(
+            "{} batches, {:.2} CPU-s of the agent (all threads), peak RSS {} kB",
+            all.len(),
+            cpu,
+            rss.map_or("n/a".into(), |r| r.to_string())
+        ),
+    );
+    t.row(
+        "webhook POST→200, 400-event batch",
+        &format!(
+            "p50 {:.1} ms, p99 {:.1} ms; with fdatasync (events spooled): p50 {:.1} ms, p99 {:.1} ms ({} batches)",
+            percentile(&all, 0.5),
+            percentile(&all, 0.99),
+            percentile(&synced, 0.5),
+            percentile(&synced, 0.99),
+            synced.len()
+        ),
+        "p99 < 50 ms including the fsync",
+        &format!("spool on {}", fs_type(&s.dir)),
+    );
+}
+
+/// One HTTP answer on a kept-alive connection: status and body.
+fn read_answer(conn: &mut TcpStream) -> Option<(u16, String)> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if conn.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))?
+        .trim()
+        .parse()
+        .ok()?;
+    let mut body = vec![0u8; len];
+    conn.read_exact(&mut body).ok()?;
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 fn startup(bin: &Path, s: &Settings, t: &mut Table) {

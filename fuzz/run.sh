@@ -28,6 +28,7 @@ if command -v rustup >/dev/null; then cargo_cmd=(cargo "+$tc" fuzz); else cargo_
 case "$target" in
   json_audit) max_len=262144 ;;   # real audit lines reach ~460 KB; most are 1-10 KB
   prune) max_len=262144 ;;
+  cloud) max_len=65536 ;;
   yaml_rules) max_len=65536 ;;
   *) max_len=8192 ;;
 esac

@@ -9,6 +9,8 @@
 #   http_response  fuzz/seeds/http_response (hand-written responses: length, chunked, 429...)
 #   checkpoint     tests/data/**/*checkpoint* files, fuzz/seeds/checkpoint (first byte: mode)
 #   config_values  fuzz/seeds/config_values
+#   cloud          tests/data/cloud/* (EKS, GKE, AKS, webhook shapes) and tests/data/sample/*,
+#                  each prefixed with a read-size byte and a format byte
 # Idempotent: names are derived from the source file, so re-running overwrites, never piles up.
 # usage: fuzz/seed.sh TARGET
 set -euo pipefail
@@ -49,8 +51,14 @@ case "$target" in
     for f in $(data_files '*checkpoint*'); do
       cp "$f" "$out/$(basename "$(dirname "$f")")-$(basename "$f")"
     done ;;
+  cloud)
+    for f in "$root"/tests/data/cloud/* "$root"/tests/data/sample/*.ndjson; do
+      [ -f "$f" ] || continue
+      # Read size 7 (odd steps cross every boundary), format 0 (auto).
+      { printf '\a\0'; cat "$f"; } >"$out/$(basename "$f")"
+    done ;;
   http_response|config_values) ;;
-  *) echo "seed.sh: unknown target '$target' (json_audit, prune, yaml_rules, http_response, checkpoint, config_values)" >&2; exit 2 ;;
+  *) echo "seed.sh: unknown target '$target' (json_audit, prune, yaml_rules, http_response, checkpoint, config_values, cloud)" >&2; exit 2 ;;
 esac
 if [ -d "$here/seeds/$target" ]; then cp "$here/seeds/$target"/* "$out/" 2>/dev/null || true; fi
 echo "seed.sh: $(find "$out" -type f | wc -l) inputs in fuzz/corpus/$target"

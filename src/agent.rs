@@ -4,12 +4,18 @@
 //! - **follow** (`pipeline::Stage` over `source::follow::Follower`, then `pipeline::Feeder`):
 //!   reads complete lines, turns each into friction events and queues them in log order,
 //!   waiting while the queue is full (the log on disk is the buffer);
-//! - **deliver** (`deliver::spawn_sender`): checks the backend once (`GET /health`, off the
-//!   follower's path), then POSTs the queue's front event until the backend acknowledges it,
-//!   then pops it;
+//! - **deliver** (`deliver::spawn_sender`): checks the backend once (`GET /health`, then the
+//!   API key, off the follower's path), then POSTs the queue's front event until the backend
+//!   acknowledges it, then pops it;
 //! - **main** (this function): signals, the once-a-second checkpoint (`Queue::ack_position` →
 //!   `checkpoint::save`), SIGHUP rule reloads, and the shutdown (`SenderHandle::drain`);
 //! - **health server** (`operate::health`, optional): reads the shared `Metrics` only.
+//!
+//! The source (`AUDIT_SOURCE`) decides what the follow thread reads: the audit log
+//! (`source::follow::Follower`, checkpointed), stdin (`detect::cloud::CloudSource` over a
+//! `source::stream::Background` reader; read to its end, then everything queued is delivered
+//! and the agent exits), or the webhook's spool (the same follower and checkpoint over
+//! `SPOOL_PATH/spool.ndjson`, written by the **webhook** threads, `crate::webhook`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -19,20 +25,25 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::deliver::http_client::Client;
 use crate::deliver::suppress::{Clock, Suppressor};
 use crate::deliver::{self, Queue};
 use crate::detect::audit::{EVENT_LIST, EVENT_SPEC};
+use crate::detect::cloud::CloudSource;
 use crate::detect::rules::{self, RuleSet};
 use crate::detect::Detector;
 use crate::operate::log::{self as oplog, Redacted, Throttle};
-use crate::operate::metrics::{now_unix_ms, Metrics};
+use crate::operate::metrics::{now_unix_ms, AuditSource, Metrics};
 use crate::operate::signal;
 use crate::pipeline::{self, Feeder, ResumePoint, Stage, Step, TroubleLog};
 use crate::source::checkpoint::{self, Checkpoint};
-use crate::source::follow::{Follower, StartAt};
+use crate::source::follow::{FollowOptions, Follower, StartAt};
 use crate::source::position::Position;
 use crate::source::prune::Caps;
+use crate::source::stream::Background;
 use crate::source::Source;
+use crate::webhook::spool::Spool;
+use crate::webhook::{self, SharedDetector};
 use crate::{error, info, validate, warn};
 
 /// How often the checkpoint is written (when it changed).
@@ -69,6 +80,7 @@ pub fn run() -> ExitCode {
     }
     oplog::init(cfg.log_level, cfg.log_format);
     let metrics = Arc::new(Metrics::new());
+    metrics.set_source(cfg.audit_source);
 
     // RULES_PATH, else ./rules.yaml; a missing file is reported with how to set RULES_PATH.
     let rules_path = cfg.rules_path_or_default();
@@ -99,36 +111,336 @@ pub fn run() -> ExitCode {
     let client = cfg.client();
     let backend_line = "checking the backend in the background; events are queued meanwhile";
 
+    let ctx = Ctx {
+        cfg: &cfg,
+        rules_path: &rules_path,
+        backend_line,
+        metrics,
+    };
+    match cfg.audit_source {
+        AuditSource::File => run_file(ctx, rules, client),
+        AuditSource::Stdin => run_stdin(ctx, rules, client),
+        AuditSource::Webhook => run_webhook(ctx, rules, client),
+    }
+}
+
+/// What every source's wiring shares.
+struct Ctx<'a> {
+    cfg: &'a Config,
+    rules_path: &'a Path,
+    backend_line: &'a str,
+    metrics: Arc<Metrics>,
+}
+
+/// The audit log: the follower, resumed from its checkpoint.
+fn run_file(ctx: Ctx<'_>, rules: RuleSet, client: Client) -> ExitCode {
+    let cfg = ctx.cfg;
     let resume = load_checkpoint(cfg.checkpoint_path.as_deref());
-    let (resume, suppressor) = load_suppression(&cfg, resume);
+    let state_path = cfg.suppress_state_path();
+    let (resume, suppressor) = load_suppression(cfg, state_path.as_deref(), resume);
     let resume_point = resume.as_ref().map(|c| ResumePoint {
         position: c.position,
         skip: c.skip_events,
     });
-    let follower = Follower::new(cfg.follow_options(), resume, Arc::clone(&metrics))
+    let follower = Follower::new(cfg.follow_options(), resume, Arc::clone(&ctx.metrics))
         .streaming_long_lines(EVENT_SPEC, EVENT_LIST, Caps::default());
-
+    let source = vec![
+        ("source", "file".to_string()),
+        (
+            "audit log",
+            format!(
+                "{}  ({})",
+                cfg.audit_log_path.display(),
+                follower.start_description()
+            ),
+        ),
+    ];
     banner(
-        &cfg,
-        &rules_path,
+        cfg,
+        ctx.rules_path,
         &rules,
-        backend_line,
-        &follower.start_description(),
+        ctx.backend_line,
+        &source,
+        follower.start_description().contains("beginning"),
     );
-
     let stage = Stage::new(
         follower,
         Detector::new(rules, cfg.detect_options()),
         resume_point,
     );
-    let queue = Queue::new(cfg.queue_capacity, Arc::clone(&metrics));
-    // Open windows are kept across a stop (in the state file), not summarised early.
-    queue.enable_suppression(suppressor, false);
+    let mut saver = CheckpointSaver::new(
+        cfg.checkpoint_path.clone(),
+        state_path,
+        cfg.audit_log_path.clone(),
+        Arc::clone(&ctx.metrics),
+    );
+    supervise(
+        &ctx,
+        stage,
+        client,
+        Hooks {
+            // Open windows are kept across a stop (in the state file), not summarised early.
+            suppressor: (suppressor, false),
+            tick: &mut |q, last| {
+                if last {
+                    saver.save(q);
+                    return saver.describe();
+                }
+                saver.save_if_due(q);
+                String::new()
+            },
+            source_ends: false,
+            detector: None,
+            stop_intake: None,
+        },
+    )
+}
+
+/// Standard input, read to its end (no checkpoint: nothing to resume from).
+fn run_stdin(ctx: Ctx<'_>, rules: RuleSet, client: Client) -> ExitCode {
+    let cfg = ctx.cfg;
+    if cfg.checkpoint_path.is_some() {
+        warn!("CHECKPOINT_PATH is ignored with AUDIT_SOURCE=stdin: a stream cannot be resumed; after a restart, ask the CLI for what you missed (e.g. --since)");
+    }
+    let input = match Background::spawn(std::io::stdin(), "stdin") {
+        Ok(b) => b,
+        Err(e) => {
+            error!("cannot start the stdin reader thread", "error" => e);
+            return ExitCode::from(1);
+        }
+    };
+    let source = Counted {
+        inner: CloudSource::new(input, cfg.max_line_bytes, cfg.audit_format),
+        metrics: Arc::clone(&ctx.metrics),
+        lines: 0,
+        bytes: 0,
+    };
+    ctx.metrics.log_open.store(1, Ordering::Relaxed);
+    let lines = vec![
+        (
+            "source",
+            format!(
+                "stdin  (AUDIT_FORMAT={}; read to its end, then queued events are delivered and the agent exits; no resume after a restart)",
+                cfg.audit_format.as_str()
+            ),
+        ),
+    ];
+    banner(cfg, ctx.rules_path, &rules, ctx.backend_line, &lines, false);
+    let stage = Stage::new(source, Detector::new(rules, cfg.detect_options()), None);
+    supervise(
+        &ctx,
+        stage,
+        client,
+        Hooks {
+            // Nothing to resume from: the windows still open at the end of the input are
+            // summarised before the agent exits.
+            suppressor: (Suppressor::new(cfg.suppress_window, Clock::Wall), true),
+            tick: &mut |_, _| "off (stdin)".to_string(),
+            source_ends: true,
+            detector: None,
+            stop_intake: None,
+        },
+    )
+}
+
+/// The audit webhook: batches spooled by the webhook threads, the spool followed like an
+/// audit log (the same follower, checkpoint and delivery).
+fn run_webhook(ctx: Ctx<'_>, rules: RuleSet, client: Client) -> ExitCode {
+    let cfg = ctx.cfg;
+    let detector = Detector::new(rules.clone(), cfg.detect_options());
+    let cp_path = cfg.spool_checkpoint_path();
+    let spool = match Spool::open(
+        &cfg.spool_path,
+        &cp_path,
+        cfg.spool_max_bytes,
+        &detector,
+        Arc::clone(&ctx.metrics),
+    ) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            error!("not started: cannot open the spool (give the agent a writable directory)", "SPOOL_PATH" => cfg.spool_path.display(), "error" => e);
+            return ExitCode::from(1);
+        }
+    };
+    let resume = load_checkpoint(Some(&cp_path));
+    let state_path = suppress_state_path(&cp_path);
+    let (resume, suppressor) = load_suppression(cfg, Some(&state_path), resume);
+    let resume_point = resume.as_ref().map(|c| ResumePoint {
+        position: c.position,
+        skip: c.skip_events,
+    });
+    let follow = FollowOptions {
+        path: spool.path().to_path_buf(),
+        poll_interval: cfg.poll_interval,
+        max_line_bytes: cfg.max_line_bytes,
+        // Everything in the spool was accepted and not delivered, unless the checkpoint says.
+        start_at: StartAt::Beginning,
+    };
+    let follower = Follower::new(follow, resume, Arc::clone(&ctx.metrics)).streaming_long_lines(
+        EVENT_SPEC,
+        EVENT_LIST,
+        Caps::default(),
+    );
+    let shared = Arc::new(SharedDetector::new(detector.clone()));
+    if cfg.webhook_token.is_none() {
+        warn!("AUDIT_WEBHOOK_INSECURE_NO_TOKEN=true: the webhook accepts batches without a bearer token; anyone who can reach AUDIT_WEBHOOK_ADDR can make the agent report events. Set AUDIT_WEBHOOK_TOKEN and put the same token in the apiserver's webhook kubeconfig");
+    }
+    let server = match webhook::spawn(
+        webhook::Options {
+            addr: cfg.webhook_addr.clone(),
+            token: cfg.webhook_token.clone(),
+            max_body: cfg.webhook_max_body,
+            limits: webhook::Limits::default(),
+        },
+        Arc::clone(&spool),
+        Arc::clone(&shared),
+        Arc::clone(&ctx.metrics),
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("not started: cannot serve the audit webhook", "error" => e);
+            return ExitCode::from(1);
+        }
+    };
+    let auth = match &cfg.webhook_token {
+        Some(t) => format!("bearer token {}", Redacted(t.expose())),
+        None => "NO TOKEN (AUDIT_WEBHOOK_INSECURE_NO_TOKEN=true)".to_string(),
+    };
+    let lines = vec![
+        (
+            "source",
+            format!(
+                "webhook on http://{}  ({auth}; bodies up to {})",
+                server.local_addr(),
+                crate::config::human_size(cfg.webhook_max_body)
+            ),
+        ),
+        (
+            "spool",
+            format!(
+                "{}  (up to {} undelivered, then 429; {})",
+                cfg.spool_path.display(),
+                crate::config::human_size(cfg.spool_max_bytes),
+                follower.start_description()
+            ),
+        ),
+    ];
+    banner(cfg, ctx.rules_path, &rules, ctx.backend_line, &lines, false);
+    drop(rules);
+    let stage = Stage::new(follower, detector, resume_point);
+    let mut saver = CheckpointSaver::new(
+        Some(cp_path),
+        Some(state_path),
+        spool.path().to_path_buf(),
+        Arc::clone(&ctx.metrics),
+    );
+    let mut last_tidy = Instant::now();
+    let mut server = Some(server);
+    supervise(
+        &ctx,
+        stage,
+        client,
+        Hooks {
+            suppressor: (suppressor, false),
+            tick: &mut |q, last| {
+                if last {
+                    saver.save(q);
+                    return saver.describe();
+                }
+                saver.save_if_due(q);
+                if last_tidy.elapsed() >= CHECKPOINT_EVERY {
+                    last_tidy = Instant::now();
+                    spool.tidy();
+                }
+                String::new()
+            },
+            source_ends: false,
+            detector: Some(&shared),
+            stop_intake: Some(&mut || {
+                if let Some(s) = server.take() {
+                    // Batches being received are answered (and spooled) before delivery drains.
+                    s.stop(Duration::from_secs(5));
+                }
+            }),
+        },
+    )
+}
+
+/// A stdin source that counts what it reads into the metrics (the follower does so itself).
+struct Counted<S> {
+    inner: CloudSource<S>,
+    metrics: Arc<Metrics>,
+    lines: u64,
+    bytes: u64,
+}
+
+impl<R: std::io::Read> Source for Counted<R> {
+    type Pos = u64;
+
+    fn next(&mut self) -> crate::source::Next<'_, u64> {
+        let (lines, bytes) = (self.inner.lines_read(), self.inner.bytes_read());
+        let m = &self.metrics;
+        if lines > self.lines {
+            m.lines_read
+                .fetch_add(lines - self.lines, Ordering::Relaxed);
+            m.last_line_unix_ms.store(now_unix_ms(), Ordering::Relaxed);
+            self.lines = lines;
+        }
+        if bytes > self.bytes {
+            m.bytes_read
+                .fetch_add(bytes - self.bytes, Ordering::Relaxed);
+            m.read_offset.store(bytes, Ordering::Relaxed);
+            self.bytes = bytes;
+        }
+        self.inner.next()
+    }
+
+    fn position(&self) -> u64 {
+        self.inner.position()
+    }
+
+    fn describe(&self, place: &u64) -> String {
+        format!("stdin offset {place}")
+    }
+}
+
+/// What differs between sources around the one pipeline.
+struct Hooks<'a, P> {
+    /// The suppression state the queue starts with, and whether the windows still open when
+    /// the queue closes are summarised then (a source with no state file to keep them in).
+    suppressor: (Suppressor, bool),
+    /// Every main-loop turn (the checkpoint, the spool's housekeeping), `false`; and once after
+    /// the drain, `true` (the last checkpoint), returning how to describe it.
+    tick: &'a mut dyn FnMut(&Queue<P>, bool) -> String,
+    /// The source ends by itself (stdin): its end is a stop, not a failure.
+    source_ends: bool,
+    /// Also handed each detector a SIGHUP loads (the webhook's).
+    detector: Option<&'a SharedDetector>,
+    /// Stops taking input before the drain (the webhook server).
+    stop_intake: Option<&'a mut dyn FnMut()>,
+}
+
+/// Runs the pipeline over `stage`: the follow thread, the sender, and on this thread signals,
+/// reloads, the hooks' ticks and the shutdown.
+fn supervise<S>(
+    ctx: &Ctx<'_>,
+    stage: Stage<S>,
+    client: Client,
+    mut hooks: Hooks<'_, S::Pos>,
+) -> ExitCode
+where
+    S: Source + Send + 'static,
+{
+    let cfg = ctx.cfg;
+    let metrics = &ctx.metrics;
+    let queue = Queue::new(cfg.queue_capacity, Arc::clone(metrics));
+    let (suppressor, flush_at_close) = hooks.suppressor;
+    queue.enable_suppression(suppressor, flush_at_close);
     let sender = deliver::spawn_sender(
         Arc::clone(&queue),
         client,
         cfg.delivery_options(),
-        Arc::clone(&metrics),
+        Arc::clone(metrics),
     );
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -138,7 +450,7 @@ pub fn run() -> ExitCode {
             Arc::clone(&queue),
             Arc::clone(&stop),
             Arc::clone(&reload),
-            Arc::clone(&metrics),
+            Arc::clone(metrics),
         );
         let poll = cfg.poll_interval;
         thread::Builder::new()
@@ -154,51 +466,68 @@ pub fn run() -> ExitCode {
     };
 
     // Main loop: signals, reloads, checkpoints.
-    let mut saver = CheckpointSaver::new(
-        cfg.checkpoint_path.clone(),
-        cfg.suppress_state_path(),
-        cfg.audit_log_path.clone(),
-        Arc::clone(&metrics),
-    );
-    let mut last_save = Instant::now();
+    let mut input_ended = false;
     loop {
         if signal::terminate_requests() > 0 {
             break;
         }
         if follow_thread.is_finished() {
-            error!("the follower thread stopped unexpectedly; shutting down");
+            if hooks.source_ends {
+                input_ended = true;
+                info!("the input ended; delivering what is queued, then stopping", "pending" => queue.len());
+            } else {
+                error!("the follower thread stopped unexpectedly; shutting down");
+            }
             break;
         }
         if signal::take_reload() {
-            reload_rules(&rules_path, &cfg, &reload, &metrics);
+            reload_rules(ctx.rules_path, cfg, &reload, metrics, hooks.detector);
         }
-        saver.save_if_due(&queue, &mut last_save);
+        (hooks.tick)(&queue, false);
         thread::sleep(Duration::from_millis(50));
     }
 
+    if let Some(stop_intake) = hooks.stop_intake.as_mut() {
+        stop_intake();
+    }
     // Shutdown: stop reading, deliver what is queued until the grace period ends or a second
-    // signal arrives, save the checkpoint.
-    info!("stopping: no more reading; delivering queued events", "pending" => queue.len(), "grace" => format!("{:?}", cfg.shutdown_grace));
+    // signal arrives, save the checkpoint. At the end of stdin, delivery goes on until the
+    // queue is empty (or a signal starts the grace period).
+    if !input_ended {
+        info!("stopping: no more reading; delivering queued events", "pending" => queue.len(), "grace" => format!("{:?}", cfg.shutdown_grace));
+    }
     stop.store(true, Ordering::SeqCst);
     queue.close();
     // A follower that died is a stop request too: the drain's grace starts at once.
     let drained = sender.drain(
         cfg.shutdown_grace,
-        || signal::terminate_requests().max(1),
-        || saver.save_if_due(&queue, &mut last_save),
+        || {
+            if input_ended {
+                signal::terminate_requests()
+            } else {
+                signal::terminate_requests().max(1)
+            }
+        },
+        || {
+            (hooks.tick)(&queue, false);
+        },
     );
     if follow_thread.join().is_err() {
         error!("the follower thread panicked");
     }
-    saver.save(&queue);
+    let checkpoint = (hooks.tick)(&queue, true);
     let left = queue.len();
     info!(
         "stopped",
         "sent" => drained.stats.sent,
         "dead_lettered" => drained.stats.dead_lettered,
         "pending_left_in_log" => left,
-        "checkpoint" => saver.describe()
+        "checkpoint" => checkpoint
     );
+    if input_ended && left > 0 {
+        error!("events read from the input were not delivered (there is no log to read them again from)", "pending" => left);
+        return ExitCode::from(1);
+    }
     ExitCode::SUCCESS
 }
 
@@ -253,15 +582,24 @@ struct ReloadSlot {
     detector: Mutex<Option<Detector>>,
 }
 
-fn reload_rules(path: &Path, cfg: &Config, slot: &ReloadSlot, metrics: &Metrics) {
+fn reload_rules(
+    path: &Path,
+    cfg: &Config,
+    slot: &ReloadSlot,
+    metrics: &Metrics,
+    also: Option<&SharedDetector>,
+) {
     match rules::load_file(path) {
         Ok(loaded) => {
             let n = loaded.rules.rules.len();
             for w in &loaded.warnings {
                 warn!("rules warning", "at" => format!("{}:{}:{}", path.display(), w.line, w.col), "warning" => w.message);
             }
-            *slot.detector.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some(Detector::new(loaded.rules, cfg.detect_options()));
+            let detector = Detector::new(loaded.rules, cfg.detect_options());
+            if let Some(shared) = also {
+                shared.set(detector.clone());
+            }
+            *slot.detector.lock().unwrap_or_else(|p| p.into_inner()) = Some(detector);
             slot.pending.store(true, Ordering::Release);
             metrics.rules_loaded.store(n as u64, Ordering::Relaxed);
             metrics.rule_reloads.fetch_add(1, Ordering::Relaxed);
@@ -277,9 +615,9 @@ fn reload_rules(path: &Path, cfg: &Config, slot: &ReloadSlot, metrics: &Metrics)
 
 /// The follow thread: the pipeline stage over the follower, fed into the queue, until `stop`
 /// or the queue closes. Owns the follower heartbeat.
-fn follow_loop(
-    mut stage: Stage<Follower>,
-    queue: &Queue<Position>,
+fn follow_loop<S: Source>(
+    mut stage: Stage<S>,
+    queue: &Queue<S::Pos>,
     metrics: &Metrics,
     stop: &AtomicBool,
     reload: &ReloadSlot,
@@ -311,7 +649,7 @@ fn follow_loop(
         }
         // While delivery is behind: stop reading but keep watching the path, so rotated files
         // are held open and cannot be deleted under us; waiting is progress, not a stall.
-        let wait = |stage: &mut Stage<Follower>| {
+        let wait = |stage: &mut Stage<S>| {
             metrics.follower.beat();
             stage.source_mut().hold();
             !stop.load(Ordering::Relaxed)
@@ -389,17 +727,28 @@ fn load_checkpoint(path: Option<&Path>) -> Option<Checkpoint> {
     }
 }
 
+/// `<checkpoint>.suppress`: where the suppression state is kept beside a checkpoint.
+fn suppress_state_path(checkpoint: &Path) -> PathBuf {
+    let mut s = checkpoint.as_os_str().to_owned();
+    s.push(".suppress");
+    PathBuf::from(s)
+}
+
 /// The suppression state saved beside the checkpoint, restored only when it belongs to the same
 /// acknowledged position: it is written just before the checkpoint, with that checkpoint inside,
 /// so the two agree, or — after a crash between the two renames — the state is one save ahead
 /// and its own checkpoint is where to resume. Anything else (no checkpoint, another log) starts
 /// with no open window and says so.
-fn load_suppression(cfg: &Config, resume: Option<Checkpoint>) -> (Option<Checkpoint>, Suppressor) {
+fn load_suppression(
+    cfg: &Config,
+    path: Option<&Path>,
+    resume: Option<Checkpoint>,
+) -> (Option<Checkpoint>, Suppressor) {
     let fresh = || Suppressor::new(cfg.suppress_window, Clock::Wall);
-    let Some(path) = cfg.suppress_state_path() else {
+    let Some(path) = path else {
         return (resume, fresh());
     };
-    let bytes = match std::fs::File::open(&path) {
+    let bytes = match std::fs::File::open(path) {
         Ok(f) => {
             let mut b = Vec::new();
             use std::io::Read;
@@ -457,6 +806,7 @@ struct CheckpointSaver {
     log_path: PathBuf,
     last: Option<(Position, u32)>,
     last_generation: Option<u64>,
+    last_save: Instant,
     throttle: Throttle,
     metrics: Arc<Metrics>,
 }
@@ -474,6 +824,7 @@ impl CheckpointSaver {
             log_path,
             last: None,
             last_generation: None,
+            last_save: Instant::now(),
             throttle: Throttle::new(Duration::from_secs(60)),
             metrics,
         }
@@ -481,11 +832,11 @@ impl CheckpointSaver {
 
     /// Saves once a second, and at once after a first event or a summary was acknowledged (so
     /// a restart cannot send it a second time).
-    fn save_if_due(&mut self, queue: &Queue<Position>, last_save: &mut Instant) {
+    fn save_if_due(&mut self, queue: &Queue<Position>) {
         let urgent = queue.snapshot(|_, s| s.is_some_and(|s| s.take_urgent()));
-        if urgent || last_save.elapsed() >= CHECKPOINT_EVERY {
+        if urgent || self.last_save.elapsed() >= CHECKPOINT_EVERY {
             self.save(queue);
-            *last_save = Instant::now();
+            self.last_save = Instant::now();
         }
     }
 
@@ -560,7 +911,14 @@ impl CheckpointSaver {
     }
 }
 
-fn banner(cfg: &Config, rules_path: &Path, rules: &RuleSet, backend: &str, start: &str) {
+fn banner(
+    cfg: &Config,
+    rules_path: &Path,
+    rules: &RuleSet,
+    backend: &str,
+    source: &[(&str, String)],
+    from_beginning: bool,
+) {
     let mut b = String::new();
     b.push_str(&format!("healert-agent {}\n", crate::VERSION));
     b.push_str(&format!("  backend     {}  ({backend})\n", cfg.backend_url));
@@ -568,28 +926,30 @@ fn banner(cfg: &Config, rules_path: &Path, rules: &RuleSet, backend: &str, start
         "  auth        {}\n",
         Redacted(cfg.api_key.as_ref().map(|k| k.expose()).unwrap_or(""))
     ));
-    b.push_str(&format!(
-        "  audit log   {}  ({start})\n",
-        cfg.audit_log_path.display()
-    ));
-    b.push_str(&format!(
-        "  checkpoint  {}\n",
-        cfg.checkpoint_path
+    for (k, v) in source {
+        b.push_str(&format!("  {k:<11} {v}\n"));
+    }
+    let checkpoint = match cfg.audit_source {
+        AuditSource::Stdin => "off (stdin cannot be resumed)".to_string(),
+        AuditSource::Webhook => cfg.spool_checkpoint_path().display().to_string(),
+        AuditSource::File => cfg
+            .checkpoint_path
             .as_ref()
             .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "off (CHECKPOINT_PATH unset)".into())
-    ));
+            .unwrap_or_else(|| "off (CHECKPOINT_PATH unset)".into()),
+    };
+    b.push_str(&format!("  checkpoint  {checkpoint}\n"));
     b.push_str(&format!(
         "  suppression {}  (SUPPRESS_WINDOW; a rule's suppress: wins){}\n",
         if cfg.suppress_window.is_zero() {
             "off".to_string()
         } else {
-            crate::config::human_duration(cfg.suppress_window)
+            crate::operate::clock::human_duration(cfg.suppress_window)
         },
-        if cfg.checkpoint_path.is_some() {
-            "; open windows kept beside the checkpoint"
-        } else {
-            ""
+        match cfg.audit_source {
+            AuditSource::Stdin => "; windows open at the end of the input are summarised then",
+            AuditSource::File if cfg.checkpoint_path.is_none() => "",
+            _ => "; open windows kept beside the checkpoint",
         }
     ));
     b.push_str(&format!(
@@ -619,7 +979,8 @@ fn banner(cfg: &Config, rules_path: &Path, rules: &RuleSet, backend: &str, start
             b.push_str(&format!("    {own}  <- auto-added from K8S_NAMESPACE\n"));
         }
     }
-    if cfg.start_at == StartAt::Beginning && start.contains("beginning") {
+    if cfg.audit_source == AuditSource::File && cfg.start_at == StartAt::Beginning && from_beginning
+    {
         b.push_str("  note        START_AT=beginning: the whole existing log is evaluated\n");
     }
     // One record per banner line, so `kubectl logs` shows it as written (and json logs stay

@@ -14,9 +14,12 @@ use std::time::Duration;
 
 use crate::deliver::http_client::{ApiKey, BackendUrl, Client};
 use crate::deliver::{DeliveryOptions, RunMode};
+use crate::detect::cloud::Format;
 use crate::detect::DetectOptions;
 use crate::operate::log;
+use crate::operate::metrics::AuditSource;
 use crate::source::follow::{FollowOptions, StartAt};
+use crate::webhook::Token;
 
 /// (name, default, meaning) of every environment variable the agent reads.
 pub const VARS: &[(&str, &str, &str)] = &[
@@ -108,6 +111,46 @@ pub const VARS: &[(&str, &str, &str)] = &[
         "(none)",
         "local | daemonset: which fix a refused API key's message gives (healert.sh and daemonset.yaml set it)",
     ),
+    (
+        "AUDIT_SOURCE",
+        "file",
+        "where audit events come from: file (AUDIT_LOG_PATH) | webhook (kube-apiserver's audit webhook) | stdin (AUDIT_LOG_PATH=- too)",
+    ),
+    (
+        "AUDIT_FORMAT",
+        "auto",
+        "stdin and replay: auto | audit | eks | gke | aks (auto decides per record)",
+    ),
+    (
+        "AUDIT_WEBHOOK_ADDR",
+        "0.0.0.0:8765",
+        "webhook: address the audit webhook listens on (plain http)",
+    ),
+    (
+        "AUDIT_WEBHOOK_TOKEN",
+        "(none)",
+        "webhook: the bearer token the apiserver's webhook kubeconfig carries; only its length is ever logged",
+    ),
+    (
+        "AUDIT_WEBHOOK_INSECURE_NO_TOKEN",
+        "false",
+        "webhook: true accepts batches without a token (anyone who can reach the port can inject events)",
+    ),
+    (
+        "AUDIT_WEBHOOK_MAX_BODY",
+        "64MiB",
+        "webhook: largest batch accepted (413 beyond)",
+    ),
+    (
+        "SPOOL_PATH",
+        "/var/lib/healert-agent/spool",
+        "webhook: directory (created if missing) where accepted batches' friction events are kept until delivered",
+    ),
+    (
+        "SPOOL_MAX_BYTES",
+        "256MiB",
+        "webhook: undelivered spooled bytes before batches are answered 429",
+    ),
 ];
 
 #[derive(Debug, Clone)]
@@ -133,6 +176,14 @@ pub struct Config {
     pub log_format: log::Format,
     pub log_level: log::Level,
     pub mode: RunMode,
+    pub audit_source: AuditSource,
+    pub audit_format: Format,
+    pub webhook_addr: String,
+    pub webhook_token: Option<Token>,
+    pub webhook_no_token: bool,
+    pub webhook_max_body: u64,
+    pub spool_path: PathBuf,
+    pub spool_max_bytes: u64,
 }
 
 /// One bad variable.
@@ -404,6 +455,133 @@ impl Config {
                 RunMode::Unspecified
             }),
         };
+        let mut audit_source = match get("AUDIT_SOURCE") {
+            None => AuditSource::parse(default_of("AUDIT_SOURCE")).unwrap_or(AuditSource::File),
+            Some(v) => AuditSource::parse(&v).unwrap_or_else(|| {
+                err(
+                    "AUDIT_SOURCE",
+                    &v,
+                    "must be `file`, `webhook` or `stdin`".into(),
+                    "webhook",
+                );
+                AuditSource::File
+            }),
+        };
+        if audit_log_path.as_os_str() == "-" {
+            match audit_source {
+                AuditSource::File | AuditSource::Stdin => audit_source = AuditSource::Stdin,
+                AuditSource::Webhook => err(
+                    "AUDIT_LOG_PATH",
+                    "-",
+                    "means stdin, but AUDIT_SOURCE=webhook: unset one of them".into(),
+                    "/var/log/kubernetes/audit/audit.log",
+                ),
+            }
+        }
+        let audit_format = match get("AUDIT_FORMAT") {
+            None => Format::parse(default_of("AUDIT_FORMAT")).unwrap_or_default(),
+            Some(v) => Format::parse(&v).unwrap_or_else(|| {
+                err(
+                    "AUDIT_FORMAT",
+                    &v,
+                    "must be auto, audit, eks, gke or aks".into(),
+                    "eks",
+                );
+                Format::Auto
+            }),
+        };
+        let mut webhook_addr = get("AUDIT_WEBHOOK_ADDR")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|| default_of("AUDIT_WEBHOOK_ADDR").into());
+        if webhook_addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
+            err(
+                "AUDIT_WEBHOOK_ADDR",
+                &webhook_addr,
+                "must be HOST:PORT".into(),
+                "0.0.0.0:8765",
+            );
+            webhook_addr = default_of("AUDIT_WEBHOOK_ADDR").into();
+        }
+        let webhook_token = match get("AUDIT_WEBHOOK_TOKEN") {
+            None => None,
+            Some(t) => {
+                let t = t.trim().to_string();
+                if t.chars().any(|c| c.is_control() || c == ' ') {
+                    errs.borrow_mut().push(ConfigError {
+                        var: "AUDIT_WEBHOOK_TOKEN",
+                        value: format!("<redacted, {} bytes>", t.len()),
+                        problem:
+                            "contains spaces or control characters; a bearer token is one word"
+                                .into(),
+                        example: "<the token of the apiserver's webhook kubeconfig>".into(),
+                    });
+                    None
+                } else {
+                    Some(Token::new(t))
+                }
+            }
+        };
+        let webhook_no_token = match get("AUDIT_WEBHOOK_INSECURE_NO_TOKEN") {
+            None => false,
+            Some(v) => match v.trim().to_ascii_lowercase().as_str() {
+                "true" | "yes" | "1" => true,
+                "false" | "no" | "0" => false,
+                _ => {
+                    err(
+                        "AUDIT_WEBHOOK_INSECURE_NO_TOKEN",
+                        &v,
+                        "must be true or false".into(),
+                        "false",
+                    );
+                    false
+                }
+            },
+        };
+        if audit_source == AuditSource::Webhook && webhook_token.is_none() && !webhook_no_token {
+            let given = get("AUDIT_WEBHOOK_TOKEN").is_some();
+            if !given {
+                err(
+                    "AUDIT_WEBHOOK_TOKEN",
+                    "",
+                    "is required with AUDIT_SOURCE=webhook (requests without it get 401); to accept batches from anyone who can reach the port, set AUDIT_WEBHOOK_INSECURE_NO_TOKEN=true instead".into(),
+                    "$(head -c 32 /dev/urandom | base64)",
+                );
+            }
+        }
+        let size = |var: &'static str, min: u64, max: u64, example: &str| {
+            let fallback = parse_size(default_of(var)).unwrap_or(min);
+            match get(var) {
+                None => fallback,
+                Some(v) => match parse_size(&v) {
+                    Ok(n) if (min..=max).contains(&n) => n,
+                    Ok(_) => {
+                        err(
+                            var,
+                            &v,
+                            format!(
+                                "must be between {} and {}",
+                                human_size(min),
+                                human_size(max)
+                            ),
+                            example,
+                        );
+                        fallback
+                    }
+                    Err(p) => {
+                        err(var, &v, p, example);
+                        fallback
+                    }
+                },
+            }
+        };
+        let webhook_max_body = size("AUDIT_WEBHOOK_MAX_BODY", 64 << 10, 4 << 30, "64MiB");
+        let spool_max_bytes = size("SPOOL_MAX_BYTES", 64 << 10, 1 << 40, "256MiB");
+        let spool_path =
+            PathBuf::from(get("SPOOL_PATH").unwrap_or_else(|| default_of("SPOOL_PATH").into()));
 
         let cfg = Config {
             backend_url,
@@ -426,6 +604,14 @@ impl Config {
             log_format,
             log_level,
             mode,
+            audit_source,
+            audit_format,
+            webhook_addr,
+            webhook_token,
+            webhook_no_token,
+            webhook_max_body,
+            spool_path,
+            spool_max_bytes,
         };
         (cfg, errs.into_inner())
     }
@@ -453,6 +639,14 @@ impl Config {
             max_line_bytes: self.max_line_bytes,
             start_at: self.start_at,
         }
+    }
+
+    /// The webhook source's checkpoint: CHECKPOINT_PATH, else `checkpoint` in SPOOL_PATH (the
+    /// spool is only safe to shorten with one).
+    pub fn spool_checkpoint_path(&self) -> PathBuf {
+        self.checkpoint_path
+            .clone()
+            .unwrap_or_else(|| self.spool_path.join("checkpoint"))
     }
 
     /// The production delivery policy with the operator's knobs (MAX_EVENTS_PER_MINUTE,
@@ -495,6 +689,7 @@ pub fn replay_vars(send: bool) -> &'static [&'static str] {
         "K8S_NAMESPACE",
         "MAX_LINE_BYTES",
         "SUPPRESS_WINDOW",
+        "AUDIT_FORMAT",
     ];
     const SEND: &[&str] = &[
         "RULES_PATH",
@@ -502,6 +697,7 @@ pub fn replay_vars(send: bool) -> &'static [&'static str] {
         "K8S_NAMESPACE",
         "MAX_LINE_BYTES",
         "SUPPRESS_WINDOW",
+        "AUDIT_FORMAT",
         "HEALERT_BACKEND_URL",
         "HEALERT_API_KEY",
         "QUEUE_CAPACITY",
@@ -518,6 +714,16 @@ pub fn replay_vars(send: bool) -> &'static [&'static str] {
     } else {
         SCAN
     }
+}
+
+/// `64MiB`, `1GiB`, `4096`: a size as `parse_size` reads it back.
+pub fn human_size(n: u64) -> String {
+    for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+        if n >= 1 << shift && n % (1 << shift) == 0 {
+            return format!("{}{unit}", n >> shift);
+        }
+    }
+    n.to_string()
 }
 
 fn is_entity_safe(s: &str) -> bool {
@@ -541,6 +747,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "KiB" | "Ki" | "K" | "k" => 1 << 10,
         "MiB" | "Mi" | "M" => 1 << 20,
         "GiB" | "Gi" | "G" => 1 << 30,
+        "TiB" | "Ti" | "T" => 1 << 40,
         "KB" | "kB" => 1_000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
@@ -636,6 +843,13 @@ mod tests {
                 "MAX_EVENTS_PER_MINUTE" => c.max_events_per_minute.to_string(),
                 "LOG_FORMAT" => "text".into(),
                 "LOG_LEVEL" => c.log_level.as_str().into(),
+                "AUDIT_SOURCE" => c.audit_source.as_str().into(),
+                "AUDIT_FORMAT" => c.audit_format.as_str().into(),
+                "AUDIT_WEBHOOK_ADDR" => c.webhook_addr.clone(),
+                "AUDIT_WEBHOOK_INSECURE_NO_TOKEN" => c.webhook_no_token.to_string(),
+                "AUDIT_WEBHOOK_MAX_BODY" => human_size(c.webhook_max_body),
+                "SPOOL_PATH" => c.spool_path.display().to_string(),
+                "SPOOL_MAX_BYTES" => human_size(c.spool_max_bytes),
                 // No default value: off or unset.
                 _ => {
                     assert!(default.starts_with("(none"), "{name}: {default}");
@@ -651,6 +865,77 @@ mod tests {
             c.max_line_bytes,
             crate::source::lines::DEFAULT_MAX_LINE_BYTES
         );
+    }
+
+    #[test]
+    fn sources_and_the_webhook_token() {
+        let c = cfg(&[("AUDIT_LOG_PATH", "-")]).unwrap();
+        assert_eq!(c.audit_source, AuditSource::Stdin);
+        let c = cfg(&[("AUDIT_SOURCE", "Stdin"), ("AUDIT_FORMAT", "GKE")]).unwrap();
+        assert_eq!(
+            (c.audit_source, c.audit_format),
+            (AuditSource::Stdin, Format::Gke)
+        );
+        // The webhook needs a token, or an explicit opt-out.
+        let e = cfg(&[("AUDIT_SOURCE", "webhook")]).unwrap_err();
+        assert_eq!(e.len(), 1);
+        assert!(
+            e[0].to_string()
+                .starts_with("AUDIT_WEBHOOK_TOKEN=\"\": is required"),
+            "{}",
+            e[0]
+        );
+        assert!(e[0]
+            .to_string()
+            .contains("AUDIT_WEBHOOK_INSECURE_NO_TOKEN=true"));
+        let c = cfg(&[
+            ("AUDIT_SOURCE", "webhook"),
+            ("AUDIT_WEBHOOK_INSECURE_NO_TOKEN", "true"),
+        ])
+        .unwrap();
+        assert!(c.webhook_no_token && c.webhook_token.is_none());
+        let c = cfg(&[
+            ("AUDIT_SOURCE", "webhook"),
+            ("AUDIT_WEBHOOK_TOKEN", "t0k3n-secret\n"),
+            ("SPOOL_PATH", "/tmp/s"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.webhook_token.as_ref().map(|t| t.expose()),
+            Some("t0k3n-secret")
+        );
+        assert!(!format!("{c:?}").contains("t0k3n"));
+        assert_eq!(
+            c.spool_checkpoint_path(),
+            PathBuf::from("/tmp/s/checkpoint")
+        );
+        let e = cfg(&[
+            ("AUDIT_SOURCE", "kafka"),
+            ("AUDIT_FORMAT", "splunk"),
+            ("AUDIT_WEBHOOK_ADDR", "8765"),
+            ("AUDIT_WEBHOOK_TOKEN", "two words"),
+            ("AUDIT_WEBHOOK_MAX_BODY", "1KiB"),
+            ("SPOOL_MAX_BYTES", "lots"),
+            ("AUDIT_WEBHOOK_INSECURE_NO_TOKEN", "maybe"),
+        ])
+        .unwrap_err();
+        let text: Vec<String> = e.iter().map(|e| e.to_string()).collect();
+        assert_eq!(text.len(), 7, "{text:?}");
+        assert!(text.iter().all(|t| !t.contains("two words")));
+        assert!(
+            text.iter()
+                .any(|t| t
+                    .contains("AUDIT_WEBHOOK_MAX_BODY=\"1KiB\": must be between 64KiB and 4GiB"))
+        );
+        let e = cfg(&[
+            ("AUDIT_SOURCE", "webhook"),
+            ("AUDIT_LOG_PATH", "-"),
+            ("AUDIT_WEBHOOK_INSECURE_NO_TOKEN", "true"),
+        ])
+        .unwrap_err();
+        assert!(e[0]
+            .to_string()
+            .contains("means stdin, but AUDIT_SOURCE=webhook"));
     }
 
     #[test]

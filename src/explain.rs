@@ -78,7 +78,7 @@ pub fn run(args: ExplainArgs) -> ExitCode {
         Ok(x) => x,
         Err(code) => return code,
     };
-    let mut input = match Input::open(reader, cfg.max_line_bytes) {
+    let mut input = match Input::open_format(reader, cfg.max_line_bytes, cfg.audit_format) {
         Ok(i) => i,
         Err(e) => {
             eprintln!(

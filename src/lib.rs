@@ -25,6 +25,7 @@ pub mod pipeline;
 pub mod replay;
 pub mod source;
 pub mod validate;
+pub mod webhook;
 
 /// The agent's version, as printed by `healert-agent version` and sent as User-Agent.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -184,10 +184,14 @@ Subcommands:
   run (default)   Follow AUDIT_LOG_PATH, detect friction with RULES_PATH, deliver every event to
                   HEALERT_BACKEND_URL/events. Survives rotation, restarts (CHECKPOINT_PATH) and
                   backend outages. SIGTERM/SIGINT: drain and stop; SIGHUP: reload rules.
+                  AUDIT_SOURCE=webhook serves kube-apiserver's audit webhook instead (spooled
+                  to SPOOL_PATH before each 200); AUDIT_SOURCE=stdin (or AUDIT_LOG_PATH=-)
+                  reads stdin to its end: audit lines or a cloud CLI's output (AUDIT_FORMAT).
   validate [PATH] Check a rules file (default: $RULES_PATH, then ./rules.yaml) and list its rules.
                   Exit 0 valid (warnings allowed), 1 invalid, 2 unreadable.
-  replay FILE|-   Evaluate a whole audit log (NDJSON or an EventList document; - for stdin) and
-                  print each friction event as one JSON line on stdout, a summary on stderr.
+  replay FILE|-   Evaluate a whole audit log (NDJSON, an EventList document, or EKS/GKE/AKS
+                  log output, see AUDIT_FORMAT; - for stdin) and print each friction event as
+                  one JSON line on stdout, a summary on stderr.
                     --rules PATH  rules file (default: $RULES_PATH, then ./rules.yaml)
                     --send        also deliver the events to the backend (back-filling)
                     --no-suppress every match, as detection sees it
@@ -203,8 +207,8 @@ Subcommands:
   version         Print the version.
 
 Environment (run reads all; replay, explain and test read RULES_PATH, ENTITY_NAMESPACE,
-K8S_NAMESPACE, MAX_LINE_BYTES, SUPPRESS_WINDOW, and replay --send also the backend, delivery and
-log ones):
+K8S_NAMESPACE, MAX_LINE_BYTES, SUPPRESS_WINDOW, AUDIT_FORMAT, and replay --send also the
+backend, delivery and log ones):
 ",
         usage()
     );

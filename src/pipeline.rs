@@ -23,7 +23,7 @@ use crate::operate::log::Throttle;
 use crate::operate::metrics::Metrics;
 use crate::source::prune::{prune_all, Caps, PruneError, PruneErrorKind};
 use crate::source::{Next, Place, Read, Source, Unreadable};
-use crate::warn;
+use crate::{info, warn};
 
 /// Where to resume: the first place not acknowledged, and how many events of the record that
 /// starts there were already accepted (a checkpoint's `offset` and `skip_events`).
@@ -201,7 +201,7 @@ fn judge(
     let Verdict::Malformed(strict) = verdict else {
         return (verdict, None);
     };
-    if how != Read::Whole {
+    if !matches!(how, Read::Whole | Read::Unwrapped) {
         // Pruned records are small and already what the rules read.
         return (Verdict::Malformed(strict), None);
     }
@@ -313,6 +313,9 @@ pub fn drop_reason(why: &Unreadable) -> &'static str {
             PruneErrorKind::TooDeep => "too_deep",
             _ => "malformed",
         },
+        Unreadable::Truncated { .. } => "truncated",
+        Unreadable::UnknownFormat { .. } => "unknown_format",
+        Unreadable::NotAudit { .. } => "not_audit",
     }
 }
 
@@ -352,7 +355,10 @@ impl TroubleLog {
             Step::Skipped { why, .. } => {
                 let id = match why {
                     Unreadable::Pruner(e) => e.audit_id.as_deref(),
-                    Unreadable::OverCap => None,
+                    Unreadable::Truncated { audit_id } => audit_id.as_deref(),
+                    Unreadable::OverCap
+                    | Unreadable::UnknownFormat { .. }
+                    | Unreadable::NotAudit { .. } => None,
                 };
                 (drop_reason(why), id, why.to_string(), true)
             }
@@ -366,7 +372,22 @@ impl TroubleLog {
             return;
         };
         let audit_id = audit_id.unwrap_or("(unreadable)");
-        if dropped {
+        if kind == "not_audit" {
+            // Expected where a log export carries other categories too: said, not warned.
+            info!(
+                "records that are not audit events are skipped (counted in healert_agent_lines_dropped_total{reason=\"not_audit\"})",
+                "at" => at(),
+                "what" => what,
+                "more_of_this_kind_last_minute" => others,
+            );
+        } else if kind == "unknown_format" {
+            warn!(
+                "a record matches no input format the agent reads; it is skipped",
+                "at" => at(),
+                "why" => what,
+                "more_of_this_kind_last_minute" => others,
+            );
+        } else if dropped {
             warn!(
                 "an audit line could not be evaluated; it is skipped",
                 "kind" => kind,

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{self, Chain, Cursor, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -19,19 +19,13 @@ use std::time::{Duration, Instant};
 use crate::config::{self, Config};
 use crate::deliver::suppress::{Clock, Decision, Suppressor};
 use crate::deliver::{self, Queue, SenderHandle};
-use crate::detect::audit::extract;
-use crate::detect::audit::{EVENT_LIST, EVENT_SPEC};
-use crate::detect::json::ErrorKind;
+use crate::detect::cloud::{CloudSource, Format};
 use crate::detect::rules::{self, Diagnostic, Level, LoadError};
 use crate::detect::{Detector, FrictionEvent, LineVerdict, Verdict};
 use crate::operate::log::{self as oplog, sanitize};
 use crate::operate::metrics::Metrics;
 use crate::operate::signal;
 use crate::pipeline::{drop_reason, Feeder, Stage, Step, Trouble};
-use crate::source::bytes::find_byte;
-use crate::source::document::DocumentSource;
-use crate::source::prune::Caps;
-use crate::source::stream::StreamSource;
 use crate::source::{Next, Read as How, Source};
 
 /// Arguments of `healert-agent replay`.
@@ -80,21 +74,16 @@ pub struct Stats {
     pub recovered: u64,
     /// Records pruned out of lines over MAX_LINE_BYTES (one per event, one per list item).
     pub streamed: u64,
+    /// Audit events read out of cloud envelopes (CloudWatch messages, AKS records, GKE entries).
+    pub unwrapped: u64,
     /// Lines (or list items) not evaluated, per reason.
     pub dropped: BTreeMap<&'static str, u64>,
     /// Lines (or records of a streamed line) that could not be read at all.
     pub unreadable: u64,
     /// The first few damaged or unreadable lines: (1-based line number, what happened).
     pub first_problems: Vec<(u64, String)>,
-    input_kind: InputKind,
-}
-
-/// What replay read.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum InputKind {
-    #[default]
-    Lines,
-    Document,
+    /// MAX_LINE_BYTES of the scan (a longer span that is skipped is an over-long line).
+    max_line: u64,
 }
 
 /// How many malformed lines the summary describes one by one.
@@ -142,6 +131,13 @@ impl Stats {
                 return;
             }
             Step::Record {
+                how: How::Unwrapped,
+                ..
+            } => {
+                self.unwrapped += 1;
+                return;
+            }
+            Step::Record {
                 how: How::Streamed,
                 verdict,
                 start,
@@ -159,7 +155,7 @@ impl Stats {
             Step::Skipped { why, start, end } => {
                 *self.dropped.entry(drop_reason(why)).or_insert(0) += 1;
                 self.unreadable += 1;
-                if end > start && matches!(self.input_kind, InputKind::Lines) {
+                if end.saturating_sub(*start) > self.max_line {
                     self.oversized += 1;
                 }
                 (format!("not evaluated: {why}"), self.lines + 1)
@@ -196,95 +192,26 @@ impl Stats {
     }
 }
 
-fn is_blank(b: &[u8]) -> bool {
-    b.iter().all(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n'))
-}
-
-/// Whether the first non-blank line opens a multi-line JSON document rather than being an
-/// NDJSON line (complete, or truncated).
-fn starts_document(first: &[u8]) -> bool {
-    let t = first.trim_ascii();
-    if t == b"{" {
-        return true;
-    }
-    t.first() == Some(&b'{')
-        && t.windows(11).any(|w| w == b"\"EventList\"")
-        && extract(t).is_err_and(|e| e.kind == ErrorKind::UnexpectedEnd)
-}
-
-/// How far ahead [`Input::open`] looks for the end of the first non-blank line.
-const SNIFF: usize = 64 << 10;
-
-type Sniffed<R> = Chain<Cursor<Vec<u8>>, R>;
-
-/// What replay reads: lines (NDJSON; a line over MAX_LINE_BYTES, such as a compact EventList
-/// export, is streamed item by item), or — when the first non-blank line opens a multi-line
-/// JSON document (a pretty-printed EventList) — that document, streamed item by item.
-pub enum Input<R> {
-    Lines(StreamSource<Sniffed<R>>),
-    Document(DocumentSource<Sniffed<R>>),
-}
+/// What replay reads: audit lines (NDJSON; a line over MAX_LINE_BYTES, such as a compact
+/// EventList export, is streamed item by item), documents over several lines (a pretty-printed
+/// EventList, streamed item by item), and the cloud formats `AUDIT_FORMAT` allows (see
+/// [`CloudSource`]), decided record by record. Memory stays bounded whatever the input's size.
+pub struct Input<R>(CloudSource<R>);
 
 impl<R: Read> Input<R> {
-    /// Looks at the first non-blank line (at most 64 KiB ahead) to tell NDJSON from a
-    /// pretty-printed document. Memory stays bounded whatever the input's size.
-    pub fn open(mut input: R, max_line: usize) -> io::Result<Input<R>> {
-        let mut prefix = Vec::new();
-        let mut at = 0usize;
-        let document = loop {
-            while let Some(i) = find_byte(&prefix[at..], b'\n') {
-                if !is_blank(&prefix[at..at + i]) {
-                    break;
-                }
-                at += i + 1;
-            }
-            if let Some(i) = find_byte(&prefix[at..], b'\n') {
-                break starts_document(&prefix[at..at + i]);
-            }
-            if prefix.len() >= SNIFF {
-                // A first line this long is a line (streamed if over the cap), not the
-                // opening of a pretty-printed document.
-                break false;
-            }
-            let old = prefix.len();
-            prefix.resize(SNIFF, 0);
-            let n = loop {
-                match input.read(&mut prefix[old..]) {
-                    Ok(n) => break n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                }
-            };
-            prefix.truncate(old + n);
-            if n == 0 {
-                let rest = &prefix[at..];
-                break !is_blank(rest) && starts_document(rest);
-            }
-        };
-        let all = Cursor::new(prefix).chain(input);
-        Ok(if document {
-            Input::Document(DocumentSource::new(
-                all,
-                EVENT_SPEC,
-                EVENT_LIST,
-                Caps::default(),
-                false,
-            ))
-        } else {
-            Input::Lines(StreamSource::new(all, max_line).streaming_long_lines(
-                EVENT_SPEC,
-                EVENT_LIST,
-                Caps::default(),
-            ))
-        })
+    /// Every format ([`Format::Auto`]).
+    pub fn open(input: R, max_line: usize) -> io::Result<Input<R>> {
+        Input::open_format(input, max_line, Format::Auto)
+    }
+
+    /// The formats `format` names.
+    pub fn open_format(input: R, max_line: usize, format: Format) -> io::Result<Input<R>> {
+        Ok(Input(CloudSource::new(input, max_line, format)))
     }
 
     /// The read error that ended the input early, if any.
     pub fn take_error(&mut self) -> Option<io::Error> {
-        match self {
-            Input::Lines(s) => s.take_error(),
-            Input::Document(d) => d.take_error(),
-        }
+        self.0.take_error()
     }
 }
 
@@ -292,17 +219,11 @@ impl<R: Read> Source for Input<R> {
     type Pos = u64;
 
     fn next(&mut self) -> Next<'_, u64> {
-        match self {
-            Input::Lines(s) => s.next(),
-            Input::Document(d) => d.next(),
-        }
+        self.0.next()
     }
 
     fn position(&self) -> u64 {
-        match self {
-            Input::Lines(s) => s.position(),
-            Input::Document(d) => d.position(),
-        }
+        self.0.position()
     }
 
     fn describe(&self, place: &u64) -> String {
@@ -331,14 +252,22 @@ pub fn scan_capped<R: Read>(
     input: R,
     det: &Detector,
     max_line: usize,
+    sink: impl FnMut(Record<'_>) -> io::Result<()>,
+) -> io::Result<Stats> {
+    scan_format(input, det, max_line, Format::Auto, sink)
+}
+
+/// [`scan_capped`] reading only the formats `format` names (`AUDIT_FORMAT`).
+pub fn scan_format<R: Read>(
+    input: R,
+    det: &Detector,
+    max_line: usize,
+    format: Format,
     mut sink: impl FnMut(Record<'_>) -> io::Result<()>,
 ) -> io::Result<Stats> {
-    let input = Input::open(input, max_line)?;
+    let input = Input::open_format(input, max_line, format)?;
     let mut st = Stats {
-        input_kind: match &input {
-            Input::Lines(_) => InputKind::Lines,
-            Input::Document(_) => InputKind::Document,
-        },
+        max_line: max_line as u64,
         ..Stats::default()
     };
     let mut stage = Stage::new(input, det.clone(), None);
@@ -369,12 +298,11 @@ pub fn scan_capped<R: Read>(
             events: &events,
         })?;
     }
-    if let Input::Document(d) = stage.source() {
-        // A document counts its lines and every byte read.
-        st.lines = d.lines_read();
-        st.bytes = d.bytes_read();
-        st.event_lists += u64::from(d.is_list());
-    }
+    // Lines and bytes of the input, whatever records they held.
+    let src = &stage.source().0;
+    st.lines = src.lines_read();
+    st.bytes = src.bytes_read().max(st.bytes);
+    st.event_lists += src.documents().1;
     match stage.source_mut().take_error() {
         Some(e) => Err(e),
         None => Ok(st),
@@ -433,6 +361,13 @@ pub fn summary(st: &Stats, elapsed_s: f64, cpu_s: Option<f64>, rss_kb: Option<u6
             s,
             "  EventList documents: {} ({} items)",
             st.event_lists, st.list_items
+        );
+    }
+    if st.unwrapped > 0 {
+        let _ = writeln!(
+            s,
+            "  audit events read out of cloud envelopes (CloudWatch, GKE, AKS): {}",
+            st.unwrapped
         );
     }
     if st.recovered > 0 {
@@ -604,7 +539,7 @@ pub fn run(args: ReplayArgs) -> ExitCode {
             *closed = err.kind() == io::ErrorKind::BrokenPipe;
         })
     };
-    let mut result = scan_capped(input, &det, cfg.max_line_bytes, |rec| {
+    let mut result = scan_format(input, &det, cfg.max_line_bytes, cfg.audit_format, |rec| {
         progress.tick(rec.end);
         if let Some(f) = feeder.as_mut() {
             if signal::terminate_requests() > 0
@@ -1048,10 +983,6 @@ mod tests {
             (st.lines, st.malformed, st.events, recs.len()),
             (2, 1, 1, 2)
         );
-        assert!(starts_document(b"  {  \r"));
-        assert!(starts_document(b"{\"kind\":\"EventList\",\"items\":["));
-        assert!(!starts_document(&EXEC.as_bytes()[..60]));
-        assert!(!starts_document(b"{\"kind\":\"EventList\",\"items\":[]}"));
     }
 
     #[test]

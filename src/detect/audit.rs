@@ -37,14 +37,16 @@ static EVENT_MEMBERS: [(&str, Keep); 11] = [
 /// The container kind whose `items` are events.
 pub const EVENT_LIST: &str = "EventList";
 
-static USER: &Spec = &[("username", Keep::Value)];
-static OBJECT_REF: &Spec = &[
+/// `user`, `objectRef` and request/response bodies as the specs above keep them (the cloud
+/// inputs' spec, `crate::detect::cloud`, keeps them the same way).
+pub static USER: &Spec = &[("username", Keep::Value)];
+pub static OBJECT_REF: &Spec = &[
     ("resource", Keep::Value),
     ("subresource", Keep::Value),
     ("namespace", Keep::Value),
     ("name", Keep::Value),
 ];
-static BODY: &Spec = &[("metadata", Keep::Search(METADATA))];
+pub static BODY: &Spec = &[("metadata", Keep::Search(METADATA))];
 static METADATA: &Spec = &[("annotations", Keep::Value)];
 
 /// The fields of one audit event that detection uses. Strings borrow from the line unless

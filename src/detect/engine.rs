@@ -112,9 +112,17 @@ pub struct Detector {
 }
 
 /// Whether a `ignore_system` rule skips this user: every `system:` user except `system:admin`
-/// and `system:masters` is internal (service accounts, nodes, controllers, anonymous).
+/// and `system:masters` is internal (service accounts, nodes, controllers, anonymous); so are
+/// the managed control planes' own identities: EKS's `eks:*` components (`eks:addon-manager`,
+/// `eks:node-manager`...), Google service accounts (`…@….gserviceaccount.com`, GKE's
+/// principal emails of robots and workloads) and AKS's `aksService`. People stay people
+/// however they authenticate: an EKS user mapped by aws-iam-authenticator (`kubernetes-admin`,
+/// an IAM ARN), a GKE principal email, an OIDC name.
 pub fn is_internal_actor(username: &str) -> bool {
-    username.starts_with("system:") && username != "system:admin" && username != "system:masters"
+    (username.starts_with("system:") && username != "system:admin" && username != "system:masters")
+        || username.starts_with("eks:")
+        || username.ends_with(".gserviceaccount.com")
+        || username == "aksService"
 }
 
 impl Detector {
@@ -737,6 +745,19 @@ mod tests {
             ("system:", true),
             ("System:admin", false),
             ("", false),
+            // Managed control planes: their components are not people, their users are.
+            ("eks:addon-manager", true),
+            ("eks:node-manager", true),
+            ("kubernetes-admin", false),
+            ("arn:aws:sts::123456789012:assumed-role/Admin/alice", false),
+            ("alice@example.com", false),
+            (
+                "container-engine-robot@some-project.iam.gserviceaccount.com",
+                true,
+            ),
+            ("123456789-compute@developer.gserviceaccount.com", true),
+            ("aksService", true),
+            ("masterclient", false),
         ] {
             assert_eq!(is_internal_actor(u), internal, "{u}");
         }

@@ -48,8 +48,61 @@ impl BackendState {
     }
 }
 
+/// Where audit records come from (`AUDIT_SOURCE`): one per process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum AuditSource {
+    /// The audit log file, followed across rotations (the default).
+    File = 0,
+    /// Standard input: audit lines or a cloud CLI's output, read to its end.
+    Stdin = 1,
+    /// kube-apiserver's audit webhook, spooled to disk before it is acknowledged.
+    Webhook = 2,
+}
+
+impl AuditSource {
+    pub const ALL: [AuditSource; 3] = [AuditSource::File, AuditSource::Stdin, AuditSource::Webhook];
+
+    pub fn from_u8(v: u8) -> AuditSource {
+        match v {
+            1 => AuditSource::Stdin,
+            2 => AuditSource::Webhook,
+            _ => AuditSource::File,
+        }
+    }
+
+    /// The name `AUDIT_SOURCE` takes, used in labels and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditSource::File => "file",
+            AuditSource::Stdin => "stdin",
+            AuditSource::Webhook => "webhook",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AuditSource> {
+        AuditSource::ALL
+            .into_iter()
+            .find(|a| a.as_str().eq_ignore_ascii_case(s.trim()))
+    }
+}
+
 #[derive(Debug)]
 pub struct Metrics {
+    /// The active [`AuditSource`] (`as u8`).
+    pub source: AtomicU8,
+    // webhook
+    /// Requests answered by the webhook, per HTTP status.
+    pub webhook_requests: Mutex<BTreeMap<u16, u64>>,
+    /// Audit events received in webhook batches (items of the EventLists).
+    pub webhook_events_received: AtomicU64,
+    /// Items written to the spool (each produced at least one friction event).
+    pub webhook_events_spooled: AtomicU64,
+    /// Items not spooled again because every (auditID, rule) they produce was spooled before
+    /// (a batch re-sent by kube-apiserver).
+    pub webhook_duplicates: AtomicU64,
+    /// Spooled bytes not yet acknowledged by the checkpoint.
+    pub spool_backlog_bytes: AtomicU64,
     // follow
     pub lines_read: AtomicU64,
     pub bytes_read: AtomicU64,
@@ -154,6 +207,12 @@ impl Heartbeat {
 impl Metrics {
     pub const fn new() -> Metrics {
         Metrics {
+            source: AtomicU8::new(0),
+            webhook_requests: Mutex::new(BTreeMap::new()),
+            webhook_events_received: AtomicU64::new(0),
+            webhook_events_spooled: AtomicU64::new(0),
+            webhook_duplicates: AtomicU64::new(0),
+            spool_backlog_bytes: AtomicU64::new(0),
             lines_read: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
             oversized_lines: AtomicU64::new(0),
@@ -223,6 +282,20 @@ impl Metrics {
 
     pub fn inc_summary(&self, rule: &str) {
         bump(&self.suppress_summaries, rule.to_string());
+    }
+
+    /// A webhook request answered with `status`.
+    pub fn inc_webhook_request(&self, status: u16) {
+        bump(&self.webhook_requests, status);
+    }
+
+    /// The active source, as set by [`Metrics::set_source`].
+    pub fn source(&self) -> AuditSource {
+        AuditSource::from_u8(self.source.load(Ordering::Relaxed))
+    }
+
+    pub fn set_source(&self, s: AuditSource) {
+        self.source.store(s as u8, Ordering::Relaxed);
     }
 
     pub fn inc_sent(&self, rule: &str) {
@@ -318,6 +391,19 @@ pub fn render_prometheus_at(m: &Metrics, now_ms: u64) -> String {
         &[],
         Seconds(ld(&m.started_unix_ms)),
     );
+    w.family(
+        "healert_agent_audit_source",
+        "gauge",
+        "1 for the source audit records come from (AUDIT_SOURCE), 0 for the others.",
+    );
+    let active = m.source();
+    for s in AuditSource::ALL {
+        w.sample(
+            "healert_agent_audit_source",
+            &[("source", s.as_str())],
+            u8::from(s == active),
+        );
+    }
 
     // Follow.
     for (name, help, v) in [
@@ -408,9 +494,17 @@ pub fn render_prometheus_at(m: &Metrics, now_ms: u64) -> String {
     w.family(
         "healert_agent_lines_dropped_total",
         "counter",
-        "Lines (or records of a streamed line) not evaluated, per reason: malformed, too_large, too_deep, over_max_line.",
+        "Lines (or records of a streamed line) not evaluated, per reason: malformed, too_large, too_deep, over_max_line, truncated (a cloud log message cut short), unknown_format (no input format matches), not_audit (a record that is not an audit event).",
     );
-    for reason in ["malformed", "too_large", "too_deep", "over_max_line"] {
+    for reason in [
+        "malformed",
+        "too_large",
+        "too_deep",
+        "over_max_line",
+        "truncated",
+        "unknown_format",
+        "not_audit",
+    ] {
         w.sample(
             "healert_agent_lines_dropped_total",
             &[("reason", reason)],
@@ -559,6 +653,61 @@ pub fn render_prometheus_at(m: &Metrics, now_ms: u64) -> String {
         w.family(name, "counter", help);
         w.sample(name, &[], ld(v));
     }
+    if active == AuditSource::Webhook {
+        let requests = snapshot(&m.webhook_requests);
+        w.family(
+            "healert_agent_webhook_requests_total",
+            "counter",
+            "Requests to the audit webhook, per HTTP status answered.",
+        );
+        for code in [200u16, 400, 401, 413, 429] {
+            w.sample(
+                "healert_agent_webhook_requests_total",
+                &[("code", &code.to_string())],
+                requests.get(&code).copied().unwrap_or(0),
+            );
+        }
+        for (code, n) in requests
+            .iter()
+            .filter(|(c, _)| ![200, 400, 401, 413, 429].contains(*c))
+        {
+            w.sample(
+                "healert_agent_webhook_requests_total",
+                &[("code", &code.to_string())],
+                *n,
+            );
+        }
+        for (name, help, v) in [
+            (
+                "healert_agent_webhook_events_received_total",
+                "Audit events received in webhook batches.",
+                &m.webhook_events_received,
+            ),
+            (
+                "healert_agent_webhook_events_spooled_total",
+                "Audit events written to the spool (each produced a friction event).",
+                &m.webhook_events_spooled,
+            ),
+            (
+                "healert_agent_webhook_duplicates_total",
+                "Audit events received again (same auditID and rule) and not spooled twice.",
+                &m.webhook_duplicates,
+            ),
+        ] {
+            w.family(name, "counter", help);
+            w.sample(name, &[], ld(v));
+        }
+        w.family(
+            "healert_agent_spool_backlog_bytes",
+            "gauge",
+            "Spooled bytes the checkpoint has not passed yet (SPOOL_MAX_BYTES caps it: 429 beyond).",
+        );
+        w.sample(
+            "healert_agent_spool_backlog_bytes",
+            &[],
+            ld(&m.spool_backlog_bytes),
+        );
+    }
     w.family(
         "healert_agent_queue_depth",
         "gauge",
@@ -678,8 +827,16 @@ pub fn readiness(m: &Metrics) -> (bool, String) {
     if m.rules_loaded.load(Ordering::Relaxed) == 0 {
         problems.push("no rules loaded".to_string());
     }
+    let source = m.source();
     if m.log_open.load(Ordering::Relaxed) != 1 {
-        problems.push("audit log not open".to_string());
+        problems.push(
+            match source {
+                AuditSource::File => "audit log not open",
+                AuditSource::Stdin => "stdin not open",
+                AuditSource::Webhook => "spool not open",
+            }
+            .to_string(),
+        );
     }
     let since = m.backend_since_unix_ms.load(Ordering::Relaxed);
     let since = if since == 0 {
@@ -723,7 +880,7 @@ pub fn readiness(m: &Metrics) -> (bool, String) {
         }
     }
     if problems.is_empty() {
-        (true, "ready".to_string())
+        (true, format!("ready (source: {})", source.as_str()))
     } else {
         (false, problems.join("; "))
     }
@@ -898,7 +1055,13 @@ mod tests {
         assert_eq!(why, "no rules loaded; audit log not open");
         m.rules_loaded.store(3, Ordering::Relaxed);
         m.log_open.store(1, Ordering::Relaxed);
-        assert_eq!(readiness(&m), (true, "ready".to_string()));
+        assert_eq!(readiness(&m), (true, "ready (source: file)".to_string()));
+        m.set_source(AuditSource::Webhook);
+        assert_eq!(readiness(&m), (true, "ready (source: webhook)".to_string()));
+        m.log_open.store(0, Ordering::Relaxed);
+        assert_eq!(readiness(&m), (false, "spool not open".to_string()));
+        m.log_open.store(1, Ordering::Relaxed);
+        m.set_source(AuditSource::File);
         m.set_backend_status(401);
         m.set_backend_state(BackendState::Unauthorized);
         let (ok, why) = readiness(&m);

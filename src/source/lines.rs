@@ -61,6 +61,15 @@ pub enum Unreadable {
     OverCap,
     /// The pruner could not read it (or one of its records) unambiguously within its caps.
     Pruner(PruneError),
+    /// A cloud log message cut short by the log service (CloudWatch appends `[Truncated...]`
+    /// past 256 KB): what is missing cannot be guessed. The `auditID`, when readable.
+    Truncated { audit_id: Option<String> },
+    /// A record of no input format the agent reads (`format`: `AUDIT_FORMAT`); `head`: its
+    /// first bytes, sanitised.
+    UnknownFormat { format: &'static str, head: String },
+    /// A record that is not an audit event by its own account (an AKS diagnostic record of
+    /// another category, a CloudWatch control message, a GKE entry of another service).
+    NotAudit { what: String },
 }
 
 impl std::fmt::Display for Unreadable {
@@ -68,6 +77,14 @@ impl std::fmt::Display for Unreadable {
         match self {
             Unreadable::OverCap => f.write_str("longer than MAX_LINE_BYTES; skipped unread"),
             Unreadable::Pruner(e) => write!(f, "{e}"),
+            Unreadable::Truncated { .. } => f.write_str(
+                "the log service truncated the message (it ends in `[Truncated...]`); the event cannot be read whole",
+            ),
+            Unreadable::UnknownFormat { format, head } => write!(
+                f,
+                "matches no input format of AUDIT_FORMAT={format}; it starts with `{head}`"
+            ),
+            Unreadable::NotAudit { what } => write!(f, "not an audit event: {what}"),
         }
     }
 }

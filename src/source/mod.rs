@@ -73,6 +73,10 @@ pub enum Read {
     Streamed,
     /// One item of a document (an `EventList` read item by item).
     Item,
+    /// Taken out of a cloud log envelope: a CloudWatch message, an AKS record's
+    /// `properties.log`, or a GKE Cloud Audit Log entry mapped to an audit event. Evaluated
+    /// like a whole line (a damaged one is recovered the same way).
+    Unwrapped,
 }
 
 /// An input of audit records. See the module documentation.

@@ -285,6 +285,11 @@ impl Pruner {
         self.error.as_ref()
     }
 
+    /// Whether the top-level value is complete (more than whitespace after it is an error).
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
     /// Whether the top-level value turned out to be a container of records.
     pub fn is_container(&self) -> bool {
         self.container

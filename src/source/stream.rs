@@ -1,5 +1,6 @@
 //! A byte stream read once to its end (`replay FILE`, `replay -`): complete lines through the
-//! shared [`LineBuffer`], places as byte offsets into the stream.
+//! shared [`LineBuffer`], places as byte offsets into the stream; and [`Background`], a stream
+//! read on a thread of its own so that a live pipe (`run` on stdin) never blocks its reader.
 
 use std::io::{self, Read};
 
@@ -116,6 +117,78 @@ impl<R: Read> Source for StreamSource<R> {
 
     fn describe(&self, place: &u64) -> String {
         format!("offset {place}")
+    }
+}
+
+/// A `Read` fed by a thread of its own (stdin of `run`), so that its caller never blocks on
+/// it: `WouldBlock` while nothing new arrived, `Ok(0)` once the input ended, a read error as
+/// it happened. At most a few chunks wait between the thread and the caller.
+pub struct Background {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    at: usize,
+    ended: bool,
+}
+
+impl Background {
+    /// Starts the reading thread.
+    pub fn spawn<R: Read + Send + 'static>(mut input: R, name: &str) -> io::Result<Background> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(4);
+        std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || loop {
+                let mut buf = vec![0u8; 64 << 10];
+                match input.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        if tx.send(Ok(buf)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                }
+            })?;
+        Ok(Background {
+            rx,
+            chunk: Vec::new(),
+            at: 0,
+            ended: false,
+        })
+    }
+}
+
+impl Read for Background {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        use std::sync::mpsc::TryRecvError;
+        if self.at == self.chunk.len() {
+            if self.ended {
+                return Ok(0);
+            }
+            match self.rx.try_recv() {
+                Ok(Ok(c)) => {
+                    self.chunk = c;
+                    self.at = 0;
+                }
+                Ok(Err(e)) => {
+                    self.ended = true;
+                    return Err(e);
+                }
+                Err(TryRecvError::Empty) => return Err(io::ErrorKind::WouldBlock.into()),
+                Err(TryRecvError::Disconnected) => {
+                    self.ended = true;
+                    return Ok(0);
+                }
+            }
+        }
+        let n = out.len().min(self.chunk.len() - self.at);
+        out[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
     }
 }
 

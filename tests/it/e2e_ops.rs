@@ -1131,7 +1131,7 @@ fn readyz_flips_to_503_while_the_backend_fails_and_back_when_it_recovers() {
     assert_eq!(http_get(addr, "/healthz").unwrap().status, 200);
     wait_total(&[&sink], 6, "after the outage", &a);
     wait_http(&mut a, addr, "/readyz", |r| {
-        r.status == 200 && r.body == "ready\n"
+        r.status == 200 && r.body == "ready (source: file)\n"
     });
     let err = a.stop();
     assert_exactly_once(&[&sink], &expected_exec(&toks), &err);

@@ -3,6 +3,7 @@
 //! process control) live in `support`.
 
 mod cli;
+mod cloud;
 mod deliver;
 mod detect;
 mod e2e_follow;
@@ -22,3 +23,4 @@ mod soak;
 mod support;
 mod unseen;
 mod walkthrough;
+mod webhook;

@@ -454,7 +454,7 @@ fn endpoints_methods_and_content_types() {
     m.rules_loaded.store(1, Ordering::Relaxed);
     m.log_open.store(1, Ordering::Relaxed);
     let r = get(a, "/readyz");
-    assert_eq!((r.status, r.body.as_str()), (200, "ready\n"));
+    assert_eq!((r.status, r.body.as_str()), (200, "ready (source: file)\n"));
 
     let r = get(a, "/metrics");
     assert_eq!(r.status, 200);

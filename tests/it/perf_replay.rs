@@ -125,12 +125,18 @@ fn odd_lines_are_counted_and_skipped() {
     assert_eq!(events[0]["actor"], "jürgen & zoë");
     // Not JSON, truncated, [1,2,3], null, trailing data, a raw NUL (gen::odd_lines); a lone
     // surrogate is valid JSON (U+FFFD), and 100 000 levels deep in a field no rule reads is
-    // recovered (issue 14). The rest are blank, skipped stages or evaluated.
+    // recovered (issue 14). An object with none of an audit event's or a cloud envelope's
+    // members (`{"a":1e999999,...}`) matches no input format (issue 15). The rest are blank,
+    // skipped stages or evaluated.
     assert_eq!(summary_field(&stderr, "malformed"), Some(6), "{stderr}");
     assert_eq!(
         ["lines", "blank", "skipped_stages", "evaluated", "recovered"]
             .map(|k| summary_field(&stderr, k)),
-        [Some(18), Some(2), Some(2), Some(8), Some(1)],
+        [Some(18), Some(2), Some(1), Some(8), Some(1)],
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("not evaluated: malformed 6, unknown_format 1"),
         "{stderr}"
     );
 }
