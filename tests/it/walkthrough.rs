@@ -438,7 +438,7 @@ fn readme_leads_and_stays_short() {
     let readme = read(&repo().join("README.md"));
     let n = readme.lines().count();
     assert!(
-        n <= 160,
+        n <= 170,
         "README.md has {n} lines: reference material belongs in docs/ (linked from the README)"
     );
     // The two commands that open it work on a fresh clone with nothing beside it.
