@@ -181,14 +181,7 @@ fn run_file(ctx: Ctx<'_>, rules: RuleSet, client: Client) -> ExitCode {
         Hooks {
             // Open windows are kept across a stop (in the state file), not summarised early.
             suppressor: (suppressor, false),
-            tick: &mut |q, last| {
-                if last {
-                    saver.save(q);
-                    return saver.describe();
-                }
-                saver.save_if_due(q);
-                String::new()
-            },
+            tick: &mut |q, last| saver.tick(q, last),
             source_ends: false,
             detector: None,
             stop_intake: None,
@@ -343,16 +336,12 @@ fn run_webhook(ctx: Ctx<'_>, rules: RuleSet, client: Client) -> ExitCode {
         Hooks {
             suppressor: (suppressor, false),
             tick: &mut |q, last| {
-                if last {
-                    saver.save(q);
-                    return saver.describe();
-                }
-                saver.save_if_due(q);
-                if last_tidy.elapsed() >= CHECKPOINT_EVERY {
+                let said = saver.tick(q, last);
+                if !last && last_tidy.elapsed() >= CHECKPOINT_EVERY {
                     last_tidy = Instant::now();
                     spool.tidy();
                 }
-                String::new()
+                said
             },
             source_ends: false,
             detector: Some(&shared),
@@ -899,6 +888,17 @@ impl CheckpointSaver {
                     warn!("cannot write the checkpoint; will retry", "CHECKPOINT_PATH" => path.display(), "error" => e, "repeated" => n);
                 }
             }
+        }
+    }
+
+    /// A main-loop turn: saves when due; `last` (after the drain): saves now and says what.
+    fn tick(&mut self, queue: &Queue<Position>, last: bool) -> String {
+        if last {
+            self.save(queue);
+            self.describe()
+        } else {
+            self.save_if_due(queue);
+            String::new()
         }
     }
 

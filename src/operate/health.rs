@@ -173,21 +173,25 @@ impl HealthServer {
             return;
         };
         self.stop.store(true, Ordering::SeqCst);
-        // `accept` blocks; a connection of our own wakes it to see the flag. A wildcard bind
-        // is reached through loopback.
-        let mut wake = self.addr;
-        if wake.ip().is_unspecified() {
-            wake.set_ip(match wake {
-                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-            });
-        }
-        if TcpStream::connect_timeout(&wake, Duration::from_secs(1)).is_ok() {
+        if wake_accept(self.addr) {
             let _ = thread.join();
         }
         // If even loopback cannot reach it, leave the thread detached rather than hang the
         // shutdown sequence; the process is about to exit anyway.
     }
+}
+
+/// Wakes a thread blocked in `accept` on `addr` (so it sees its stop flag) by connecting to
+/// it, through loopback for a wildcard bind; false if even that fails (then do not join).
+pub fn wake_accept(addr: SocketAddr) -> bool {
+    let mut wake = addr;
+    if wake.ip().is_unspecified() {
+        wake.set_ip(match wake {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    TcpStream::connect_timeout(&wake, Duration::from_secs(1)).is_ok()
 }
 
 impl Drop for HealthServer {
