@@ -300,6 +300,69 @@ fn tokens(prefix: &str, n: usize) -> Vec<String> {
 // ---------------------------------------------------------------------------------------------
 // Shutdown and restarts.
 
+/// A clean stop between the two events of one line: the backend accepted the first
+/// (`pipeline-skip`) and keeps refusing the second (`config-drift`, 503) until the grace period
+/// ends. The checkpoint names that line and the one event of it already accepted
+/// (`skip_events=1`), so the restart sends the second event only: nothing lost, nothing twice.
+#[test]
+fn sigterm_between_the_two_events_of_one_line_resumes_with_the_second_only() {
+    let dir = TempDir::new("e2e-ops", "halfline");
+    let log = dir.join("audit.log");
+    let cp = dir.join("checkpoint");
+    let actor = "half@example.com";
+    append(
+        &log,
+        &[
+            quiet_line(),
+            support::bypass_patch_line(actor),
+            quiet_line(),
+        ],
+    );
+    let second = format!("\"type\":\"{}\"", support::BYPASS_TYPES[1]);
+    let refusing = Sink::builder().reject_containing(&second, 503).start();
+    let cp_s = cp.display().to_string();
+    let env = base_env(
+        &refusing.url(),
+        &log,
+        &repo_rules(),
+        &[("CHECKPOINT_PATH", &cp_s), ("SHUTDOWN_GRACE", "1s")],
+    );
+    let mut a = Agent::start(&dir, "run1", &env);
+    assert!(refusing.wait_for_events(1, GUARD), "{}", a.stderr());
+    support::wait_until(
+        GUARD,
+        "a 503 for the second event",
+        || refusing.statuses().contains(&503),
+        || a.stderr(),
+    );
+    let err1 = a.stop();
+    let text = support::read_lossy(&cp);
+    assert!(text.contains("\nskip_events=1\n"), "{text}\n{err1}");
+    assert!(
+        text.contains(&format!("\noffset={}\n", quiet_line().len() + 1)),
+        "the checkpoint is not at the bypass line:\n{text}"
+    );
+
+    let fast = Sink::start();
+    let env2 = base_env(
+        &fast.url(),
+        &log,
+        &repo_rules(),
+        &[("CHECKPOINT_PATH", &cp_s)],
+    );
+    let before = support::file_stamp(&cp);
+    let mut b = Agent::start(&dir, "run2", &env2);
+    wait_total(&[&refusing, &fast], 2, "after the restart", &b);
+    wait_caught_up(&mut b, &cp, &log, before);
+    let err2 = b.stop();
+    let mut want = BTreeMap::new();
+    for ty in support::BYPASS_TYPES {
+        want.insert((actor.to_string(), ty.to_string()), 1);
+    }
+    assert_exactly_once(&[&refusing, &fast], &want, &format!("{err1}\n---\n{err2}"));
+    assert_eq!(fast.events().len(), 1, "{err2}");
+}
+
 /// Issue 6: SIGTERM with 500 queued events and a slow sink: what the grace period did not
 /// deliver stays behind the checkpoint and a restart delivers it; nothing lost, nothing twice.
 #[test]

@@ -261,6 +261,24 @@ fn vm_rss_kb(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// The repository's rules with repeat suppression off (`suppress:` and `same_act:` removed,
+/// `SUPPRESS_WINDOW=0` below): the soak checks that every match is delivered exactly once, and
+/// its oracle (`gen`) counts every match; suppression has its own tests (`rules_testing`).
+fn unsuppressed_rules(dir: &Path) -> PathBuf {
+    let text: String = fs::read_to_string(support::repo_rules())
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            let t = l.trim_start();
+            !t.starts_with("suppress:") && !t.starts_with("same_act:")
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let p = dir.join("rules-unsuppressed.yaml");
+    fs::write(&p, text).unwrap();
+    p
+}
+
 fn start_agent(dir: &Path, log: &Path, backend: &str) -> Child {
     let mut c = Command::new(support::bin());
     for (name, _, _) in healert_agent::config::VARS {
@@ -270,7 +288,8 @@ fn start_agent(dir: &Path, log: &Path, backend: &str) -> Child {
         .env("HEALERT_BACKEND_URL", backend)
         .env("HEALERT_API_KEY", API_KEY)
         .env("AUDIT_LOG_PATH", log)
-        .env("RULES_PATH", support::repo_rules())
+        .env("RULES_PATH", unsuppressed_rules(dir))
+        .env("SUPPRESS_WINDOW", "0")
         .env("START_AT", "beginning")
         .env("CHECKPOINT_PATH", dir.join("checkpoint"))
         .env("HTTP_TIMEOUT", "2s")
