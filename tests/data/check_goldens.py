@@ -52,7 +52,8 @@ import threading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DATA = os.path.join(ROOT, "tests", "data")
-SHARED = os.path.join(ROOT, "..", "shared")
+# ../shared beside the repository, or where HEALERT_SHARED_DIR says (as for the tests).
+SHARED = os.environ.get("HEALERT_SHARED_DIR") or os.path.join(ROOT, "..", "shared")
 GO_RULES_ALL = os.path.join(SHARED, "compat", "healert-go-rules-all-enabled.yaml")
 OUR_RULES_ALL = os.path.join(DATA, "rules-all-enabled.yaml")
 MAX_DEPTH = 10001

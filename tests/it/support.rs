@@ -23,9 +23,14 @@ pub fn bin() -> PathBuf {
 
 /// `../shared` beside the repository: another project's material (the Go agent's rules files,
 /// the Python reference generator). It exists on the developers' machines and in CI, never in a
-/// user's fresh clone: a test that needs it gets it from [`shared_or_skip`].
+/// user's fresh clone: a test that needs it gets it from [`shared_or_skip`]. `HEALERT_SHARED_DIR`
+/// names it elsewhere: `.ci/run` tests a clone of the repository (which has no `../shared`
+/// beside it) and points this variable at the real one for the run that needs it.
 pub fn shared() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared")
+    match std::env::var_os("HEALERT_SHARED_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"),
+    }
 }
 
 /// The variable that turns a skip for want of `../shared` into a failure (`.ci/run` sets it).

@@ -145,7 +145,7 @@ pub fn openshift_lines(what: &str) -> Option<Vec<String>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dirs = [
         root.join("tests/data/audit-samples"),
-        root.join("../shared/audit-samples"),
+        support::shared().join("audit-samples"),
     ];
     let Some(dir) = dirs.iter().find(|d| d.is_dir()) else {
         let why = "neither tests/data/audit-samples nor ../shared/audit-samples exists";
