@@ -29,7 +29,8 @@ use std::time::{Duration, Instant};
 
 use gen::{GenOptions, Generator, Kind};
 
-/// The repository's rules.yaml (its 5 enabled rules are the Go agent's 5 active ones).
+/// The repository's rules.yaml (its 5 enabled rules are the Go agent's 5 active ones). The
+/// agent runs with a copy without repeat suppression (`Settings::rules`).
 const RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/rules.yaml");
 const MIB: usize = 1 << 20;
 /// Linux's USER_HZ: the unit of utime/stime in /proc.
@@ -45,6 +46,10 @@ fn main() {
     let _ = fs::remove_dir_all(&s.dir);
     if let Err(e) = fs::create_dir_all(&s.dir) {
         println!("bench: cannot create {}: {e}", s.dir.display());
+        return;
+    }
+    if let Err(e) = gen::rules_without_suppression(Path::new(RULES), &s.rules) {
+        println!("bench: cannot write {}: {e}", s.rules.display());
         return;
     }
     let mut t = Table::default();
@@ -102,6 +107,10 @@ struct Settings {
     /// BENCH_KEEP=1.
     dir: PathBuf,
     keep: bool,
+    /// rules.yaml without `suppress:`/`same_act:`, in `dir`; every agent run also has
+    /// `SUPPRESS_WINDOW=0`: the generator's oracle counts every match, and a run that waits for
+    /// the expected events must get them all.
+    rules: PathBuf,
 }
 
 impl Settings {
@@ -112,6 +121,10 @@ impl Settings {
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(d)
         };
+        let dir = std::env::var_os("BENCH_DIR").map_or_else(
+            || std::env::temp_dir().join(format!("healert-bench-{}", std::process::id())),
+            PathBuf::from,
+        );
         Settings {
             plain_mb: num("BENCH_MB", 300),
             huge_mb: num("BENCH_HUGE_MB", 1024),
@@ -127,11 +140,9 @@ impl Settings {
                 .map(|x| x.trim().to_string())
                 .filter(|x| !x.is_empty())
                 .collect(),
-            dir: std::env::var_os("BENCH_DIR").map_or_else(
-                || std::env::temp_dir().join(format!("healert-bench-{}", std::process::id())),
-                PathBuf::from,
-            ),
+            dir: dir.clone(),
             keep: std::env::var("BENCH_KEEP").is_ok_and(|v| v == "1"),
+            rules: dir.join("rules-unsuppressed.yaml"),
         }
     }
 }
@@ -160,7 +171,7 @@ fn header(bin: &Path, s: &Settings) {
         "- sizes: BENCH_MB={} BENCH_BODY_MB={} BENCH_RUNS={} BENCH_SEND_EVENTS={} BENCH_LATENCY_LINES={} BENCH_IDLE_SECS={}",
         s.plain_mb, s.body_mb, s.runs, s.send_events, s.latency_lines, s.idle_secs
     );
-    println!("- rules: rules.yaml (5 enabled rules)");
+    println!("- rules: rules.yaml (5 enabled rules), repeat suppression off");
     println!();
 }
 
@@ -337,10 +348,10 @@ fn measure(mut cmd: Command) -> Run {
     run
 }
 
-fn replay_cmd(bin: &Path, file: &Path) -> Command {
+fn replay_cmd(bin: &Path, s: &Settings, file: &Path) -> Command {
     let mut c = Command::new(bin);
-    c.arg("replay").arg("--rules").arg(RULES).arg(file);
-    c.env("LOG_LEVEL", "warn");
+    c.arg("replay").arg("--rules").arg(&s.rules).arg(file);
+    c.env("LOG_LEVEL", "warn").env("SUPPRESS_WINDOW", "0");
     c
 }
 
@@ -466,7 +477,7 @@ fn scan(
     let mut events = Vec::new();
     let mut fail = None;
     for _ in 0..s.runs {
-        let r = measure(replay_cmd(bin, &path));
+        let r = measure(replay_cmd(bin, s, &path));
         if !r.ok {
             fail = Some(r.failure());
             break;
@@ -546,7 +557,7 @@ fn long_lines(bin: &Path, s: &Settings, t: &mut Table) {
         let target = "< 24 MB, event found";
         let path = s.dir.join(format!("long-{size}.ndjson"));
         let expected = match write_long_log(&path, size) {
-            Ok(n) => n + 2,
+            Ok(n) => n + gen::LONG_LINE_EVENTS,
             Err(e) => {
                 t.row(label, &format!("n/a: {e}"), target, "");
                 continue;
@@ -556,7 +567,7 @@ fn long_lines(bin: &Path, s: &Settings, t: &mut Table) {
         let mut events = Vec::new();
         let mut fail = None;
         for _ in 0..s.runs {
-            let r = measure(replay_cmd(bin, &path));
+            let r = measure(replay_cmd(bin, s, &path));
             if !r.ok {
                 fail = Some(r.failure());
                 break;
@@ -601,7 +612,7 @@ fn long_lines(bin: &Path, s: &Settings, t: &mut Table) {
                 continue;
             }
         };
-        let r = measure(replay_cmd(bin, &path));
+        let r = measure(replay_cmd(bin, s, &path));
         if !r.ok {
             t.row(&format!("replay, {label}"), &r.failure(), target, "");
         } else {
@@ -637,21 +648,27 @@ fn follow_once(bin: &Path, log: &Path, expected: u64, s: &Settings) -> (String, 
         .arg("run")
         .env("HEALERT_BACKEND_URL", rec.url())
         .env("AUDIT_LOG_PATH", log)
-        .env("RULES_PATH", RULES)
+        .env("RULES_PATH", &s.rules)
+        .env("SUPPRESS_WINDOW", "0")
         .env("START_AT", "beginning")
         .env("LOG_LEVEL", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn();
-    let child = match child {
+    let mut child = match child {
         Ok(c) => c,
         Err(e) => return (format!("n/a: cannot start: {e}"), String::new()),
     };
     let pid = child.id();
     let t0 = Instant::now();
     let mut peak = 0;
-    while (rec.events() as u64) < expected && t0.elapsed() < Duration::from_secs(300) {
+    // Until every expected event arrived; a bench never waits for good: 120 s at most, and
+    // not past the agent's exit.
+    while (rec.events() as u64) < expected && t0.elapsed() < Duration::from_secs(120) {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            break;
+        }
         if let Some(kb) = vm_hwm_kb(pid) {
             peak = peak.max(kb);
         }
@@ -730,7 +747,7 @@ fn write_event_list(path: &Path, bytes: usize, pretty: bool) -> std::io::Result<
     out.flush()?;
     // The generator's own lines are not counted (keep_expected off): only the execs are
     // known; its matching traffic share is zero by default in this list.
-    Ok(execs * 2 + g.summary().expected_events)
+    Ok(execs * gen::LONG_LINE_EVENTS + g.summary().expected_events)
 }
 
 fn write_long_log(path: &Path, size: usize) -> std::io::Result<u64> {
@@ -960,11 +977,11 @@ fn delivery(bin: &Path, s: &Settings, t: &mut Table) {
         }
     };
     let mut c = Command::new(bin);
-    c.args(["replay", "--send", "--rules", RULES])
+    c.args(["replay", "--send", "--rules"])
+        .arg(&s.rules)
         .arg(&path)
         .env("HEALERT_BACKEND_URL", rec.url())
         .env("HEALERT_API_KEY", "bench-key-0123456789")
-        // Every event is delivered: this measures the sender, not the suppression window.
         .env("SUPPRESS_WINDOW", "0")
         .env("LOG_LEVEL", "warn");
     let r = measure(c);
@@ -1111,7 +1128,8 @@ fn start_agent(
         .env("HEALERT_BACKEND_URL", backend)
         .env("HEALERT_API_KEY", "bench-key-0123456789")
         .env("AUDIT_LOG_PATH", log)
-        .env("RULES_PATH", RULES)
+        .env("RULES_PATH", &s.rules)
+        .env("SUPPRESS_WINDOW", "0")
         .env("START_AT", "end")
         .env("CHECKPOINT_PATH", s.dir.join("checkpoint"))
         .env("LOG_LEVEL", "info")
@@ -1320,7 +1338,8 @@ fn webhook(bin: &Path, s: &Settings, t: &mut Table) {
     let mut child = match Command::new(bin)
         .arg("run")
         .env("HEALERT_BACKEND_URL", "http://127.0.0.1:9")
-        .env("RULES_PATH", RULES)
+        .env("RULES_PATH", &s.rules)
+        .env("SUPPRESS_WINDOW", "0")
         .env("AUDIT_SOURCE", "webhook")
         .env("AUDIT_WEBHOOK_ADDR", format!("127.0.0.1:{port}"))
         .env("AUDIT_WEBHOOK_TOKEN", TOKEN)

@@ -1018,12 +1018,17 @@ fn expected_events(c: &Call, timestamp: &str, agent: bool) -> Vec<Expected> {
 // Odd and huge lines for robustness tests and benches.
 // ---------------------------------------------------------------------------------------------
 
-/// A valid, matching audit line (a human `kubectl exec`, yielding kubectl-exec and
-/// config-drift in namespace `default`) of exactly `bytes` bytes including its `\n`, padded
-/// with a long string inside `requestObject`. `bytes` below ~700 is rounded up to the minimum.
+/// A valid, matching audit line (a human `kubectl exec` in namespace `default`: one act, so
+/// [`LONG_LINE_EVENTS`] event, kubectl-exec, with the repository's rules) of exactly `bytes`
+/// bytes including its `\n`, padded with a long string inside `requestObject`. `bytes` below
+/// ~700 is rounded up to the minimum.
 pub fn long_line(bytes: usize) -> Vec<u8> {
     long_line_with(bytes, "2025-06-01T12:00:00.000001Z")
 }
+
+/// The events one [`long_line`] yields with the repository's rules (kubectl-exec; config-drift
+/// leaves exec to it).
+pub const LONG_LINE_EVENTS: u64 = 1;
 
 /// [`long_line`] with a chosen requestReceivedTimestamp (identifies the event at a sink).
 pub fn long_line_with(bytes: usize, timestamp: &str) -> Vec<u8> {
@@ -1454,6 +1459,22 @@ impl Rng {
     pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[self.below(items.len() as u64) as usize]
     }
+}
+
+/// The rules file at `rules` with repeat suppression taken out (its `suppress:` and `same_act:`
+/// lines dropped), written to `out`: this oracle counts every match, so the runs that compare
+/// the agent with it (the soak, the bench) use these rules with `SUPPRESS_WINDOW=0`.
+/// Suppression has its own tests (`rules_testing`).
+pub fn rules_without_suppression(rules: &std::path::Path, out: &std::path::Path) -> io::Result<()> {
+    let text: String = std::fs::read_to_string(rules)?
+        .lines()
+        .filter(|l| {
+            let t = l.trim_start();
+            !t.starts_with("suppress:") && !t.starts_with("same_act:")
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(out, text)
 }
 
 #[cfg(test)]

@@ -261,21 +261,11 @@ fn vm_rss_kb(pid: u32) -> Option<u64> {
         .ok()
 }
 
-/// The repository's rules with repeat suppression off (`suppress:` and `same_act:` removed,
-/// `SUPPRESS_WINDOW=0` below): the soak checks that every match is delivered exactly once, and
-/// its oracle (`gen`) counts every match; suppression has its own tests (`rules_testing`).
+/// The repository's rules with repeat suppression off (`SUPPRESS_WINDOW=0` below): the soak
+/// checks that every match is delivered exactly once, as its oracle (`gen`) counts them.
 fn unsuppressed_rules(dir: &Path) -> PathBuf {
-    let text: String = fs::read_to_string(support::repo_rules())
-        .unwrap()
-        .lines()
-        .filter(|l| {
-            let t = l.trim_start();
-            !t.starts_with("suppress:") && !t.starts_with("same_act:")
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
     let p = dir.join("rules-unsuppressed.yaml");
-    fs::write(&p, text).unwrap();
+    crate::gen::rules_without_suppression(&support::repo_rules(), &p).unwrap();
     p
 }
 
