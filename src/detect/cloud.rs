@@ -35,6 +35,7 @@ use std::io::{self, Read};
 use crate::detect::audit::{BODY, EVENT_LIST, OBJECT_REF, USER};
 use crate::detect::json::{write_str, ErrorKind, Peek, Scanner};
 use crate::operate::log::sanitize;
+use crate::source::bytes::find_byte;
 use crate::source::lines::{Found, LineBuffer};
 use crate::source::prune::{prune_all, Caps, Keep, PruneError, Pruner, Spec};
 use crate::source::{Next, Read as How, Record, Source, Unreadable};
@@ -641,14 +642,19 @@ fn unwrap_object(v: &[u8], s: Shape, out: &mut Vec<Unwrapped>) {
 }
 
 /// Drops what cannot be part of a record at the start of a line: UTF-8 byte-order marks and
-/// ANSI escape sequences (valid JSON holds neither outside strings, and no raw ESC inside
-/// one), then, for EKS, an `aws logs tail` prefix. Returns where the record starts in `raw`,
-/// or — when escape sequences had to be removed — in `scratch` (`true`).
+/// ANSI escape sequences, then, for EKS, an `aws logs tail` prefix. Returns where the record
+/// starts in `raw`, or — when escape sequences had to be removed — in `scratch` (`true`).
+///
+/// Escape sequences are looked for only before the line's first `{`: a CLI colours its own
+/// prefix (`aws logs tail --color on`: the time and the stream), never the record, and a raw ESC
+/// inside a JSON value is invalid JSON anyway. So a record line costs one short search, not a
+/// pass over all its bytes.
 fn clean(raw: &[u8], scratch: &mut Vec<u8>, tail: bool) -> (usize, bool) {
-    let (text, in_scratch) = if raw.contains(&0x1b) {
+    let head = find_byte(raw, b'{').unwrap_or(raw.len());
+    let (text, in_scratch) = if raw[..head].contains(&0x1b) {
         scratch.clear();
         let mut i = 0;
-        while i < raw.len() {
+        while i < head {
             if raw[i] != 0x1b {
                 scratch.push(raw[i]);
                 i += 1;
@@ -664,6 +670,8 @@ fn clean(raw: &[u8], scratch: &mut Vec<u8>, tail: bool) -> (usize, bool) {
             }
             i += 1;
         }
+        // A sequence's final byte may be the `{` itself; the record starts after the sequence.
+        scratch.extend_from_slice(&raw[i.max(head).min(raw.len())..]);
         (&scratch[..], true)
     } else {
         (raw, false)
@@ -1240,6 +1248,15 @@ mod tests {
         for line in [detailed, short, coloured, bom] {
             assert_eq!(collect(line.as_bytes(), Format::Auto), [EV], "{line:?}");
         }
+        // Escape sequences are a prefix's: one inside the record is left there (and makes the
+        // record invalid JSON, as it is), not silently removed.
+        let mut scratch = Vec::new();
+        let inside = format!("{}\x1b[0m{}", &EV[..10], &EV[10..]);
+        assert_eq!(clean(inside.as_bytes(), &mut scratch, true), (0, false));
+        let coloured = format!("\x1b[32m2025-12-09T12:57:46\x1b[0m {inside}");
+        let (at, in_scratch) = clean(coloured.as_bytes(), &mut scratch, true);
+        assert!(in_scratch);
+        assert_eq!(&scratch[at..], inside.as_bytes());
         // Not read as a prefix where EKS is not asked for.
         let short = format!("2025-12-09T12:57:46 {EV}");
         assert_eq!(collect(short.as_bytes(), Format::Gke), [short.as_str()]);
