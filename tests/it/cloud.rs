@@ -512,26 +512,7 @@ fn truncated_unknown_and_non_audit_records_are_counted_and_said_never_guessed() 
 
 /// `replay --rules RULES -` of `input`: its stderr (the summary).
 fn replay(rules: &Path, input: &[u8], env: &[(&str, &str)]) -> String {
-    let mut cmd = Command::new(support::bin());
-    cmd.args(["replay", "--rules"])
-        .arg(rules)
-        .arg("-")
-        .env_clear()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let w = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let out = child.wait_with_output().unwrap();
-    w.join().unwrap();
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    String::from_utf8_lossy(&support::replay_stdin(rules, input, env).stderr).into_owned()
 }
 
 /// The `summary k=v` line of a replay's stderr, as a map.

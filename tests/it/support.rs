@@ -10,7 +10,7 @@ use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -56,6 +56,29 @@ pub fn shared_or_skip(what: &str) -> Option<PathBuf> {
         "SKIPPED {what}: {why}; set {REQUIRE_SHARED}=1 to make this a failure"
     );
     None
+}
+
+/// `replay --rules RULES -` with `input` on its stdin (written from a thread, so a large input
+/// cannot deadlock against the output), in an environment of only `env`: its whole output.
+pub fn replay_stdin(rules: &Path, input: &[u8], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(bin());
+    cmd.args(["replay", "--rules"])
+        .arg(rules)
+        .arg("-")
+        .env_clear()
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
 }
 
 /// The repository's rules.yaml.

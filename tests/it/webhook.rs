@@ -111,25 +111,7 @@ pub fn payload_diff(want: &Payloads, got: &Payloads) -> String {
 
 /// What `replay` of `lines` with `rules` prints: the events the agent's engine makes of them.
 pub fn replay_payloads(rules: &Path, input: &[u8], env: &[(&str, &str)]) -> Payloads {
-    let mut cmd = Command::new(support::bin());
-    cmd.args(["replay", "--rules"])
-        .arg(rules)
-        .arg("-")
-        .env_clear()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
+    let out = support::replay_stdin(rules, input, env);
     assert!(
         out.status.success(),
         "replay failed: {}",
