@@ -1460,7 +1460,16 @@ cmd_status() {
   else
     printf '%s● stopped%s\n' "$RED" "$RESET"
   fi
-  _dim "audit log:  $AUDIT_LOG_PATH$([[ -r "$AUDIT_LOG_PATH" ]] && echo ' (readable)' || echo ' (NOT readable or missing)')"
+  local source=${AUDIT_SOURCE:-file}
+  [[ "$AUDIT_LOG_PATH" != - ]] || source=stdin
+  case "$source" in
+    webhook)
+      _dim "source:     audit webhook on ${AUDIT_WEBHOOK_ADDR:-(AUDIT_WEBHOOK_ADDR not set)}$([[ -n "${AUDIT_WEBHOOK_TOKEN:-}" ]] && echo ' (token set)' || echo ' (NO token)')"
+      _dim "spool:      ${SPOOL_PATH:-$RUN_DIR/spool}"
+      ;;
+    stdin) _dim "source:     stdin (a pipe: docs/cloud.md)" ;;
+    *) _dim "audit log:  $AUDIT_LOG_PATH$([[ -r "$AUDIT_LOG_PATH" ]] && echo ' (readable)' || echo ' (NOT readable or missing)')" ;;
+  esac
   _dim "rules:      $RULES_PATH"
   _dim "checkpoint: $CHECKPOINT_PATH"
   _dim "log:        $AGENT_LOG"

@@ -94,7 +94,7 @@ pub fn run() -> ExitCode {
         return ExitCode::from(1);
     }
 
-    let _health = match &cfg.health_addr {
+    let health = match &cfg.health_addr {
         None => None,
         Some(addr) => match crate::operate::health::spawn(addr, Arc::clone(&metrics)) {
             Ok(s) => Some(s),
@@ -116,12 +116,16 @@ pub fn run() -> ExitCode {
         rules_path: &rules_path,
         backend_line,
         metrics,
+        health: health.as_ref().map(|s| s.local_addr()),
     };
-    match cfg.audit_source {
+    let code = match cfg.audit_source {
         AuditSource::File => run_file(ctx, rules, client),
         AuditSource::Stdin => run_stdin(ctx, rules, client),
         AuditSource::Webhook => run_webhook(ctx, rules, client),
-    }
+    };
+    // Served until the end (dropping it stops the server).
+    drop(health);
+    code
 }
 
 /// What every source's wiring shares.
@@ -130,6 +134,9 @@ struct Ctx<'a> {
     rules_path: &'a Path,
     backend_line: &'a str,
     metrics: Arc<Metrics>,
+    /// Where /healthz, /readyz and /metrics are served (the bound address: with a port of 0,
+    /// the one the kernel chose).
+    health: Option<std::net::SocketAddr>,
 }
 
 /// The audit log: the follower, resumed from its checkpoint.
@@ -156,10 +163,8 @@ fn run_file(ctx: Ctx<'_>, rules: RuleSet, client: Client) -> ExitCode {
         ),
     ];
     banner(
-        cfg,
-        ctx.rules_path,
+        &ctx,
         &rules,
-        ctx.backend_line,
         &source,
         follower.start_description().contains("beginning"),
     );
@@ -218,7 +223,7 @@ fn run_stdin(ctx: Ctx<'_>, rules: RuleSet, client: Client) -> ExitCode {
             ),
         ),
     ];
-    banner(cfg, ctx.rules_path, &rules, ctx.backend_line, &lines, false);
+    banner(&ctx, &rules, &lines, false);
     let stage = Stage::new(source, Detector::new(rules, cfg.detect_options()), None);
     supervise(
         &ctx,
@@ -318,7 +323,7 @@ fn run_webhook(ctx: Ctx<'_>, rules: RuleSet, client: Client) -> ExitCode {
             ),
         ),
     ];
-    banner(cfg, ctx.rules_path, &rules, ctx.backend_line, &lines, false);
+    banner(&ctx, &rules, &lines, false);
     drop(rules);
     let stage = Stage::new(follower, detector, resume_point);
     let mut saver = CheckpointSaver::new(
@@ -911,14 +916,8 @@ impl CheckpointSaver {
     }
 }
 
-fn banner(
-    cfg: &Config,
-    rules_path: &Path,
-    rules: &RuleSet,
-    backend: &str,
-    source: &[(&str, String)],
-    from_beginning: bool,
-) {
+fn banner(ctx: &Ctx<'_>, rules: &RuleSet, source: &[(&str, String)], from_beginning: bool) {
+    let (cfg, rules_path, backend) = (ctx.cfg, ctx.rules_path, ctx.backend_line);
     let mut b = String::new();
     b.push_str(&format!("healert-agent {}\n", crate::VERSION));
     b.push_str(&format!("  backend     {}  ({backend})\n", cfg.backend_url));
@@ -939,6 +938,10 @@ fn banner(
             .unwrap_or_else(|| "off (CHECKPOINT_PATH unset)".into()),
     };
     b.push_str(&format!("  checkpoint  {checkpoint}\n"));
+    b.push_str(&match ctx.health {
+        Some(addr) => format!("  health      http://{addr}  (/healthz, /readyz, /metrics)\n"),
+        None => "  health      off (HEALTH_ADDR unset)\n".to_string(),
+    });
     b.push_str(&format!(
         "  suppression {}  (SUPPRESS_WINDOW; a rule's suppress: wins){}\n",
         if cfg.suppress_window.is_zero() {

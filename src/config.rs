@@ -102,14 +102,14 @@ pub const VARS: &[(&str, &str, &str)] = &[
     (
         "HEALTH_ADDR",
         "(none: off)",
-        "address for /healthz, /readyz and /metrics, e.g. 0.0.0.0:8080",
+        "address for /healthz, /readyz and /metrics, e.g. 0.0.0.0:8080 (port 0: any free port; the banner names it)",
     ),
     ("LOG_FORMAT", "text", "text | json"),
     ("LOG_LEVEL", "info", "debug | info | warn | error"),
     (
         "HEALERT_MODE",
         "(none)",
-        "local | daemonset: which fix a refused API key's message gives (healert.sh and daemonset.yaml set it)",
+        "local | daemonset | webhook: which fix a refused API key's message gives (healert.sh, daemonset.yaml and the webhook Deployment set it)",
     ),
     (
         "AUDIT_SOURCE",
@@ -449,7 +449,7 @@ impl Config {
                 err(
                     "HEALERT_MODE",
                     &v,
-                    "must be `local` or `daemonset`".into(),
+                    "must be `local`, `daemonset` or `webhook`".into(),
                     "daemonset",
                 );
                 RunMode::Unspecified

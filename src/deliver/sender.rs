@@ -37,14 +37,17 @@ pub enum RunMode {
     Local,
     /// `daemonset.yaml`: the key comes from the Secret `healert-api-key`.
     DaemonSet,
+    /// `docs/examples/webhook.yaml`: the same Secret, in the Deployment `healert-agent-webhook`.
+    Webhook,
 }
 
 impl RunMode {
-    /// `local` | `daemonset` (any case).
+    /// `local` | `daemonset` | `webhook` (any case).
     pub fn parse(s: &str) -> Option<RunMode> {
         match s.trim().to_ascii_lowercase().as_str() {
             "local" => Some(RunMode::Local),
             "daemonset" => Some(RunMode::DaemonSet),
+            "webhook" => Some(RunMode::Webhook),
             _ => None,
         }
     }
@@ -57,6 +60,8 @@ pub fn key_fix(mode: RunMode, has_key: bool) -> &'static str {
         (RunMode::Local, false) => "the backend requires an API key and HEALERT_API_KEY is not set: add HEALERT_API_KEY=<the backend's key> to the agent's .env and run ./healert.sh restart agent",
         (RunMode::DaemonSet, true) => "HEALERT_API_KEY from the Secret healert-api-key is not accepted by the backend: put the backend's current key in that Secret (./healert.sh setup does it) and restart the pods (kubectl -n healert-system rollout restart daemonset/healert-agent)",
         (RunMode::DaemonSet, false) => "the backend requires an API key and the Secret healert-api-key gives none: create it with the backend's key (./healert.sh setup does it) and restart the pods (kubectl -n healert-system rollout restart daemonset/healert-agent)",
+        (RunMode::Webhook, true) => "HEALERT_API_KEY from the Secret healert-api-key is not accepted by the backend: put the backend's current key in that Secret (./healert.sh setup does it) and restart the Deployment (kubectl -n healert-system rollout restart deployment/healert-agent-webhook)",
+        (RunMode::Webhook, false) => "the backend requires an API key and the Secret healert-api-key gives none: create it with the backend's key (./healert.sh setup does it) and restart the Deployment (kubectl -n healert-system rollout restart deployment/healert-agent-webhook)",
         (RunMode::Unspecified, true) => "HEALERT_API_KEY is not accepted by the backend: set it to the backend's current key (local mode: in the agent's .env, then ./healert.sh restart agent; DaemonSet: in the Secret healert-api-key, then restart the pods)",
         (RunMode::Unspecified, false) => "the backend requires an API key and HEALERT_API_KEY is not set: set it to the backend's key (local mode: in the agent's .env, then ./healert.sh restart agent; DaemonSet: in the Secret healert-api-key, then restart the pods)",
     }
@@ -1007,12 +1012,17 @@ mod tests {
             let ds = key_fix(RunMode::DaemonSet, has_key);
             assert!(ds.contains("Secret healert-api-key") && ds.contains("rollout restart"));
             assert!(!ds.contains(".env"));
+            let webhook = key_fix(RunMode::Webhook, has_key);
+            assert!(webhook.contains("Secret healert-api-key"));
+            assert!(webhook.contains("deployment/healert-agent-webhook"));
+            assert!(!webhook.contains(".env") && !webhook.contains("daemonset/"));
             let either = key_fix(RunMode::Unspecified, has_key);
             assert!(either.contains(".env") && either.contains("Secret"));
         }
         assert!(key_fix(RunMode::Local, false).contains("not set"));
         assert_eq!(RunMode::parse(" DaemonSet "), Some(RunMode::DaemonSet));
         assert_eq!(RunMode::parse("local"), Some(RunMode::Local));
+        assert_eq!(RunMode::parse("Webhook"), Some(RunMode::Webhook));
         assert_eq!(RunMode::parse("k8s"), None);
     }
 

@@ -402,6 +402,32 @@ fn setup_writes_the_key_mode_600_and_never_prints_it() {
     assert_eq!(mode(&agent_env), 0o600);
 }
 
+/// `status` names the source the agent reads: the audit log, or the webhook's address, whether
+/// a token is set (never the token) and the spool.
+#[test]
+fn status_names_the_webhook_source_and_never_its_token() {
+    let s = Scratch::new("status-webhook");
+    let env = s.agent_dir().join(".env");
+    let token = "tok-9Qw2Zx7Lm4Rt";
+    std::fs::write(
+        &env,
+        format!("AUDIT_SOURCE=webhook\nAUDIT_WEBHOOK_ADDR=127.0.0.1:8765\nAUDIT_WEBHOOK_TOKEN={token}\n"),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&env, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let o = s.sh(&["status"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("source:     audit webhook on 127.0.0.1:8765 (token set)"),
+        "{t}"
+    );
+    assert!(t.contains("spool:") && t.contains("run/spool"), "{t}");
+    assert!(!t.contains("audit log:"), "{t}");
+    assert!(!t.contains(token), "{t}");
+}
+
 #[test]
 fn env_file_is_data_not_code() {
     // healert.sh parses .env; a line that would run a command when `source`d must not.

@@ -747,7 +747,7 @@ fn an_https_url_is_refused_naming_the_tls_sidecar_and_its_docs() {
 /// A wrong key is reported at start, before any event, with the fix for the mode the agent
 /// runs in; /readyz says not ready; the check (`POST /events` with `{}`) stores nothing.
 #[test]
-fn a_wrong_key_is_reported_at_start_with_the_fix_for_local_and_daemonset_mode() {
+fn a_wrong_key_is_reported_at_start_with_the_fix_for_local_daemonset_and_webhook_mode() {
     const RIGHT: &str = "right-key-8fQ2mZp0Lx";
     const WRONG: &str = "wrong-key-3nB7vR1sKc";
     let dir = TempDir::new("secure", "key-check");
@@ -757,6 +757,7 @@ fn a_wrong_key_is_reported_at_start_with_the_fix_for_local_and_daemonset_mode() 
     for (mode, fix) in [
         ("local", "./healert.sh restart agent"),
         ("daemonset", "Secret healert-api-key"),
+        ("webhook", "deployment/healert-agent-webhook"),
     ] {
         let e = env(
             &sink.url(),
@@ -786,7 +787,7 @@ fn a_wrong_key_is_reported_at_start_with_the_fix_for_local_and_daemonset_mode() 
         assert!(!err.contains(WRONG) && !err.contains(&WRONG[10..]), "{err}");
     }
     let checks = sink.key_checks();
-    assert_eq!(checks.len(), 2, "one check per start");
+    assert_eq!(checks.len(), 3, "one check per start");
     assert!(checks.iter().all(|(r, s)| *s == 401 && r.body == b"{}"));
 
     // The right key: accepted (422 to the empty event), ready, nothing stored.
@@ -805,9 +806,43 @@ fn a_wrong_key_is_reported_at_start_with_the_fix_for_local_and_daemonset_mode() 
     assert!(sink.requests().iter().all(|r| r.method != "POST"));
 }
 
+/// The banner names where /healthz, /readyz and /metrics are served: with HEALTH_ADDR's port 0,
+/// the port the kernel chose, which answers.
+#[test]
+fn the_banner_names_the_health_address_the_kernel_chose() {
+    let dir = TempDir::new("secure", "health-port0");
+    let log = dir.log();
+    support::append(&log, &quiet_line());
+    let sink = Sink::builder().start();
+    let e = env(&sink.url(), &log, &[("HEALTH_ADDR", "127.0.0.1:0")]);
+    let mut a = Agent::start(&dir, "port0", &e);
+    let err = a.wait_log("  health      http://127.0.0.1:");
+    let line = err
+        .lines()
+        .find(|l| l.contains("  health      http://"))
+        .unwrap();
+    let addr: SocketAddr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    assert_ne!(addr.port(), 0, "{line}");
+    assert!(line.contains("(/healthz, /readyz, /metrics)"), "{line}");
+    let r = a.wait_http(addr, "/healthz", |r| r.status == 200);
+    assert_eq!(r.status, 200);
+    a.stop();
+
+    // Without HEALTH_ADDR the banner says it is off.
+    let e = env(&sink.url(), &log, &[]);
+    let mut a = Agent::start(&dir, "no-health", &e);
+    a.wait_log("  health      off (HEALTH_ADDR unset)");
+    a.stop();
+}
+
 /// An unknown mode is a bad value (the agent names the variable and the choices).
 #[test]
-fn healert_mode_takes_local_or_daemonset() {
+fn healert_mode_takes_local_daemonset_or_webhook() {
     let dir = TempDir::new("secure", "mode");
     let (code, err) = run_to_exit(
         &dir,
@@ -819,7 +854,7 @@ fn healert_mode_takes_local_or_daemonset() {
     );
     assert_eq!(code, Some(1), "{err}");
     assert!(
-        err.contains("HEALERT_MODE=\"laptop\": must be `local` or `daemonset`"),
+        err.contains("HEALERT_MODE=\"laptop\": must be `local`, `daemonset` or `webhook`"),
         "{err}"
     );
 }
