@@ -12,27 +12,34 @@ use std::borrow::Cow;
 use crate::detect::json::{ErrorKind, JsonError, Peek, Scanner};
 use crate::source::prune::{Keep, Spec};
 
+/// A pruner spec ([`Spec`]) that keeps what [`extract`] reads of an audit event, then the
+/// members given: the one list of an event's members, for every spec that keeps events (here,
+/// and `crate::detect::cloud`'s, which adds the cloud envelopes' members).
+macro_rules! event_spec {
+    ($($extra:expr),* $(,)?) => {
+        &[
+            ("kind", $crate::source::prune::Keep::Value),
+            ("stage", $crate::source::prune::Keep::Value),
+            ("verb", $crate::source::prune::Keep::Value),
+            ("auditID", $crate::source::prune::Keep::Value),
+            ("requestReceivedTimestamp", $crate::source::prune::Keep::Value),
+            ("user", $crate::source::prune::Keep::Members($crate::detect::audit::USER)),
+            ("objectRef", $crate::source::prune::Keep::Members($crate::detect::audit::OBJECT_REF)),
+            ("annotations", $crate::source::prune::Keep::Value),
+            ("requestObject", $crate::source::prune::Keep::Search($crate::detect::audit::BODY)),
+            ("responseObject", $crate::source::prune::Keep::Search($crate::detect::audit::BODY)),
+            $($extra,)*
+        ]
+    };
+}
+pub(crate) use event_spec;
+
 /// What [`extract`] reads of an audit event, as a [`crate::source::prune::Pruner`] spec: the
 /// members a streamed or damaged record keeps (everything else is skipped as it passes).
-pub static EVENT_SPEC: &Spec = &EVENT_MEMBERS;
+pub static EVENT_SPEC: &Spec = event_spec!(("items", Keep::Records(ITEM_SPEC)));
 
 /// An `EventList` item: an event (items are not lists themselves: no `items`).
-pub static ITEM_SPEC: &Spec = EVENT_MEMBERS.split_at(EVENT_MEMBERS.len() - 1).0;
-
-static EVENT_MEMBERS: [(&str, Keep); 11] = [
-    ("kind", Keep::Value),
-    ("stage", Keep::Value),
-    ("verb", Keep::Value),
-    ("auditID", Keep::Value),
-    ("requestReceivedTimestamp", Keep::Value),
-    ("user", Keep::Members(USER)),
-    ("objectRef", Keep::Members(OBJECT_REF)),
-    ("annotations", Keep::Value),
-    ("requestObject", Keep::Search(BODY)),
-    ("responseObject", Keep::Search(BODY)),
-    // Last, so that ITEM_SPEC is everything before it.
-    ("items", Keep::Records(ITEM_SPEC)),
-];
+pub static ITEM_SPEC: &Spec = event_spec!();
 
 /// The container kind whose `items` are events.
 pub const EVENT_LIST: &str = "EventList";

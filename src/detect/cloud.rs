@@ -32,7 +32,7 @@
 use std::collections::VecDeque;
 use std::io::{self, Read};
 
-use crate::detect::audit::{BODY, EVENT_LIST, OBJECT_REF, USER};
+use crate::detect::audit::{event_spec, BODY, EVENT_LIST};
 use crate::detect::json::{write_str, ErrorKind, Peek, Scanner};
 use crate::operate::log::sanitize;
 use crate::source::bytes::find_byte;
@@ -99,55 +99,35 @@ impl Format {
     }
 }
 
+/// [`event_spec`] with the members of the envelopes read here, then the members given.
+macro_rules! input_spec {
+    ($($extra:expr),* $(,)?) => {
+        event_spec!(
+            ("protoPayload", Keep::Members(PROTO_PAYLOAD)),
+            ("insertId", Keep::Value),
+            ("timestamp", Keep::Value),
+            ("labels", Keep::Value),
+            ("operation", Keep::Members(OPERATION)),
+            ("category", Keep::Value),
+            ("properties", Keep::Members(PROPERTIES)),
+            ("message", Keep::Value),
+            $($extra,)*
+        )
+    };
+}
+
 /// What the pruner keeps of a record of any input format: the audit event's members (as
 /// `crate::detect::audit::EVENT_SPEC` keeps them), the record lists of the containers, and the
 /// members of the envelopes read here.
-pub static INPUT_SPEC: &Spec = &[
-    ("kind", Keep::Value),
-    ("stage", Keep::Value),
-    ("verb", Keep::Value),
-    ("auditID", Keep::Value),
-    ("requestReceivedTimestamp", Keep::Value),
-    ("user", Keep::Members(USER)),
-    ("objectRef", Keep::Members(OBJECT_REF)),
-    ("annotations", Keep::Value),
-    ("requestObject", Keep::Search(BODY)),
-    ("responseObject", Keep::Search(BODY)),
+pub static INPUT_SPEC: &Spec = input_spec!(
     ("items", Keep::Records(INPUT_ITEM_SPEC)),
     ("records", Keep::Records(INPUT_ITEM_SPEC)),
     ("logEvents", Keep::Records(INPUT_ITEM_SPEC)),
     ("events", Keep::Records(INPUT_ITEM_SPEC)),
-    ("protoPayload", Keep::Members(PROTO_PAYLOAD)),
-    ("insertId", Keep::Value),
-    ("timestamp", Keep::Value),
-    ("labels", Keep::Value),
-    ("operation", Keep::Members(OPERATION)),
-    ("category", Keep::Value),
-    ("properties", Keep::Members(PROPERTIES)),
-    ("message", Keep::Value),
-];
+);
 
 /// A record of a list: [`INPUT_SPEC`] without the lists.
-pub static INPUT_ITEM_SPEC: &Spec = &[
-    ("kind", Keep::Value),
-    ("stage", Keep::Value),
-    ("verb", Keep::Value),
-    ("auditID", Keep::Value),
-    ("requestReceivedTimestamp", Keep::Value),
-    ("user", Keep::Members(USER)),
-    ("objectRef", Keep::Members(OBJECT_REF)),
-    ("annotations", Keep::Value),
-    ("requestObject", Keep::Search(BODY)),
-    ("responseObject", Keep::Search(BODY)),
-    ("protoPayload", Keep::Members(PROTO_PAYLOAD)),
-    ("insertId", Keep::Value),
-    ("timestamp", Keep::Value),
-    ("labels", Keep::Value),
-    ("operation", Keep::Members(OPERATION)),
-    ("category", Keep::Value),
-    ("properties", Keep::Members(PROPERTIES)),
-    ("message", Keep::Value),
-];
+pub static INPUT_ITEM_SPEC: &Spec = input_spec!();
 
 static PROTO_PAYLOAD: &Spec = &[
     ("methodName", Keep::Value),
